@@ -1,0 +1,13 @@
+"""Exemplar Edit: exemplar-based image editing nodes for ComfyUI.
+
+ComfyUI calls ``comfy_entrypoint`` (its V3 extension API). Nothing here imports ComfyUI at
+module import time, so ``core`` can be imported and tested without a host.
+"""
+
+__version__ = "0.1.0"
+
+
+async def comfy_entrypoint():
+    from .nodes import ExemplarEditExtension
+
+    return ExemplarEditExtension()

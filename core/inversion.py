@@ -1,0 +1,294 @@
+"""Diffusion inversion in sigma space, in plain PyTorch.
+
+Every function here works in the sigma ("variance exploding") coordinates that ComfyUI's
+samplers use: a latent at noise level sigma is ``x = x0 + sigma * eps``. For the usual
+variance-preserving SD models (eps or v prediction) this is the same process as
+``x_vp = sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) eps`` with ``x = x_vp / sqrt(alpha_bar)``
+and ``sigma = sqrt((1 - alpha_bar) / alpha_bar)``, so DDIM and DDPM steps keep their meaning.
+
+The model is only ever seen through a *denoiser* ``denoise(x, sigma) -> x0_hat`` (ComfyUI's
+``model_sampling`` turns eps or v predictions into that), which keeps this module free of any
+parameterisation.
+
+References
+- DDIM: Song, Meng, Ermon, "Denoising Diffusion Implicit Models", ICLR 2021, Eq. 12.
+- DDPM posterior: Ho, Jain, Abbeel, "Denoising Diffusion Probabilistic Models", 2020, Eq. 6-7.
+- Sigma-space ODE: Karras et al., "Elucidating the Design Space of Diffusion-Based Generative
+  Models", 2022, Eq. 1-3.
+- Edit-friendly DDPM inversion: Huberman-Spiegelglas, Kulikov, Michaeli, "An Edit Friendly
+  DDPM Noise Space: Inversion and Manipulations", CVPR 2024, Eq. 4-5.
+- Noise regularisation: Parmar et al., "Zero-shot Image-to-Image Translation" (pix2pix-zero),
+  SIGGRAPH 2023, Sec. 3.1 and the official ``src/utils/ddim_inv.py``.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""``denoise(x, sigma) -> x0_hat``; ``sigma`` has shape ``[batch]``."""
+
+StepCallback = Callable[[int, torch.Tensor, torch.Tensor], None]
+"""``callback(step_index, x, x0_hat)`` after each step (progress bars, interruption)."""
+
+DDIM = "ddim"
+EDIT_FRIENDLY_DDPM = "edit_friendly_ddpm"
+MODES = (DDIM, EDIT_FRIENDLY_DDPM)
+
+
+def _per_sample(value: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
+    """A sigma (scalar or ``[batch]``) shaped to broadcast over ``like``."""
+    value = torch.as_tensor(value, dtype=like.dtype, device=like.device)
+    if value.ndim == 0:
+        return value
+    return value.reshape(value.shape[:1] + (1,) * (like.ndim - 1))
+
+
+def predicted_noise(x: torch.Tensor, x0_hat: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+    """eps_hat = (x - D(x; sigma)) / sigma  (Karras et al. 2022, Eq. 3; x = x0 + sigma * eps)."""
+    return (x - x0_hat) / _per_sample(sigma, x)
+
+
+def ddim_step(x: torch.Tensor, eps: torch.Tensor, sigma_from: float, sigma_to: float) -> torch.Tensor:
+    """Deterministic DDIM step (Song et al. 2021, Eq. 12 with eta = 0) in sigma space.
+
+    x_to = x0_hat + sigma_to * eps with x0_hat = x - sigma_from * eps, i.e.
+    x_to = x + (sigma_to - sigma_from) * eps. Runs both ways: sigma_to > sigma_from inverts.
+    """
+    return x + (sigma_to - sigma_from) * eps
+
+
+def ddpm_posterior(
+    x_t: torch.Tensor, x0_hat: torch.Tensor, sigma_t: float, sigma_s: float
+) -> tuple[torch.Tensor, float]:
+    """Mean and standard deviation of q(x_s | x_t, x0_hat), s < t (Ho et al. 2020, Eq. 6-7).
+
+    In sigma space: std = sigma_s * sqrt(sigma_t^2 - sigma_s^2) / sigma_t and
+    mean = x0_hat + (x_t - x0_hat) * sqrt(sigma_s^2 - std^2) / sigma_t
+         = x0_hat + (x_t - x0_hat) * sigma_s^2 / sigma_t^2,
+    which is the DDPM (eta = 1) step that ``edit_friendly`` inversion and replay both use.
+    """
+    if sigma_s <= 0.0:
+        return x0_hat, 0.0
+    variance = sigma_s**2 * (sigma_t**2 - sigma_s**2) / sigma_t**2
+    std = max(variance, 0.0) ** 0.5
+    return x0_hat + (x_t - x0_hat) * (sigma_s**2 / sigma_t**2), std
+
+
+def edit_friendly_noise_map(x_s: torch.Tensor, mean: torch.Tensor, std: float) -> torch.Tensor:
+    """z_t = (x_{t-1} - mu_t(x_t)) / sigma_t  (Huberman-Spiegelglas et al. 2024, Eq. 5).
+
+    On the last step (std = 0, towards sigma = 0) the DDPM step has no noise; the raw residual
+    ``x_s - mean`` is returned instead, so that replaying the inversion lands exactly on the
+    input latent (``replay_step`` adds it back unscaled).
+    """
+    if std == 0.0:
+        return x_s - mean
+    return (x_s - mean) / std
+
+
+def sample_edit_friendly_trajectory(
+    x0: torch.Tensor, sigmas: list[float], generator: torch.Generator
+) -> list[torch.Tensor]:
+    """x_t = x0 + sigma_t * n_t with n_t ~ N(0, I) drawn independently for every t
+    (Huberman-Spiegelglas et al. 2024, Eq. 4; the official ``sample_xts_from_x0``).
+
+    ``sigmas`` is the descending schedule without the final 0. Noise is drawn on the CPU in
+    schedule order, so a seed gives the same trajectory on every device.
+    """
+    out = []
+    for sigma in sigmas:
+        noise = torch.randn(x0.shape, generator=generator, dtype=torch.float32, device="cpu")
+        out.append(x0 + sigma * noise.to(device=x0.device, dtype=x0.dtype))
+    return out
+
+
+# --- pix2pix-zero noise regularisation -------------------------------------------------------
+
+
+def auto_correlation_loss(noise: torch.Tensor, rng: random.Random) -> torch.Tensor:
+    """Pairwise auto-correlation penalty of pix2pix-zero (Parmar et al. 2023, Sec. 3.1, L_auto).
+
+    For each sample and channel, over a pyramid made by 2x2 average pooling until the side is
+    at most 8: sum of mean(n * roll(n, d, H))^2 + mean(n * roll(n, d, W))^2 with one random
+    shift d in [0, H/2) per level, drawn as the official code does (``randrange(H // 2)``).
+    """
+    loss = noise.new_zeros(())
+    for sample in noise:
+        for channel in sample:
+            level = channel[None, None]
+            while True:
+                shift = rng.randrange(level.shape[2] // 2) if level.shape[2] >= 2 else 0
+                loss = loss + (level * torch.roll(level, shifts=shift, dims=2)).mean() ** 2
+                loss = loss + (level * torch.roll(level, shifts=shift, dims=3)).mean() ** 2
+                if level.shape[2] <= 8:
+                    break
+                level = F.avg_pool2d(level, kernel_size=2)
+    return loss
+
+
+def kl_divergence_loss(noise: torch.Tensor) -> torch.Tensor:
+    """KL penalty of pix2pix-zero (Sec. 3.1, L_KL): var + mean^2 - 1 - log(var + 1e-7),
+    per sample over all its elements, summed over the batch."""
+    flat = noise.flatten(1)
+    mean, var = flat.mean(dim=1), flat.var(dim=1)
+    return (var + mean**2 - 1 - torch.log(var + 1e-7)).sum()
+
+
+@dataclass(frozen=True)
+class NoiseRegularization:
+    """pix2pix-zero's defaults: lambda_ac = lambda_kl = 20, 5 outer steps, 5 rolls."""
+
+    lambda_ac: float = 20.0
+    lambda_kl: float = 20.0
+    num_reg_steps: int = 5
+    num_ac_rolls: int = 5
+
+
+def regularize_noise(
+    eps: torch.Tensor, settings: NoiseRegularization, rng: random.Random
+) -> torch.Tensor:
+    """Gradient steps that push a predicted noise towards white Gaussian noise (pix2pix-zero,
+    Sec. 3.1; official loop in ``ddim_inv.py``): ``num_reg_steps`` times, ``num_ac_rolls``
+    steps e <- e - lambda_ac * grad(L_auto) / num_ac_rolls, then e <- e - lambda_kl * grad(L_KL).
+
+    Works inside ``torch.inference_mode()``: the tensors it differentiates are made here.
+    """
+    with torch.inference_mode(False), torch.enable_grad():
+        e = eps.detach().clone().float()
+        for _ in range(settings.num_reg_steps):
+            if settings.lambda_ac > 0:
+                for _ in range(settings.num_ac_rolls):
+                    var = e.detach().clone().requires_grad_(True)
+                    (grad,) = torch.autograd.grad(auto_correlation_loss(var, rng), var)
+                    e = e - settings.lambda_ac * grad / settings.num_ac_rolls
+            if settings.lambda_kl > 0:
+                var = e.detach().clone().requires_grad_(True)
+                (grad,) = torch.autograd.grad(kl_divergence_loss(var), var)
+                e = e - settings.lambda_kl * grad
+            e = e.detach()
+    return e.to(eps.dtype).clone()
+
+
+# --- the inversion record --------------------------------------------------------------------
+
+
+@dataclass
+class Inversion:
+    """What DDIMInvert hands to downstream nodes.
+
+    ``sigmas`` is the full descending schedule ``[s_0 > ... > s_{N-1}, 0]``; the inversion covers
+    steps ``start_step .. N-1``. ``latents[k]`` is the latent at ``sigmas[start_step + k]``
+    (k = 0 is where denoising starts; the last entry is the clean input at sigma 0).
+    ``noise_maps[k]`` (edit-friendly mode only) drives the step from ``sigmas[start_step + k]``
+    to ``sigmas[start_step + k + 1]``. Latents are in the sampler's internal space (after the
+    model's ``process_latent_in``). ``model_family`` names the latent format the inversion was
+    made with, so another family's sampler refuses it.
+    """
+
+    mode: str
+    sigmas: torch.Tensor
+    start_step: int
+    latents: list[torch.Tensor]
+    noise_maps: Optional[list[torch.Tensor]] = None
+    model_family: str = ""
+    cfg: float = 1.0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def remaining_sigmas(self) -> torch.Tensor:
+        return self.sigmas[self.start_step :]
+
+    def __deepcopy__(self, memo):  # immutable after creation: share it, never copy big tensors
+        return self
+
+
+def invert_ddim(
+    denoise: Denoiser,
+    x0: torch.Tensor,
+    sigmas: torch.Tensor,
+    start_step: int,
+    input_scale: Callable[[float], float],
+    regularization: Optional[NoiseRegularization] = None,
+    rng: Optional[random.Random] = None,
+    callback: Optional[StepCallback] = None,
+) -> list[torch.Tensor]:
+    """DDIM inversion from sigma = 0 up to ``sigmas[start_step]`` (Song et al. 2021, Eq. 12 run
+    backwards; Mokady et al. 2023, Eq. 4).
+
+    As in diffusers' ``DDIMInverseScheduler`` and null-text inversion, the step from level a to
+    a higher level b evaluates the model at level b on the current latent (the latent the UNet
+    sees is kept, only its level label changes), which is the eps the DDIM step b -> a uses when
+    sampling back. ``input_scale(sigma)`` is the model's input scaling c_in(sigma) (``1 /
+    sqrt(sigma^2 + 1)`` for SD), used to relabel the latent. Optionally each eps is regularised
+    as in pix2pix-zero. Returns the latents from ``sigmas[start_step]`` down to the clean input.
+    """
+    levels = [float(s) for s in sigmas[start_step:].flip(0)]  # 0, s_{N-1}, ..., s_start
+    x = x0
+    trajectory = [x0]
+    for i, (sigma_from, sigma_to) in enumerate(zip(levels[:-1], levels[1:])):
+        x_in = x * (input_scale(sigma_from) / input_scale(sigma_to))
+        sigma = torch.full((x.shape[0],), sigma_to, dtype=x.dtype, device=x.device)
+        x0_hat = denoise(x_in, sigma)
+        eps = predicted_noise(x_in, x0_hat, sigma_to)
+        if regularization is not None:
+            eps = regularize_noise(eps, regularization, rng or random.Random(0))
+        x = ddim_step(x, eps, sigma_from, sigma_to)
+        trajectory.append(x)
+        if callback is not None:
+            callback(i, x, x0_hat)
+    return trajectory[::-1]
+
+
+def invert_edit_friendly(
+    denoise: Denoiser,
+    x0: torch.Tensor,
+    sigmas: torch.Tensor,
+    start_step: int,
+    generator: torch.Generator,
+    callback: Optional[StepCallback] = None,
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Edit-friendly DDPM inversion (Huberman-Spiegelglas et al. 2024, Alg. 1).
+
+    Samples x_t for every level of the full schedule independently (Eq. 4; all levels are drawn
+    so that ``start_step`` does not change the random stream), then for each step from
+    ``start_step`` on extracts the noise map that makes the DDPM step hit the sampled x_{t-1}
+    exactly (Eq. 5). Returns ``(latents, noise_maps)`` as stored in :class:`Inversion`.
+    """
+    levels = [float(s) for s in sigmas]
+    noisy = sample_edit_friendly_trajectory(x0, levels[:-1], generator)
+    latents = noisy[start_step:] + [x0]
+    noise_maps = []
+    for i in range(start_step, len(levels) - 1):
+        x_t, x_s = noisy[i], (noisy[i + 1] if i + 1 < len(noisy) else x0)
+        sigma = torch.full((x0.shape[0],), levels[i], dtype=x0.dtype, device=x0.device)
+        x0_hat = denoise(x_t, sigma)
+        mean, std = ddpm_posterior(x_t, x0_hat, levels[i], levels[i + 1])
+        noise_maps.append(edit_friendly_noise_map(x_s, mean, std))
+        if callback is not None:
+            callback(i - start_step, x_t, x0_hat)
+    return latents, noise_maps
+
+
+def replay_step(
+    x: torch.Tensor, x0_hat: torch.Tensor, sigma_t: float, sigma_s: float,
+    noise_map: Optional[torch.Tensor], exact_final_step: bool = True,
+) -> torch.Tensor:
+    """One denoising step of an inversion replay.
+
+    Without noise maps: the DDIM step (Song et al. 2021, Eq. 12, eta = 0). With noise maps: the
+    edit-friendly DDPM step x_{t-1} = mu_t(x_t) + sigma_t z_t (Huberman-Spiegelglas et al. 2024,
+    Eq. 3); on the final step to sigma = 0 the stored residual is added when
+    ``exact_final_step`` (exact reconstruction), and dropped otherwise (the official code sets the
+    last noise map to zero, which ends on the model's x0 prediction).
+    """
+    if noise_map is None:
+        return ddim_step(x, predicted_noise(x, x0_hat, sigma_t), sigma_t, sigma_s)
+    mean, std = ddpm_posterior(x, x0_hat, sigma_t, sigma_s)
+    if std == 0.0:
+        return mean + noise_map if exact_final_step else mean
+    return mean + std * noise_map

@@ -1,0 +1,12 @@
+"""The pack's ComfyUI nodes (V3 schema). Thin: validation, then a call into ``core`` via ``host``."""
+from __future__ import annotations
+
+from .host import ComfyExtension, io
+from .inversion import DDIMInvert, InversionReplaySampler
+
+NODES: list[type[io.ComfyNode]] = [DDIMInvert, InversionReplaySampler]
+
+
+class ExemplarEditExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return list(NODES)

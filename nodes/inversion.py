@@ -1,0 +1,211 @@
+"""DDIMInvert and InversionReplaySampler: the inversion every method of the pack shares."""
+from __future__ import annotations
+
+import math
+import random
+
+import torch
+
+from ..core import inversion as inv
+from . import host
+from .host import InputError, io
+
+CATEGORY = f"{host.ROOT_CATEGORY}/inversion"
+
+InversionType = io.Custom("EXEMPLAR_INVERSION")
+
+
+def _check_latent(model, latent: dict, input_name: str = "latent") -> torch.Tensor:
+    samples = latent.get("samples") if isinstance(latent, dict) else None
+    if not isinstance(samples, torch.Tensor) or samples.ndim != 4:
+        raise InputError(f"{input_name}: expected an image latent [batch, channels, height, width] (VAE Encode output)")
+    channels = host.latent_channels(model)
+    if samples.shape[1] != channels:
+        raise InputError(
+            f"{input_name}: has {samples.shape[1]} channels but the model's latent space ({host.model_family(model)}) "
+            f"has {channels}; encode the image with this model's VAE"
+        )
+    if min(samples.shape[2:]) < 2:
+        raise InputError(f"{input_name}: {samples.shape[3] * 8}x{samples.shape[2] * 8} px is too small to invert")
+    return samples
+
+
+class DDIMInvert(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DDIMInvert",
+            display_name="DDIM Invert",
+            category=CATEGORY,
+            description=(
+                "Inverts an encoded image into the model's noise space. 'ddim' runs the deterministic "
+                "DDIM ODE backwards (Song et al. 2021), optionally with pix2pix-zero's noise regularisation; "
+                "'edit_friendly_ddpm' extracts per-step noise maps (Huberman-Spiegelglas et al. 2024) that "
+                "reproduce the image exactly. Sample back with SamplerCustom + Inversion Replay Sampler, "
+                "add_noise off, the SIGMAS output and the LATENT output."
+            ),
+            inputs=[
+                io.Model.Input("model", tooltip="The model to invert under; sample back with the same model (patches may differ)."),
+                io.Conditioning.Input("positive", tooltip="Conditioning describing the image (its caption)."),
+                io.Latent.Input("latent", tooltip="The image to invert, encoded with this model's VAE (VAE Encode)."),
+                io.Combo.Input("mode", options=list(inv.MODES), default=inv.DDIM,
+                               tooltip="ddim: deterministic DDIM inversion (pix2pix-zero, most editing methods). "
+                                       "edit_friendly_ddpm: edit-friendly DDPM inversion with noise maps (Eye-for-an-eye); "
+                                       "replaying it reconstructs the input exactly."),
+                io.Int.Input("steps", default=50, min=1, max=1000,
+                             tooltip="Number of steps of the full schedule (pix2pix-zero: 50, Eye-for-an-eye: 100)."),
+                io.Float.Input("cfg", default=1.0, min=0.0, max=30.0, step=0.1, round=0.01,
+                               tooltip="Classifier-free guidance during inversion. 1 uses the positive prompt alone "
+                                       "(pix2pix-zero); Eye-for-an-eye inverts with 3.5. Above 1 needs 'negative'."),
+                io.Combo.Input("scheduler", options=host.SCHEDULER_NAMES, default="ddim_uniform",
+                               tooltip="Sigma schedule. ddim_uniform matches the DDIM timesteps of the papers' code."),
+                io.Int.Input("skip_steps", default=0, min=0, max=999,
+                             tooltip="How many of the most noisy steps to skip: the inversion stops there and editing "
+                                     "starts there (denoising strength = 1 - skip_steps / steps). Eye-for-an-eye: 32 of 100."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=False,
+                             tooltip="Seed of the independent noise samples of edit_friendly_ddpm and of the random "
+                                     "shifts of the noise regularisation. Unused by plain ddim."),
+                io.Boolean.Input("noise_regularization", default=False,
+                                 tooltip="ddim only: pix2pix-zero's regularisation of each predicted noise towards "
+                                         "white Gaussian noise (auto-correlation and KL penalties)."),
+                io.Float.Input("lambda_ac", default=20.0, min=0.0, max=1000.0, step=0.1,
+                               tooltip="Weight of the auto-correlation penalty (pix2pix-zero: 20)."),
+                io.Float.Input("lambda_kl", default=20.0, min=0.0, max=1000.0, step=0.1,
+                               tooltip="Weight of the KL penalty (pix2pix-zero: 20)."),
+                io.Int.Input("regularization_steps", default=5, min=1, max=100,
+                             tooltip="Outer regularisation iterations per step (pix2pix-zero: 5)."),
+                io.Int.Input("auto_correlation_rolls", default=5, min=1, max=100,
+                             tooltip="Auto-correlation gradient steps per outer iteration (pix2pix-zero: 5)."),
+                io.Conditioning.Input("negative", optional=True,
+                                      tooltip="Negative conditioning, needed only when cfg is above 1."),
+            ],
+            outputs=[
+                io.Latent.Output(display_name="LATENT", tooltip="The inverted latent at the start of editing (after skip_steps). "
+                                 "Feed it to SamplerCustom with add_noise off."),
+                InversionType.Output(display_name="INVERSION", tooltip="The inversion: schedule, latents at every step and, "
+                                     "for edit_friendly_ddpm, the noise maps. Feed it to Inversion Replay Sampler."),
+                io.Sigmas.Output(display_name="SIGMAS", tooltip="The remaining schedule from the start of editing to 0, for SamplerCustom."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, positive, latent, mode, steps, cfg, scheduler, skip_steps, seed,
+                noise_regularization, lambda_ac, lambda_kl, regularization_steps, auto_correlation_rolls,
+                negative=None) -> io.NodeOutput:
+        if mode not in inv.MODES:
+            raise InputError(f"mode: {mode!r} is not one of {list(inv.MODES)}")
+        if steps < 1:
+            raise InputError("steps: must be at least 1")
+        if not 0 <= skip_steps < steps:
+            raise InputError(f"skip_steps: {skip_steps} must be between 0 and steps - 1 = {steps - 1}")
+        if cfg != 1.0 and negative is None:
+            raise InputError(f"negative: cfg is {cfg}, so a negative conditioning is needed (or set cfg to 1)")
+        if noise_regularization and mode != inv.DDIM:
+            raise InputError("noise_regularization: only applies to mode 'ddim'; turn it off for edit_friendly_ddpm")
+        host.check_sigma_space_model(model)
+        _check_latent(model, latent)
+
+        sigmas = host.schedule(model, scheduler, steps)
+        c_in = host.input_scale(model)
+        regularization = (
+            inv.NoiseRegularization(lambda_ac, lambda_kl, regularization_steps, auto_correlation_rolls)
+            if noise_regularization else None
+        )
+        record: dict = {}
+
+        def loop(denoise, x, _sigmas, context, on_step):
+            if mode == inv.DDIM:
+                latents = inv.invert_ddim(denoise, x, sigmas, skip_steps, c_in, regularization,
+                                          random.Random(seed), on_step)
+                record["latents"], record["noise_maps"] = latents, None
+            else:
+                generator = torch.Generator(device="cpu").manual_seed(seed)
+                latents, noise_maps = inv.invert_edit_friendly(denoise, x, sigmas, skip_steps, generator, on_step)
+                record["latents"], record["noise_maps"] = latents, noise_maps
+            record["family"] = context.model_family
+            return latents[0]
+
+        negative = negative if negative is not None else positive
+        inverted = host.run_sampler(model, host.make_sampler(loop), sigmas[skip_steps:], positive, negative,
+                                    cfg, latent, seed)
+        inversion = inv.Inversion(
+            mode=mode, sigmas=sigmas, start_step=skip_steps,
+            latents=[t.cpu() for t in record["latents"]],
+            noise_maps=None if record["noise_maps"] is None else [t.cpu() for t in record["noise_maps"]],
+            model_family=record["family"], cfg=cfg,
+        )
+        out = latent.copy()
+        out.pop("noise_mask", None)
+        out["samples"] = inverted
+        return io.NodeOutput(out, inversion, sigmas[skip_steps:].clone())
+
+
+def _align_schedule(inversion: inv.Inversion, sigmas: torch.Tensor) -> int:
+    """Index into the inversion's schedule where ``sigmas`` starts; it must follow that schedule."""
+    full = inversion.sigmas
+    first = float(sigmas[0])
+    for index in range(inversion.start_step, len(full) - 1):
+        if math.isclose(float(full[index]), first, rel_tol=1e-4, abs_tol=1e-6):
+            tail = full[index : index + len(sigmas)]
+            if len(tail) == len(sigmas) and torch.allclose(tail, sigmas.cpu().float(), rtol=1e-4, atol=1e-6):
+                return index
+            break
+    raise InputError(
+        "sigmas: the sampler's schedule does not follow the inversion's; connect DDIMInvert's SIGMAS output "
+        "(or a SplitSigmas of it) to the sampler"
+    )
+
+
+class InversionReplaySampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="InversionReplaySampler",
+            display_name="Inversion Replay Sampler",
+            category=CATEGORY,
+            description=(
+                "A SAMPLER that denoises along an inversion from DDIMInvert: DDIM steps for a 'ddim' inversion, "
+                "DDPM steps driven by the stored noise maps for 'edit_friendly_ddpm'. With the inversion's own "
+                "conditioning it reconstructs the image; with other conditioning or model patches it edits it. "
+                "Use it in SamplerCustom with add_noise off, DDIMInvert's LATENT and SIGMAS."
+            ),
+            inputs=[
+                InversionType.Input("inversion", tooltip="The INVERSION output of DDIMInvert."),
+                io.Boolean.Input("exact_final_step", default=True,
+                                 tooltip="edit_friendly_ddpm only: add the stored residual on the last step so a "
+                                         "replay under the inversion's conditioning returns the input exactly. Off: "
+                                         "the last noise map is zero as in the official edit-friendly code."),
+            ],
+            outputs=[io.Sampler.Output(display_name="SAMPLER", tooltip="Sampler for SamplerCustom / SamplerCustomAdvanced.")],
+        )
+
+    @classmethod
+    def execute(cls, inversion, exact_final_step) -> io.NodeOutput:
+        if not isinstance(inversion, inv.Inversion):
+            raise InputError("inversion: expected the INVERSION output of DDIMInvert")
+
+        def loop(denoise, x, sigmas, context, on_step):
+            if context.model_family != inversion.model_family:
+                raise InputError(
+                    f"inversion: made with a {inversion.model_family} model but the sampler's model is "
+                    f"{context.model_family}; invert with the same model family you sample with"
+                )
+            expected = tuple(inversion.latents[0].shape)
+            if tuple(x.shape) != expected:
+                raise InputError(
+                    f"latent_image: shape {tuple(x.shape)} does not match the inversion's {expected}; feed the "
+                    "LATENT output of the same DDIMInvert"
+                )
+            start = _align_schedule(inversion, sigmas)
+            maps = inversion.noise_maps
+            for k in range(len(sigmas) - 1):
+                sigma_t, sigma_s = float(sigmas[k]), float(sigmas[k + 1])
+                x0_hat = denoise(x, sigmas[k] * x.new_ones(x.shape[0]))
+                noise_map = None
+                if maps is not None:
+                    noise_map = maps[start - inversion.start_step + k].to(device=x.device, dtype=x.dtype)
+                x = inv.replay_step(x, x0_hat, sigma_t, sigma_s, noise_map, exact_final_step)
+                on_step(k, x, x0_hat)
+            return x
+
+        return io.NodeOutput(host.make_sampler(loop))

@@ -1,0 +1,237 @@
+"""core.inversion without ComfyUI: sigma-space DDIM / DDPM algebra, inversion loops, and a
+numerical comparison with diffusers' schedulers (an independent implementation)."""
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+import torch
+
+from exemplar_edit.core import inversion as inv
+
+# Stable Diffusion's training schedule ("scaled_linear", 1000 steps).
+BETAS = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
+ALPHAS_CUMPROD = torch.cumprod(1.0 - BETAS, dim=0)
+SIGMAS_ALL = ((1 - ALPHAS_CUMPROD) / ALPHAS_CUMPROD).sqrt()
+
+
+def c_in(sigma: float) -> float:
+    return 1.0 / math.sqrt(sigma**2 + 1.0)
+
+
+def ddim_uniform(steps: int) -> tuple[torch.Tensor, list[int]]:
+    """ComfyUI's ddim_uniform schedule: timesteps 1, 1 + 1000//steps, ... descending, then sigma 0."""
+    stride = 1000 // steps
+    timesteps = list(range(1, 1000, stride))[:steps][::-1]
+    sigmas = torch.tensor([float(SIGMAS_ALL[t]) for t in timesteps] + [0.0], dtype=torch.float64)
+    return sigmas, timesteps
+
+
+def timestep_of(sigma: torch.Tensor) -> int:
+    return int((SIGMAS_ALL - float(sigma.flatten()[0])).abs().argmin())
+
+
+class ToyEps(torch.nn.Module):
+    """A smooth, nonlinear, timestep-dependent eps predictor on VP latents."""
+
+    def __init__(self, channels: int = 4):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.weight = torch.nn.Parameter(torch.randn(channels, channels, 3, 3, generator=g, dtype=torch.float64) * 0.2)
+
+    def forward(self, x_vp: torch.Tensor, t: int) -> torch.Tensor:
+        h = torch.nn.functional.conv2d(x_vp, self.weight, padding=1)
+        return torch.tanh(h * (1.0 + t / 1000.0)) + 0.05 * math.sin(t / 50.0)
+
+
+def toy_denoiser(eps_model: ToyEps):
+    """D(x; sigma) of a VP eps model in sigma space: x - sigma * eps(c_in(sigma) x, t(sigma))."""
+
+    def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        s = float(sigma.flatten()[0])
+        return x - s * eps_model(x * c_in(s), timestep_of(sigma))
+
+    return denoise
+
+
+@pytest.fixture
+def latent() -> torch.Tensor:
+    return torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+
+
+def test_ddim_step_runs_both_ways(latent):
+    eps = torch.randn_like(latent)
+    up = inv.ddim_step(latent, eps, 0.5, 3.0)
+    assert torch.allclose(inv.ddim_step(up, eps, 3.0, 0.5), latent)
+    assert torch.allclose(inv.predicted_noise(up, up - 3.0 * eps, 3.0), eps)
+
+
+def test_ddpm_posterior_matches_vp_formula():
+    # DDPM posterior variance in VP coordinates (Ho et al. Eq. 7), rescaled by 1/alpha_bar_s.
+    for t, s in [(981, 961), (501, 481), (41, 21), (21, 1)]:
+        a_t, a_s = float(ALPHAS_CUMPROD[t]), float(ALPHAS_CUMPROD[s])
+        var_vp = (1 - a_s) / (1 - a_t) * (1 - a_t / a_s)
+        x_t, x0 = torch.tensor(2.0, dtype=torch.float64), torch.tensor(0.3, dtype=torch.float64)
+        mean, std = inv.ddpm_posterior(x_t, x0, float(SIGMAS_ALL[t]), float(SIGMAS_ALL[s]))
+        assert std == pytest.approx(math.sqrt(var_vp / a_s), rel=1e-9)
+        # VP posterior mean (Ho et al. Eq. 7) mapped to sigma space
+        coef_x0 = math.sqrt(a_s) * (1 - a_t / a_s) / (1 - a_t)
+        coef_xt = math.sqrt(a_t / a_s) * (1 - a_s) / (1 - a_t)
+        mean_vp = coef_x0 * float(x0) + coef_xt * float(x_t) * math.sqrt(a_t)
+        assert float(mean) == pytest.approx(mean_vp / math.sqrt(a_s), rel=1e-9)
+    mean, std = inv.ddpm_posterior(torch.tensor(1.0), torch.tensor(0.25), 0.5, 0.0)
+    assert std == 0.0 and float(mean) == 0.25
+
+
+def test_ddim_inversion_matches_diffusers_inverse_scheduler(latent):
+    diffusers = pytest.importorskip("diffusers")
+    model = ToyEps()
+    steps = 50
+    sigmas, timesteps = ddim_uniform(steps)
+
+    ours = inv.invert_ddim(toy_denoiser(model), latent, sigmas, 0, c_in)
+
+    scheduler = diffusers.DDIMInverseScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+        set_alpha_to_one=True, steps_offset=1,
+    )
+    scheduler.set_timesteps(steps)
+    assert scheduler.timesteps.tolist() == timesteps[::-1]
+    x = latent.clone()
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            x = scheduler.step(model(x, int(t)), t, x).prev_sample
+    # ours is in sigma space: x_vp = sqrt(alpha_bar) * x
+    ours_vp = ours[0] * c_in(float(sigmas[0]))
+    # diffusers keeps alphas_cumprod in float32: agreement to float32 precision
+    assert torch.allclose(ours_vp, x, atol=1e-5, rtol=1e-5), (ours_vp - x).abs().max()
+    assert torch.equal(ours[-1], latent)
+    # every intermediate level too
+    x = latent.clone()
+    with torch.no_grad():
+        for k, t in enumerate(scheduler.timesteps):
+            x = scheduler.step(model(x, int(t)), t, x).prev_sample
+            level = steps - 1 - k
+            assert torch.allclose(ours[level] * c_in(float(sigmas[level])), x, atol=1e-5, rtol=1e-5)
+
+
+def test_ddim_replay_matches_diffusers_ddim_scheduler(latent):
+    diffusers = pytest.importorskip("diffusers")
+    model = ToyEps()
+    steps = 20
+    sigmas, _ = ddim_uniform(steps)
+    denoise = toy_denoiser(model)
+
+    x = latent * float(sigmas[0]) + latent.flip(0)
+    ours = x.clone()
+    for k in range(steps):
+        s = sigmas[k].expand(x.shape[0])
+        ours = inv.replay_step(ours, denoise(ours, s), float(sigmas[k]), float(sigmas[k + 1]), None)
+
+    scheduler = diffusers.DDIMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+        set_alpha_to_one=True, steps_offset=1,
+    )
+    scheduler.set_timesteps(steps)
+    x_vp = x * c_in(float(sigmas[0]))
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            x_vp = scheduler.step(model(x_vp, int(t)), t, x_vp, eta=0.0).prev_sample
+    assert torch.allclose(ours, x_vp, atol=1e-5, rtol=1e-5)
+
+
+def test_ddim_inversion_then_replay_error_falls_with_steps(latent):
+    denoise = toy_denoiser(ToyEps())
+    errors = []
+    for steps in (5, 10, 20, 50):
+        sigmas, _ = ddim_uniform(steps)
+        x = inv.invert_ddim(denoise, latent, sigmas, 0, c_in)[0]
+        for k in range(steps):
+            x = inv.replay_step(x, denoise(x, sigmas[k].expand(2)), float(sigmas[k]), float(sigmas[k + 1]), None)
+        errors.append(float((x - latent).abs().mean().detach()))
+    assert all(a > b for a, b in zip(errors, errors[1:])), errors
+
+
+@pytest.mark.parametrize("start_step", [0, 3])
+def test_edit_friendly_replay_reconstructs_exactly(latent, start_step):
+    denoise = toy_denoiser(ToyEps())
+    sigmas, _ = ddim_uniform(10)
+    latents, maps = inv.invert_edit_friendly(denoise, latent, sigmas, start_step, torch.Generator().manual_seed(3))
+    assert len(latents) == len(sigmas) - start_step and len(maps) == len(sigmas) - 1 - start_step
+    x = latents[0]
+    for k, noise_map in enumerate(maps):
+        i = start_step + k
+        x = inv.replay_step(x, denoise(x, sigmas[i].expand(2)), float(sigmas[i]), float(sigmas[i + 1]), noise_map)
+        assert torch.allclose(x, latents[k + 1], atol=1e-9)
+    assert torch.allclose(x, latent, atol=1e-9)
+    # official behaviour: without the final residual, the replay ends on the model's x0 prediction
+    x = latents[-2]
+    last = len(sigmas) - 2
+    x0_hat = denoise(x, sigmas[last].expand(2))
+    assert torch.equal(inv.replay_step(x, x0_hat, float(sigmas[last]), 0.0, maps[-1], exact_final_step=False), x0_hat)
+
+
+def test_edit_friendly_random_stream_does_not_depend_on_start_step(latent):
+    denoise = toy_denoiser(ToyEps())
+    sigmas, _ = ddim_uniform(10)
+    full, full_maps = inv.invert_edit_friendly(denoise, latent, sigmas, 0, torch.Generator().manual_seed(5))
+    part, part_maps = inv.invert_edit_friendly(denoise, latent, sigmas, 4, torch.Generator().manual_seed(5))
+    assert torch.equal(full[4], part[0])
+    assert all(torch.equal(a, b) for a, b in zip(full_maps[4:], part_maps))
+
+
+def test_edit_friendly_noise_map_statistics_for_a_perfect_denoiser():
+    # With D = the true x0 and independent x_t = x0 + s_t n_t, z = (s_s n_s - r s_t n_t) / std with
+    # r = s_s^2 / s_t^2 and std^2 = s_s^2 (1 - r): zero mean, variance (1 + r) / (1 - r) > 1 (the
+    # edit-friendly maps are heavier than white noise, as Huberman-Spiegelglas et al. observe).
+    x0 = torch.randn(1, 4, 64, 64, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    sigmas, _ = ddim_uniform(10)
+    _, maps = inv.invert_edit_friendly(lambda x, s: x0, x0, sigmas, 0, torch.Generator().manual_seed(7))
+    for i, z in enumerate(maps[:-1]):
+        r = float(sigmas[i + 1]) ** 2 / float(sigmas[i]) ** 2
+        assert abs(float(z.mean())) < 0.05
+        assert float(z.var()) == pytest.approx((1 + r) / (1 - r), rel=0.05)
+    assert torch.allclose(maps[-1], x0 - x0)  # last step: residual of a perfect prediction is 0
+
+
+def test_kl_loss_is_small_for_white_noise_and_large_otherwise():
+    white = torch.randn(1, 4, 64, 64, generator=torch.Generator().manual_seed(0))
+    assert float(inv.kl_divergence_loss(white)) < 1e-2
+    assert float(inv.kl_divergence_loss(white * 3 + 1)) > 1.0
+
+
+def test_auto_correlation_loss_sees_spatial_correlation():
+    white = torch.randn(1, 4, 64, 64, generator=torch.Generator().manual_seed(0))
+    smooth = torch.nn.functional.avg_pool2d(white, 5, stride=1, padding=2) * 5
+    assert float(inv.auto_correlation_loss(smooth, random.Random(0))) > 10 * float(
+        inv.auto_correlation_loss(white, random.Random(0))
+    )
+
+
+def test_regularization_whitens_noise_deterministically_even_in_inference_mode():
+    g = torch.Generator().manual_seed(0)
+    eps = torch.nn.functional.avg_pool2d(torch.randn(2, 4, 32, 32, generator=g), 3, stride=1, padding=1) * 2 + 0.3
+    settings = inv.NoiseRegularization()
+    with torch.inference_mode():
+        eps_inference = eps.clone()
+        out = inv.regularize_noise(eps_inference, settings, random.Random(1))
+    again = inv.regularize_noise(eps, settings, random.Random(1))
+    assert torch.equal(out, again)
+
+    def total(e):
+        return float(inv.auto_correlation_loss(e, random.Random(9)) + inv.kl_divergence_loss(e))
+
+    # pix2pix-zero's steps are small (losses are means over all elements); they still help.
+    assert total(out) < total(eps)
+    assert float(inv.kl_divergence_loss(out)) < float(inv.kl_divergence_loss(eps))
+    off = inv.regularize_noise(eps, inv.NoiseRegularization(lambda_ac=0, lambda_kl=0), random.Random(1))
+    assert torch.equal(off, eps)
+
+
+def test_inversion_record_is_shared_not_copied_on_deepcopy(latent):
+    import copy
+
+    record = inv.Inversion(mode=inv.DDIM, sigmas=torch.ones(3), start_step=0, latents=[latent])
+    assert copy.deepcopy({"a": record})["a"] is record
+    assert torch.equal(record.remaining_sigmas, torch.ones(3))

