@@ -49,13 +49,14 @@ def check_sigma_space_model(model, input_name: str = "model") -> None:
 
 
 def schedule(model, scheduler: str, steps: int) -> torch.Tensor:
-    """The descending sigma schedule ``[s_0, ..., s_{steps-1}, 0]`` ComfyUI would sample with."""
+    """The descending sigma schedule ``[s_0, ..., 0]`` ComfyUI samples with for these settings.
+
+    Like the stock samplers, it is used as the scheduler makes it: ``ddim_uniform`` gives a step
+    or two more than ``steps`` when 1000 is not a multiple of it.
+    """
     if scheduler not in SCHEDULER_NAMES:
         raise InputError(f"scheduler: unknown scheduler {scheduler!r}; choose one of {SCHEDULER_NAMES}")
-    sigmas = comfy.samplers.calculate_sigmas(model_sampling(model), scheduler, steps).cpu().float()
-    if len(sigmas) != steps + 1:
-        raise InputError(f"scheduler: {scheduler!r} gave {len(sigmas) - 1} steps for steps={steps}; use ddim_uniform or normal")
-    return sigmas
+    return comfy.samplers.calculate_sigmas(model_sampling(model), scheduler, steps).cpu().float()
 
 
 def input_scale(model) -> Callable[[float], float]:

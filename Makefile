@@ -1,0 +1,27 @@
+# Two commands for a fresh machine: `make test` and `make demo`. Each sets up what it needs on
+# first run (tools/setup.sh: .venv, the pinned ComfyUI in .host/, test checkpoints in .cache/)
+# and reuses it afterwards. COMFYUI_PATH=/path/to/ComfyUI uses your own ComfyUI instead.
+PY := .venv/bin/python
+PORT ?= 8188
+CKPT ?=
+export CKPT
+
+.PHONY: setup test test-unit demo serve clean
+
+setup:
+	@bash tools/setup.sh
+
+test: setup
+	$(PY) -m pytest -q
+
+test-unit: setup
+	$(PY) -m pytest -q tests/unit
+
+demo: setup
+	$(PY) tools/demo.py
+
+serve: setup
+	$(PY) tools/serve.py --port $(PORT)
+
+clean:
+	rm -rf .run out

@@ -1,0 +1,165 @@
+"""Shared test helpers (imported by conftest.py and by test modules as ``pack_testing``).
+
+- The pack is imported as the package ``exemplar_edit`` from the repository root, whatever
+  the checkout folder is called.
+- Tests marked ``host`` need ComfyUI: ``COMFYUI_PATH`` or the pinned host in ``.host/ComfyUI``
+  (``make setup``). The host is imported once per session in CPU mode.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+HOST = Path(os.environ.get("COMFYUI_PATH") or REPO / ".host" / "ComfyUI")
+CHECKPOINTS = REPO / ".cache" / "checkpoints"
+PACKAGE = "exemplar_edit"
+
+
+def _import_pack() -> None:
+    if PACKAGE in sys.modules:
+        return
+    spec = importlib.util.spec_from_file_location(
+        PACKAGE, REPO / "__init__.py", submodule_search_locations=[str(REPO)]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[PACKAGE] = module
+    spec.loader.exec_module(module)
+
+
+_import_pack()
+
+_host_ready = False
+
+
+def import_host() -> None:
+    """Put ComfyUI on sys.path and import it in CPU mode, as `main.py --cpu` would."""
+    global _host_ready
+    if _host_ready:
+        return
+    if not (HOST / "main.py").exists():
+        pytest.exit(f"ComfyUI not found at {HOST}: run `make setup` or set COMFYUI_PATH", returncode=2)
+    sys.path.insert(0, str(HOST))
+    saved_argv = sys.argv
+    sys.argv = [sys.argv[0], "--cpu"]
+    try:
+        import comfy.options
+
+        comfy.options.enable_args_parsing()
+        import comfy.cli_args  # noqa: F401  (parses --cpu)
+        import utils.extra_config  # noqa: F401  (main.py imports ComfyUI's `utils` package first)
+        import comfy.model_management  # noqa: F401
+    finally:
+        sys.argv = saved_argv
+    _host_ready = True
+
+
+def checkpoint_path(name: str) -> Path:
+    path = CHECKPOINTS / name
+    if not path.exists():
+        pytest.exit(f"test checkpoint {path} missing: run `make setup`", returncode=2)
+    return path
+
+
+# --- running API-format graphs through ComfyUI's own validator and executor, in-process -------
+
+CAPTURED: dict[str, tuple] = {}
+
+
+class _Capture:
+    """Test-only output node: keeps whatever reaches it in CAPTURED[key]."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"key": ("STRING", {"default": "out"})}, "optional": {"value": ("*", {})}}
+
+    RETURN_TYPES = ()
+    FUNCTION = "capture"
+    OUTPUT_NODE = True
+    CATEGORY = "testing"
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, input_types):
+        return True
+
+    @classmethod
+    def IS_CHANGED(cls, **kwargs):
+        return float("nan")  # never cached: every run captures afresh
+
+    def capture(self, key, value=None):
+        CAPTURED[key] = value
+        return {}
+
+
+class GraphError(RuntimeError):
+    """A graph failed validation or execution; the message is ComfyUI's."""
+
+
+class _StubServer:
+    client_id = None
+    last_node_id = None
+    last_prompt_id = None
+
+    def __init__(self):
+        self.messages: list[tuple[str, dict]] = []
+
+    def send_sync(self, event, data, sid=None):
+        self.messages.append((event, data))
+
+    def queue_updated(self):
+        pass
+
+
+class GraphRunner:
+    def __init__(self):
+        import execution
+
+        self._execution = execution
+        self.server = _StubServer()
+        # ComfyUI's default (classic) cache, as the server uses: unchanged loader nodes are not
+        # re-run between graphs, so each checkpoint loads once.
+        self.executor = execution.PromptExecutor(self.server, cache_type=execution.CacheType.CLASSIC,
+                                                 cache_args={"lru": 0, "ram": 0})
+        self._count = 0
+
+    def validate(self, prompt: dict) -> tuple[bool, dict, list, dict]:
+        import asyncio
+
+        self._count += 1
+        return asyncio.run(self._execution.validate_prompt(str(self._count), prompt, None))
+
+    def run(self, prompt: dict) -> dict:
+        """Validates and executes ``prompt``; returns CAPTURED for its Capture nodes."""
+        ok, error, outputs, node_errors = self.validate(prompt)
+        if not ok:
+            raise GraphError(f"validation failed: {error} {node_errors}")
+        CAPTURED.clear()
+        self.server.messages.clear()
+        self.executor.execute(prompt, str(self._count), {}, outputs)
+        if not self.executor.success:
+            errors = [d for e, d in self.server.messages if e == "execution_error"]
+            detail = errors[0] if errors else self.executor.status_messages
+            raise GraphError(f"execution failed: {detail}")
+        return dict(CAPTURED)
+
+
+def make_graph_runner() -> GraphRunner:
+    """Registers ComfyUI's built-in nodes, this pack's nodes and ``Capture``; returns a runner."""
+    import asyncio
+
+    import_host()
+    import folder_paths
+    import nodes
+
+    folder_paths.add_model_folder_path("checkpoints", str(CHECKPOINTS), is_default=True)
+    asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
+    from exemplar_edit.nodes import ExemplarEditExtension
+
+    for node_cls in asyncio.run(ExemplarEditExtension().get_node_list()):
+        nodes.NODE_CLASS_MAPPINGS[node_cls.GET_SCHEMA().node_id] = node_cls
+    nodes.NODE_CLASS_MAPPINGS["Capture"] = _Capture
+    return GraphRunner()
