@@ -104,6 +104,17 @@ def test_ddim_reconstruction_error_falls_as_steps_grow(graph, v_prediction):
     assert errors[2] < 0.5 * errors[0], errors
 
 
+def test_stock_ddim_sampler_replays_a_ddim_inversion_like_the_replay_sampler(graph):
+    """For mode 'ddim' the stock KSamplerSelect('ddim') works too: same steps, same result."""
+    checkpoint_path(SD15)
+    prompt = roundtrip_prompt(SD15, "ddim", steps=4, cfg=1.0)
+    ours = graph.run(prompt)["reconstruction"]["samples"]
+    prompt["41"] = {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "ddim"}}
+    prompt["8"]["inputs"]["sampler"] = ["41", 0]
+    stock = graph.run(prompt)["reconstruction"]["samples"]
+    assert relative_error(stock, ours) < 1e-5
+
+
 def test_ddim_inversion_node_matches_diffusers_on_the_test_model(graph):
     """The node's inversion equals diffusers' DDIMInverseScheduler stepping with the same model's
     predictions (ComfyUI's own guided x0, run through a stock KSAMPLER)."""
@@ -205,7 +216,8 @@ def test_zero_steps_is_refused_by_validation(graph):
     checkpoint_path(SD15)
     ok, _error, _outputs, node_errors = graph.validate(roundtrip_prompt(SD15, "ddim", steps=0, cfg=1.0))
     # ComfyUI drops the outputs that depend on the bad node and names the node and input
-    assert "6" in node_errors and "smaller than min of 1: steps" in str(node_errors["6"])
+    errors = node_errors["6"]["errors"]
+    assert errors[0]["message"] == "Value 0 smaller than min of 1" and errors[0]["details"] == "steps"
 
 
 def test_inversion_from_another_model_family_is_refused(graph):
