@@ -1,0 +1,229 @@
+"""End to end: the real ComfyUI server (tools/serve.py) with the pack in custom_nodes, driven over
+HTTP by tools/run_workflow.py, as a user would.
+
+One server per module, with both test checkpoints. Workflows run checkpoint-major so each model
+is loaded once.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[2]
+TOOLS = REPO / "tools"
+if str(TOOLS) not in sys.path:
+    sys.path.insert(0, str(TOOLS))
+
+import demo  # noqa: E402
+import run_workflow  # noqa: E402
+import serve  # noqa: E402
+import workflow_ui  # noqa: E402
+
+pytestmark = pytest.mark.e2e
+
+TEST_CKPTS = ("test_sd15.safetensors", "test_sdxl.safetensors")
+API_WORKFLOWS = sorted((REPO / "workflows" / "api").glob("*.json"))
+UI_PAIRS = [p for p in sorted((REPO / "workflows").glob("*.json")) if (REPO / "workflows" / "api" / p.name).exists()]
+RUN_TIMEOUT = 600
+
+
+@pytest.fixture(scope="module")
+def server():
+    missing = [n for n in TEST_CKPTS if not (serve.CHECKPOINT_CACHE / n).is_file()]
+    if missing:
+        pytest.exit(f"test checkpoint(s) {missing} missing in {serve.CHECKPOINT_CACHE}: run `make setup`",
+                    returncode=2)
+    with serve.running_server(use_env=False, timeout=300) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def object_info(server):
+    return run_workflow.get_json(server, "/object_info", timeout=120)
+
+
+@pytest.fixture(scope="module")
+def pack_node_ids(host):
+    """The node ids the pack itself declares, through its V3 entrypoint (independent of the server)."""
+    import exemplar_edit
+
+    extension = asyncio.run(exemplar_edit.comfy_entrypoint())
+    nodes = asyncio.run(extension.get_node_list())
+    return sorted(cls.GET_SCHEMA().node_id for cls in nodes)
+
+
+# --- the pack as the server presents it ------------------------------------------------------
+
+def test_server_lists_every_pack_node(server, object_info, pack_node_ids):
+    listed = serve.pack_nodes(object_info)
+    assert listed == server.nodes
+    assert pack_node_ids, "the pack declares no nodes"
+    missing = sorted(set(pack_node_ids) - set(object_info))
+    assert not missing, f"declared by the pack but not served by ComfyUI: {missing}"
+    wrong_category = sorted(n for n in pack_node_ids if n not in listed)
+    assert not wrong_category, f"nodes whose category does not start with 'Exemplar Edit': {wrong_category}"
+    assert sorted(listed) == pack_node_ids, f"served under 'Exemplar Edit' but not declared by the pack: " \
+                                            f"{sorted(set(listed) - set(pack_node_ids))}"
+
+
+def test_every_pack_node_is_documented(object_info):
+    problems = []
+    for node_id in serve.pack_nodes(object_info):
+        info = object_info[node_id]
+        if not str(info.get("description") or "").strip():
+            problems.append(f"{node_id}: no description")
+        if not str(info.get("display_name") or "").strip():
+            problems.append(f"{node_id}: no display_name")
+        for section in ("required", "optional"):
+            for name, spec in (info.get("input", {}).get(section) or {}).items():
+                options = spec[1] if isinstance(spec, list) and len(spec) > 1 and isinstance(spec[1], dict) else {}
+                if not str(options.get("tooltip") or "").strip():
+                    problems.append(f"{node_id}: {section} input {name!r} has no tooltip")
+        outputs = info.get("output") or []
+        tooltips = info.get("output_tooltips") or []
+        if len(tooltips) != len(outputs):
+            problems.append(f"{node_id}: {len(outputs)} outputs but {len(tooltips)} output_tooltips")
+        for i, tip in enumerate(tooltips):
+            if not str(tip or "").strip():
+                name = (info.get("output_name") or outputs)[i] if i < len(outputs) else i
+                problems.append(f"{node_id}: output {i} ({name}) has no tooltip")
+    assert not problems, "\n".join(problems)
+
+
+# --- every shipped workflow, on both model families ------------------------------------------
+
+RUNS = [pytest.param(ckpt, wf, id=f"{Path(ckpt).stem}-{wf.stem}") for ckpt in TEST_CKPTS for wf in API_WORKFLOWS]
+
+
+@pytest.mark.parametrize("ckpt, workflow_path", RUNS)
+def test_shipped_workflow_runs(server, ckpt, workflow_path, tmp_path):
+    workflow = demo.retarget(run_workflow.load_workflow(workflow_path), ckpt)
+    images = demo.synthetic_inputs(workflow, tmp_path / "inputs")
+    paths = run_workflow.submit_workflow(server, workflow, images, None, tmp_path / "out", RUN_TIMEOUT)
+    assert paths, f"{workflow_path.name} on {ckpt} produced no images"
+    for path in paths:
+        assert path.parent == tmp_path / "out"
+        with Image.open(path) as im:
+            im.load()
+            assert im.width > 0 and im.height > 0
+
+
+# --- errors a user sees ----------------------------------------------------------------------
+
+def _invert_prompt(steps: int = 2, skip_steps: int = 0) -> dict:
+    return {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": TEST_CKPTS[0]}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a photo", "clip": ["1", 1]}},
+        "3": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "4": {"class_type": "DDIMInvert", "_meta": {"title": "Invert it"}, "inputs": {
+            "model": ["1", 0], "positive": ["2", 0], "latent": ["3", 0], "mode": "ddim", "steps": steps,
+            "cfg": 1.0, "scheduler": "ddim_uniform", "skip_steps": skip_steps, "seed": 0,
+            "noise_regularization": False, "lambda_ac": 20.0, "lambda_kl": 20.0, "regularization_steps": 5,
+            "auto_correlation_rolls": 5}},
+        "5": {"class_type": "VAEDecode", "inputs": {"samples": ["4", 0], "vae": ["1", 2]}},
+        "6": {"class_type": "PreviewImage", "inputs": {"images": ["5", 0]}},
+    }
+
+
+def test_validation_error_names_node_and_input(server, tmp_path):
+    with pytest.raises(run_workflow.WorkflowError) as info:
+        run_workflow.submit_workflow(server, _invert_prompt(steps=0), out_dir=tmp_path, timeout=60)
+    message = str(info.value)
+    assert info.value.node_id == "4"
+    assert "node 4 (DDIMInvert" in message and '"steps"' in message and "min" in message, message
+    assert "\n" not in message
+
+
+def test_missing_node_type_is_named(server, tmp_path):
+    prompt = _invert_prompt()
+    prompt["4"]["class_type"] = "NoSuchExemplarNode"
+    with pytest.raises(run_workflow.WorkflowError) as info:
+        run_workflow.submit_workflow(server, prompt, out_dir=tmp_path, timeout=60, check_inputs=False)
+    message = str(info.value)
+    assert "NoSuchExemplarNode" in message and "node 4" in message, message
+
+
+def test_execution_error_names_node(server, tmp_path):
+    with pytest.raises(run_workflow.WorkflowError) as info:
+        run_workflow.submit_workflow(server, _invert_prompt(steps=2, skip_steps=2), out_dir=tmp_path, timeout=120)
+    message = str(info.value)
+    assert info.value.node_id == "4"
+    assert "node 4 (DDIMInvert" in message and "skip_steps" in message, message
+    assert not list(tmp_path.iterdir())
+
+
+def test_cli_reports_unknown_input_and_node(server, tmp_path, capsys):
+    path = tmp_path / "wf.json"
+    path.write_text(json.dumps(_invert_prompt()))
+    code = run_workflow.main([str(path), "--url", server, "--set", "Invert it.stepz=3", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "node 4 (DDIMInvert" in err and "'stepz'" in err and "skip_steps" in err, err
+    code = run_workflow.main([str(path), "--url", server, "--set", "99.steps=3", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 1 and "No node '99'" in err, err
+
+
+def test_cli_runs_with_title_override_and_upload(server, tmp_path, capsys):
+    wf = tmp_path / "wf.json"
+    wf.write_text(json.dumps({
+        "1": {"class_type": "LoadImage", "_meta": {"title": "Photo"}, "inputs": {"image": "example.png"}},
+        "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "e2e_cli"}},
+    }))
+    photo = demo.synthetic_image(tmp_path / "photo.png", 3, 32)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "e2e_cli_00001_.png").write_bytes(b"keep me")
+    args = [str(wf), "--url", server, "--image", f"Photo={photo}", "--set", "3.filename_prefix=e2e_cli",
+            "--out", str(out)]
+    assert run_workflow.main(args) == 0
+    printed = [Path(line) for line in capsys.readouterr().out.split()]
+    assert len(printed) == 1 and printed[0].exists()
+    assert (out / "e2e_cli_00001_.png").read_bytes() == b"keep me"  # never overwritten
+    with Image.open(printed[0]) as im:
+        assert im.size == (32, 32)
+        with Image.open(photo) as src:
+            expected = [255 - c for c in src.convert("RGB").getpixel((5, 5))]
+        assert all(abs(a - b) <= 1 for a, b in zip(im.convert("RGB").getpixel((5, 5)), expected))
+
+
+def test_connection_refused_is_readable(tmp_path):
+    port = serve.free_port()
+    with pytest.raises(run_workflow.WorkflowError) as info:
+        run_workflow.submit_workflow(f"http://127.0.0.1:{port}", _invert_prompt(), out_dir=tmp_path, timeout=5)
+    assert "connection refused" in str(info.value)
+
+
+# --- UI format <-> API format ----------------------------------------------------------------
+
+@pytest.mark.parametrize("api_path", API_WORKFLOWS, ids=[p.stem for p in API_WORKFLOWS])
+def test_api_workflow_survives_ui_round_trip(object_info, api_path):
+    api = json.loads(api_path.read_text())
+    ui = workflow_ui.api_to_ui(api, object_info)
+    assert workflow_ui.differences(api, workflow_ui.ui_to_api(ui, object_info)) == []
+
+
+@pytest.mark.parametrize("ui_path", UI_PAIRS, ids=[p.stem for p in UI_PAIRS])
+def test_shipped_ui_workflow_matches_api_twin(server, object_info, ui_path):
+    ui = json.loads(ui_path.read_text())
+    api = json.loads((REPO / "workflows" / "api" / ui_path.name).read_text())
+    diff = workflow_ui.differences(api, workflow_ui.ui_to_api(ui, object_info))
+    assert not diff, (f"{ui_path.relative_to(REPO)} drifted from workflows/api/{ui_path.name} "
+                      f"(regenerate with `python tools/workflow_ui.py --all`):\n" + "\n".join(diff))
+    # ComfyUI offers it as one of the pack's workflow templates, under the custom_nodes folder name.
+    templates = run_workflow.get_json(server, "/workflow_templates")
+    assert ui_path.stem in templates.get(serve.PACK_DIR_NAME, []), templates
+    served = run_workflow.get_json(server, f"/api/workflow_templates/{serve.PACK_DIR_NAME}/{ui_path.name}")
+    assert served == ui
+
+
+def test_every_api_workflow_has_ui_twin():
+    missing = [p.name for p in API_WORKFLOWS if not (REPO / "workflows" / p.name).exists()]
+    assert not missing, f"no UI-format workflows/{missing[0]} (and {len(missing) - 1} more): run " \
+                        f"`python tools/workflow_ui.py --all`"
