@@ -23,7 +23,7 @@ References
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
@@ -187,7 +187,7 @@ class Inversion:
     ``noise_maps[k]`` (edit-friendly mode only) drives the step from ``sigmas[start_step + k]``
     to ``sigmas[start_step + k + 1]``. Latents are in the sampler's internal space (after the
     model's ``process_latent_in``). ``model_family`` names the latent format the inversion was
-    made with, so another family's sampler refuses it.
+    made with, so another family's sampler refuses it; ``cfg`` is the guidance it was made with.
     """
 
     mode: str
@@ -197,7 +197,6 @@ class Inversion:
     noise_maps: Optional[list[torch.Tensor]] = None
     model_family: str = ""
     cfg: float = 1.0
-    extra: dict = field(default_factory=dict)
 
     @property
     def remaining_sigmas(self) -> torch.Tensor:
