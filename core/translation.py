@@ -1,0 +1,273 @@
+"""Zero-shot image-to-image translation losses (pix2pix-zero / pix2pix-zeroCon), in plain PyTorch.
+
+pix2pix-zero (Parmar et al., SIGGRAPH 2023) edits an inverted image by denoising it with the
+caption embedding plus an *edit direction* (Sec. 3.2), while a *cross-attention guidance* loss
+L_xa keeps the edited pass's cross-attention maps close to those of the reconstruction pass
+(Sec. 3.3). pix2pix-zeroCon (Si et al., arXiv 2503.20484) adds a patch-wise contrastive
+(PatchNCE / CUT) loss between UNet features of the edited and reconstruction passes. It has no
+public code, so that loss follows the closest official implementation, the ``CutLoss`` of
+Contrastive Denoising Score (CDS, Nam et al., CVPR 2024).
+
+Shapes
+- Cross-attention maps of one layer: ``[B*heads, HW, 77]`` (the ``attn_probs`` of an ``attn2``).
+- PatchNCE features of one layer: ``[B, HW, C]`` or ``[HW, C]`` on a square ``res x res`` token
+  grid in row-major order (the ``hidden_states`` output of a self-attention ``attn1``), or any
+  ``h x w`` grid given by ``grid``.
+- Text embeddings: ``[N, 77, D]``, one row per sentence (the text encoder's last hidden state).
+
+Official code
+- pix2pix-zero ``pix2pixzero/pix2pix-zero``: ``src/utils/edit_pipeline.py`` (edit loop, L_xa at
+  ~L148), ``src/utils/edit_directions.py`` (``construct_direction``),
+  ``src/make_edit_direction.py`` (``load_sentence_embeddings``).
+- CDS ``HyelinNAM/ContrastiveDenoisingScore`` @ e3082ae: ``utils/loss.py`` L10-79 (``CutLoss``),
+  ``pipeline_cds.py`` L134 and L187-197 (its use on the ``attn1`` outputs of the up blocks),
+  ``run.py`` L18-19 (defaults ``patch_size=[1, 2]``, ``n_patches=256``).
+
+References
+- Parmar, Kumar Singh, Zhang, Li, Lu, Zhu, "Zero-shot Image-to-Image Translation", SIGGRAPH 2023.
+- Si et al., "Contrastive Learning Guided Latent Diffusion Model for Image-to-Image Translation"
+  (pix2pix-zeroCon), arXiv 2503.20484, 2025.
+- Nam, Kwon, Park, Ye, "Contrastive Denoising Score for Text-guided Latent Diffusion Image
+  Editing", CVPR 2024.
+- Park, Efros, Zhang, Zhu, "Contrastive Learning for Unpaired Image-to-Image Translation"
+  (CUT), ECCV 2020, Eq. 2-3 (PatchNCE).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+NEGATIVE_DIAGONAL_FILL = -10.0
+"""Value written over the self-pair logits before dividing by tau (CDS ``utils/loss.py`` L72)."""
+
+
+# --- cross-attention guidance (pix2pix-zero Sec. 3.3) ----------------------------------------
+
+
+def cross_attention_loss(
+    maps_edit: Sequence[torch.Tensor], maps_ref: Sequence[torch.Tensor]
+) -> torch.Tensor:
+    """pix2pix-zero's cross-attention guidance loss
+    ``L_xa = sum_layers mean_{B*heads} sum_{HW, 77} (M_edit - M_ref)^2``.
+
+    This is the official ``loss += ((curr - ref)**2).sum((1, 2)).mean(0)`` over every ``attn2``
+    module (``src/utils/edit_pipeline.py`` ~L148). ``maps_edit[l]`` and ``maps_ref[l]`` are
+    ``[B*heads, HW, tokens]`` for layer ``l``. The reference maps are detached and moved to the
+    edit maps' device and dtype, as the official ``d_ref_t2attn[t][name].detach().cuda()``.
+    Returns a scalar.
+    """
+    maps_edit = list(maps_edit)
+    maps_ref = list(maps_ref)
+    if len(maps_edit) != len(maps_ref):
+        raise ValueError(f"{len(maps_edit)} edit layers but {len(maps_ref)} reference layers")
+    if not maps_edit:
+        raise ValueError("cross_attention_loss needs at least one layer")
+    loss = maps_edit[0].new_zeros(())
+    for layer, (curr, ref) in enumerate(zip(maps_edit, maps_ref)):
+        if curr.ndim != 3 or curr.shape != ref.shape:
+            raise ValueError(
+                f"layer {layer}: expected two [B*heads, HW, tokens] maps of one shape, "
+                f"got {tuple(curr.shape)} and {tuple(ref.shape)}"
+            )
+        ref = ref.detach().to(device=curr.device, dtype=curr.dtype)
+        loss = loss + ((curr - ref) ** 2).sum((1, 2)).mean(0)
+    return loss
+
+
+# --- PatchNCE (CUT Eq. 2-3; CDS utils/loss.py CutLoss) --------------------------------------
+
+
+def _square_grid(hw: int) -> tuple[int, int]:
+    res = math.isqrt(hw)
+    if res * res != hw:
+        raise ValueError(f"{hw} tokens are not a square grid; pass grid=(h, w)")
+    return res, res
+
+
+def pool_patches(feat: torch.Tensor, grid: tuple[int, int], patch_size: int) -> torch.Tensor:
+    """``[B, HW, C]`` tokens to L2-normalised patch features ``[B, (h//p)*(w//p), C]``.
+
+    CDS ``get_attn_cut_loss`` (``utils/loss.py`` L21-36): tokens to ``[B, C, h, w]``, for
+    ``patch_size > 1`` ``nn.AvgPool2d(kernel_size=p)`` (stride p, floor: an odd edge row or column
+    is dropped), then ``F.normalize(dim=1)`` over channels (eps 1e-12), back to row-major tokens.
+    """
+    b, hw, c = feat.shape
+    h, w = grid
+    if h * w != hw:
+        raise ValueError(f"grid {grid} does not hold {hw} tokens")
+    x = feat.reshape(b, h, w, c).permute(0, 3, 1, 2)
+    if patch_size > 1:
+        x = F.avg_pool2d(x, kernel_size=patch_size)
+    x = F.normalize(x, dim=1)
+    return x.permute(0, 2, 3, 1).flatten(1, 2)
+
+
+def sample_patch_ids(
+    num_locations: int,
+    num_patches: int,
+    generator: Optional[torch.Generator] = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """``min(num_patches, num_locations)`` distinct random locations, the same for reference and
+    edit: the first entries of a random permutation (CDS ``utils/loss.py`` L37-39, which uses
+    ``np.random.permutation``; here ``torch.randperm`` with an optional seeded generator)."""
+    perm = torch.randperm(num_locations, generator=generator)
+    ids = perm[: int(min(num_patches, num_locations))]
+    return ids.to(device) if device is not None else ids
+
+
+def patch_nce(sample_ref: torch.Tensor, sample_edit: torch.Tensor, tau: float = 0.07) -> torch.Tensor:
+    """Per-patch PatchNCE loss ``[N]`` of ``N`` matched, L2-normalised patch features ``[N, C]``.
+
+    CDS ``CutLoss.PatchNCELoss`` (``utils/loss.py`` L49-79): the reference is detached (L57) and
+    is the anchor; ``l_pos[i] = <ref_i, edit_i>`` (L59-61); ``l_neg[i, j] = <ref_i, edit_j>``
+    (L67) with the diagonal overwritten by -10 (L71-72, so ``exp(-10 / tau)`` makes it vanish);
+    logits ``[l_pos, l_neg] / tau`` (L75) and cross-entropy against class 0 (L77), no reduction.
+    """
+    ref = sample_ref.detach()
+    n = ref.shape[0]
+    l_pos = (ref * sample_edit).sum(-1, keepdim=True)
+    l_neg = ref @ sample_edit.transpose(0, 1)
+    diagonal = torch.eye(n, device=ref.device, dtype=torch.bool)
+    l_neg = l_neg.masked_fill(diagonal, NEGATIVE_DIAGONAL_FILL)
+    logits = torch.cat((l_pos, l_neg), dim=1) / tau
+    target = torch.zeros(n, dtype=torch.long, device=ref.device)
+    return F.cross_entropy(logits, target, reduction="none")
+
+
+def patch_nce_loss(
+    feat_edit: torch.Tensor,
+    feat_ref: torch.Tensor,
+    num_patches: int = 256,
+    patch_sizes: Sequence[int] = (1, 2),
+    tau: float = 0.07,
+    generator: Optional[torch.Generator] = None,
+    grid: Optional[tuple[int, int]] = None,
+    patch_ids: Optional[Sequence[torch.Tensor]] = None,
+) -> torch.Tensor:
+    """PatchNCE (CUT) loss of one layer, as CDS ``CutLoss.get_attn_cut_loss`` (``utils/loss.py``
+    L15-47): ``sum_{p in patch_sizes} mean_i PatchNCE_i``.
+
+    For each patch size ``p``: average-pool both maps by ``p`` and L2-normalise (
+    :func:`pool_patches`), draw ``num_patches`` random locations shared by reference and edit
+    (:func:`sample_patch_ids`, a fresh draw per patch size, L37-39), and average the per-patch
+    :func:`patch_nce` (L46). Only ``feat_edit`` receives a gradient.
+
+    ``feat_edit``/``feat_ref`` are ``[B, HW, C]`` or ``[HW, C]``; ``grid`` defaults to a square
+    ``res x res`` (the official ``int(np.sqrt(res2))``). The official code keeps only batch item 0
+    (``[:1]``, L41/L44); here a batch gives the mean of the per-item losses at the same locations,
+    which for ``B = 1`` is the official loss. ``patch_ids`` (one index tensor per patch size)
+    replaces the random draw, e.g. to replay the official locations.
+    CDS calls it with ``num_patches=256, patch_sizes=(1, 2)`` and the default ``tau=0.07``, on the
+    ``attn1`` outputs of the UNet up blocks, summed over those layers and weighted by
+    ``w_cut = 3`` (``pipeline_cds.py`` L187-197, ``run.py`` L16-19).
+    """
+    if feat_edit.shape != feat_ref.shape:
+        raise ValueError(f"shape mismatch: edit {tuple(feat_edit.shape)} vs ref {tuple(feat_ref.shape)}")
+    if feat_edit.ndim == 2:
+        feat_edit, feat_ref = feat_edit[None], feat_ref[None]
+    if feat_edit.ndim != 3:
+        raise ValueError(f"expected [B, HW, C] or [HW, C] features, got {tuple(feat_edit.shape)}")
+    grid = tuple(grid) if grid is not None else _square_grid(feat_edit.shape[1])
+    if patch_ids is not None and len(patch_ids) != len(patch_sizes):
+        raise ValueError(f"{len(patch_ids)} patch_ids for {len(patch_sizes)} patch sizes")
+    feat_ref = feat_ref.detach().to(feat_edit.dtype)
+
+    loss = feat_edit.new_zeros(())
+    for k, ps in enumerate(patch_sizes):
+        pooled_ref = pool_patches(feat_ref, grid, ps)
+        pooled_edit = pool_patches(feat_edit, grid, ps)
+        if patch_ids is None:
+            ids = sample_patch_ids(pooled_ref.shape[1], num_patches, generator, feat_edit.device)
+        else:
+            ids = patch_ids[k].to(device=feat_edit.device, dtype=torch.long)
+        per_item = [
+            patch_nce(pooled_ref[b, ids], pooled_edit[b, ids], tau).mean()
+            for b in range(feat_edit.shape[0])
+        ]
+        loss = loss + torch.stack(per_item).mean()
+    return loss
+
+
+# --- edit direction (pix2pix-zero Sec. 3.2) --------------------------------------------------
+
+
+def edit_direction(source_embeddings: torch.Tensor, target_embeddings: torch.Tensor) -> torch.Tensor:
+    """Per-token edit direction ``Delta = mean_n E_tgt[n] - mean_n E_src[n]``, shape ``[1, 77, D]``.
+
+    ``source_embeddings`` ``[N_s, 77, D]`` and ``target_embeddings`` ``[N_t, 77, D]`` are the text
+    encoder's full last hidden states of each sentence (padded to 77 tokens): the official
+    ``load_sentence_embeddings`` averages them over sentences (``src/make_edit_direction.py``),
+    and ``construct_direction`` returns ``(embs_b.mean(0) - embs_a.mean(0)).unsqueeze(0)``
+    (``src/utils/edit_directions.py``). The edit pass then adds it to the conditional caption
+    embedding (``prompt_embeds_edit[1:2] += edit_dir``, ``edit_pipeline.py``).
+    """
+    if source_embeddings.ndim != 3 or target_embeddings.ndim != 3:
+        raise ValueError(
+            "expected [N, tokens, D] embeddings, got "
+            f"{tuple(source_embeddings.shape)} and {tuple(target_embeddings.shape)}"
+        )
+    if source_embeddings.shape[1:] != target_embeddings.shape[1:]:
+        raise ValueError(
+            f"token/width mismatch: {tuple(source_embeddings.shape[1:])} vs {tuple(target_embeddings.shape[1:])}"
+        )
+    return (target_embeddings.mean(0) - source_embeddings.mean(0)).unsqueeze(0)
+
+
+SENTENCE_TEMPLATES: tuple[str, ...] = (
+    "{a} {c}",
+    "a photo of {a} {c}",
+    "a picture of {a} {c}",
+    "a close-up photo of {a} {c}",
+    "a photograph of {a} {c} in the scene",
+    "an image showing {a} {c}",
+    "a high quality photo of {a} {c}",
+    "a realistic photo of {a} {c}",
+    "a blurry photo of {a} {c}",
+    "a bright photo of {a} {c}",
+    "a cropped photo of {a} {c}",
+    "{a} {c} in the center of the picture",
+)
+"""The pack's own fixed templates (not the official GPT-3 sentence files). ``{a}`` is the
+article, ``{c}`` the concept."""
+
+CAPTION_TEMPLATES: tuple[str, ...] = (
+    "{caption}, {a} {c}",
+    "{a} {c}, {caption}",
+)
+"""Extra templates that put the concept next to the image's caption, used when one is given."""
+
+_ARTICLES = ("a ", "an ", "the ")
+
+
+def _article(concept: str) -> tuple[str, str]:
+    """``(article, concept)``: no extra article when the concept starts with one, else "an"
+    before a vowel letter and "a" otherwise (a spelling rule, so "an hour" is written "a hour")."""
+    lowered = concept.lower()
+    if lowered.startswith(_ARTICLES):
+        article, rest = concept.split(" ", 1)
+        return article, rest
+    return ("an" if lowered[:1] in "aeiou" and lowered else "a"), concept
+
+
+def sentence_templates(concept: str, caption: Optional[str] = None) -> list[str]:
+    """Deterministic sentences around ``concept`` for :func:`edit_direction`.
+
+    This is the pack's own substitute for pix2pix-zero's ~1000 GPT-3 sentences per concept
+    (``assets/`` sentence files; the Gradio demo also offers a fixed template): the
+    :data:`SENTENCE_TEMPLATES`, plus :data:`CAPTION_TEMPLATES` when a ``caption`` is given. No
+    language model is used. Use the same ``caption`` for the source and the target concept so
+    that the direction only carries the concept change.
+    """
+    concept = " ".join(concept.split())
+    if not concept:
+        raise ValueError("sentence_templates needs a non-empty concept")
+    article, word = _article(concept)
+    sentences = [t.format(a=article, c=word) for t in SENTENCE_TEMPLATES]
+    if caption is not None and caption.strip():
+        caption = " ".join(caption.split())
+        sentences += [t.format(caption=caption, a=article, c=word) for t in CAPTION_TEMPLATES]
+    return sentences
