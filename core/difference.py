@@ -1,0 +1,291 @@
+"""Difference Inversion's building blocks (delta interpolation, Difference tokens, losses), in
+plain PyTorch.
+
+Difference Inversion (Kim, Kim, Kim, CVPR 2025, arXiv 2506.07750) solves the image analogy
+A : A' :: B : B'. It learns a few *Difference tokens* D that encode only the A -> A' change and
+appends them to a full prompt of B. Three parts, each one function here:
+
+1. Delta interpolation (Sec. 4.2): the target direction D_interp is a slerp between the CLIP
+   image delta and the CLIP caption delta, alpha = 0.8 (:func:`delta_interpolation`).
+2. Token consistency loss (Sec. 4.3): [P(A); +D] must denoise A', and [P(A'); -D] must
+   denoise A (:func:`token_consistency_losses`). A CLIP loss ties the projected Difference
+   tokens to D_interp (:func:`clip_direction_loss`). Its exact form is not public, so it is
+   taken from VISII.
+3. Zero initialisation of D (:func:`difference_tokens`).
+
+No official code for Difference Inversion has been released. Everything the paper leaves open is
+taken from its predecessor VISII (Nguyen, Li, Ojha, Lee, "Visual Instruction Inversion: Image
+Editing via Visual Prompting", NeurIPS 2023), official code ``thaoshibe/visii`` @ 83e678f,
+``visii.py`` (cited as ``visii.py:L``) and ``configs/config_ip2p.yaml``.
+
+Embeddings here are vectors on the last axis (``[..., C]``). Every function broadcasts over the
+leading axes. The model is only seen through a ``predict(latent, t, conditioning)`` callable
+and a regression ``target`` the caller computes (eps for eps-prediction, v for v-prediction).
+This keeps the module free of any parameterisation and of ComfyUI.
+
+Token space. The pack's DeltaInterpolationTrainer keeps D in the text encoder's *input*
+token-embedding space (so it saves as a standard ComfyUI ``embedding:`` file, issue spec). Then
+the conditioning is made by running the text encoder on the prompt with D inserted (the
+``embedding:`` mechanism), and the CLIP-loss feature comes from the encoder's output for those
+tokens. :func:`append_tokens` and :func:`difference_token_feature` implement VISII's variant,
+where the tokens live in the encoder's *output* space; the losses, slerp and timestep schedule
+do not depend on the choice.
+
+References
+- Kim, Kim, Kim, "Difference Inversion: Interpolate and Isolate the Difference with Token
+  Consistency for Image Analogy Generation", CVPR 2025 (project page kdst-team/DifferenceInversion).
+- Shoemake, "Animating rotation with quaternion curves", SIGGRAPH 1985 (slerp).
+- Nguyen et al., VISII, NeurIPS 2023, official code thaoshibe/visii.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+Predictor = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+"""``predict(latent, t, conditioning) -> prediction`` (eps or v, the same kind as ``target``)."""
+
+Composer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""``compose(prompt_embeds, signed_tokens) -> conditioning``: how [P; +-D] is built."""
+
+# Below this sine of the angle, two unit vectors are treated as parallel or antiparallel.
+_PARALLEL_EPS = 1e-6
+
+
+# --- delta interpolation (Sec. 4.2) ---------------------------------------------------------
+
+
+def normalize(v: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """v / ||v||_2 over the last axis. A zero vector stays zero (it is not turned into NaN).
+
+    VISII normalises its edit direction the same way: ``e / e.norm(p=2, dim=-1, keepdim=True)``
+    (visii.py:775).
+    """
+    return F.normalize(v, p=2.0, dim=-1, eps=eps)
+
+
+def _orthogonal_unit(a: torch.Tensor) -> torch.Tensor:
+    """A unit vector orthogonal to the unit vector ``a``. It is deterministic: Gram-Schmidt
+    applied to the basis vector along a's smallest |component|. It is used only when the
+    great circle is undefined (b = -a)."""
+    k = a.abs().argmin(dim=-1, keepdim=True)
+    e = torch.zeros_like(a).scatter_(-1, k, 1.0)
+    return normalize(e - (a * e).sum(-1, keepdim=True) * a)
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, alpha: float | torch.Tensor) -> torch.Tensor:
+    """Spherical linear interpolation of the directions of ``a`` and ``b`` (Shoemake 1985).
+
+    slerp(a, b; alpha) = sin((1 - alpha) theta) / sin theta * a + sin(alpha theta) / sin theta * b,
+    where theta = angle(a, b). This is Difference Inversion's Eq. for D_interp (Sec. 4.2).
+    alpha = 0 gives a, alpha = 1 gives b, and the result has unit norm for every alpha.
+
+    Both inputs are normalised first. The equivalent form cos(alpha theta) a + sin(alpha theta) u
+    is used instead, with u = normalize(b - (a.b) a) and theta = atan2(||b - (a.b) a||, a.b).
+    atan2 keeps theta accurate near 0 and pi, where acos loses precision. It needs no division by
+    sin theta. Degenerate cases:
+      * nearly parallel (sin theta ~ 0 and a.b > 0): normalised lerp, which equals slerp to first order;
+      * antiparallel (b = -a): every great circle through a and -a is valid. One is chosen
+        deterministically (see ``_orthogonal_unit``), so the result still has unit norm and
+        ends at b.
+
+    ``alpha`` is a float or a tensor that broadcasts over the leading axes of ``a`` and ``b``.
+    """
+    a, b = torch.broadcast_tensors(normalize(a), normalize(b))
+    alpha = torch.as_tensor(alpha, dtype=a.dtype, device=a.device)
+    if alpha.ndim > 0:
+        alpha = alpha.unsqueeze(-1)
+    dot = (a * b).sum(-1, keepdim=True)
+    perp = b - dot * a
+    perp_norm = perp.norm(dim=-1, keepdim=True)
+    theta = torch.atan2(perp_norm, dot)
+
+    degenerate = perp_norm < _PARALLEL_EPS
+    antiparallel = degenerate & (dot < 0)
+    u = torch.where(degenerate, _orthogonal_unit(a), perp / perp_norm.clamp_min(_PARALLEL_EPS))
+    rotated = torch.cos(alpha * theta) * a + torch.sin(alpha * theta) * u
+    # Nearly parallel: theta ~ 0, so use a normalised lerp. u is then arbitrary but has no effect.
+    lerped = normalize((1.0 - alpha) * a + alpha * b)
+    parallel = degenerate & ~antiparallel
+    return torch.where(parallel, lerped, rotated)
+
+
+def delta_interpolation(
+    img_before: torch.Tensor,
+    img_after: torch.Tensor,
+    txt_before: torch.Tensor,
+    txt_after: torch.Tensor,
+    alpha: float | torch.Tensor = 0.8,
+) -> torch.Tensor:
+    """D_interp = Slerp(D_img, D_txt; alpha), Difference Inversion Sec. 4.2.
+
+    D_img = normalize(E_I(A') - E_I(A)) and D_txt = normalize(E_T(cap A') - E_T(cap A)).
+    E_I and E_T are the *projected* CLIP image and text embeddings of one CLIP model (its joint
+    space; ViT-L/14 gives 768-d vectors). The captions come from BLIP-2.
+
+    Convention (project page ablation figure ``ablation_alpha.png``, columns labelled "0
+    (image)" ... "1.0 (text)"): alpha weights the **text** endpoint. alpha = 0 is the pure image
+    delta, alpha = 1 the pure text delta, and the paper's alpha = 0.8 leans towards the text delta.
+
+    Like VISII (visii.py:770-775), the raw projected features are subtracted and then only the
+    difference is normalised. The embeddings are not normalised per image first. The paper
+    gives no normalisation order.
+    """
+    if img_before.shape[-1] != txt_before.shape[-1]:
+        raise ValueError(
+            f"image ({img_before.shape[-1]}-d) and text ({txt_before.shape[-1]}-d) embeddings must "
+            "share CLIP's joint (projected) space"
+        )
+    d_img = normalize(img_after - img_before)
+    d_txt = normalize(txt_after - txt_before)
+    return slerp(d_img, d_txt, alpha)
+
+
+# --- Difference tokens (Sec. 4.3, zero init) ------------------------------------------------
+
+
+def difference_tokens(
+    num_tokens: int,
+    width: int,
+    dtype: torch.dtype = torch.float32,
+    device: Optional[torch.device | str] = None,
+    requires_grad: bool = True,
+) -> torch.Tensor:
+    """The learnable Difference tokens D, ``[num_tokens, width]``, initialised to **zero**.
+
+    The project page says every Difference token starts at 0 (index.html l.199). Its ablation
+    "Config C" shows that random or word initialisation leaks content. ``width`` is the width of
+    the conditioning the UNet cross-attends to, e.g. 768 for SD1.5.
+    """
+    if num_tokens < 1 or width < 1:
+        raise ValueError(f"need num_tokens >= 1 and width >= 1, got {num_tokens}, {width}")
+    return torch.zeros(num_tokens, width, dtype=dtype, device=device, requires_grad=requires_grad)
+
+
+def append_tokens(prompt_embeds: torch.Tensor, signed_tokens: torch.Tensor) -> torch.Tensor:
+    """[P ; s D]: append the (signed) tokens after the prompt's rows, along the token axis.
+
+    ``prompt_embeds`` is ``[B, L, C]`` (or ``[L, C]``) and ``signed_tokens`` is ``[K, C]``, or
+    ``[B, K, C]``. The result is ``[B, L + K, C]``. Cross-attention accepts any sequence length.
+    VISII instead pastes into the 77 rows at ``eos + 2`` (visii.py:1332-1334). To do that, pass
+    another :data:`Composer` to :func:`token_consistency_losses`.
+    """
+    tokens = signed_tokens.to(prompt_embeds.dtype)
+    if tokens.ndim == prompt_embeds.ndim - 1:
+        tokens = tokens.expand(prompt_embeds.shape[:-2] + tokens.shape)
+    return torch.cat([prompt_embeds, tokens], dim=-2)
+
+
+# --- token consistency loss (Sec. 4.3) ------------------------------------------------------
+
+
+def token_consistency_losses(
+    predict: Predictor,
+    tokens: torch.Tensor,
+    prompt_before: torch.Tensor,
+    prompt_after: torch.Tensor,
+    noisy_before: torch.Tensor,
+    noisy_after: torch.Tensor,
+    t: torch.Tensor,
+    target_before: torch.Tensor,
+    target_after: torch.Tensor,
+    compose: Composer = append_tokens,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(L_after, L_before) of Difference Inversion's token consistency loss (Sec. 4.3, main figure):
+
+        L_after  = || target_A'  - pred( z_{A',t}, t, [P(A) ; +D] ) ||^2
+        L_before = || target_A   - pred( z_{A,t},  t, [P(A'); -D] ) ||^2
+
+    Adding D to A's prompt must reconstruct A'. Negating it in A''s prompt must reconstruct A.
+    The figure shows "- DIFF tokens", so this uses negation, not removal.
+    ``noisy_*`` are the noised latents z_{X,t}. ``target_*`` is what the model regresses: the
+    noise eps for eps-prediction (as in the paper and VISII), or v. The caller picks eps and t,
+    and may share them between the two terms. The squared norm is a mean squared error, as in
+    VISII (``nn.MSELoss()`` on fp32 values, visii.py:882 and 925). Gradients flow to ``tokens``
+    (and to nothing else the caller has frozen). The weighted sum is the caller's job: VISII
+    uses lambda_mse = 4 (configs/config_ip2p.yaml:26).
+    """
+    pred_after = predict(noisy_after, t, compose(prompt_before, tokens))
+    pred_before = predict(noisy_before, t, compose(prompt_after, -tokens))
+    loss_after = F.mse_loss(pred_after.float(), target_after.float())
+    loss_before = F.mse_loss(pred_before.float(), target_before.float())
+    return loss_after, loss_before
+
+
+# --- CLIP direction loss (VISII form) -------------------------------------------------------
+
+
+def difference_token_feature(
+    tokens: torch.Tensor, text_projection: Callable[[torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
+    """text_projection(mean over tokens), the projected text feature of the Difference tokens.
+
+    This follows VISII (visii.py:928-929): ``text_projection(prompt_embeds[0].mean(0, keepdim=True))``,
+    where ``text_projection`` is the CLIP ViT-L/14 ``text_projection`` layer (visii.py:777). VISII
+    averages over all 77 rows of its optimised prompt. Difference Inversion ties *the Difference
+    tokens* to D_interp, so only the K tokens are averaged here.
+    """
+    return text_projection(tokens.mean(dim=-2))
+
+
+def clip_direction_loss(
+    projected_token_feature: torch.Tensor,
+    d_interp: torch.Tensor,
+    max_similarity: float = 0.5,
+) -> torch.Tensor:
+    """VISII's CLIP loss, -clamp(cos(d, g), -1, 0.5), with g = the normalised projected feature.
+
+    VISII (visii.py:930-934):
+        text_embeds = text_embeds / text_embeds.norm(p=2, dim=-1, keepdim=True)
+        loss_clip = nn.CosineSimilarity()(edit_direction_embed, text_embeds)
+        loss_clip = torch.clamp(loss_clip, min=-1, max=0.5)
+        loss = loss - lambda_clip * loss_clip            # lambda_clip = 0.1 (config_ip2p.yaml:25)
+    ``edit_direction_embed`` is the unit CLIP image delta (visii.py:774-775). Here it is D_interp.
+    This returns the term that gets *added* with weight lambda_clip: ``-clamp(cos, -1, max_similarity)``,
+    averaged over leading axes. It lies in [-max_similarity, 1] and reaches its minimum
+    -max_similarity once cos >= max_similarity. The clamp then stops the pull (zero gradient).
+
+    At the zero initialisation the feature is 0. The loss is then finite (0), but the gradient
+    of a cosine at 0 is huge, about 1/eps. Clip gradients before the optimiser step, as VISII
+    does with ``clip_grad_value_`` (visii.py:937).
+    """
+    g = normalize(projected_token_feature)
+    cos = F.cosine_similarity(d_interp.to(g.dtype), g, dim=-1, eps=1e-8)
+    return -torch.clamp(cos, min=-1.0, max=max_similarity).mean()
+
+
+# --- timestep sampling (VISII) --------------------------------------------------------------
+
+
+def shuffled_timesteps(
+    num_steps: int,
+    num_train_timesteps: int = 1000,
+    generator: Optional[torch.Generator] = None,
+) -> torch.Tensor:
+    """One training timestep per optimisation step, drawn from a shuffled schedule as VISII does.
+
+    VISII (visii.py:893-907) takes ``total_index = range(0, 1000)`` and shuffles it once with
+    ``random.shuffle``. Step ``index`` then trains at timestep ``t = index``, with the pre-drawn
+    noise ``noises[index]`` (visii.py:886-888, 903). So 1000 steps visit every timestep
+    0..999 exactly once.
+    Here this is ``torch.randperm(num_train_timesteps)[:num_steps]``: distinct timesteps for
+    ``num_steps <= num_train_timesteps``. Longer runs concatenate fresh permutations, which is
+    the ``TODO: * times number of iterations`` at visii.py:896. Timesteps are then distinct within
+    each block of ``num_train_timesteps``. The result is int64 ``[num_steps]`` and is
+    deterministic for a seeded ``generator``.
+    """
+    if num_steps < 0 or num_train_timesteps < 1:
+        raise ValueError(
+            f"need num_steps >= 0 and num_train_timesteps >= 1, got {num_steps}, {num_train_timesteps}"
+        )
+    blocks = []
+    remaining = num_steps
+    while remaining > 0:
+        perm = torch.randperm(num_train_timesteps, generator=generator)
+        blocks.append(perm[:remaining])
+        remaining -= blocks[-1].numel()
+    if not blocks:
+        return torch.zeros(0, dtype=torch.long)
+    return torch.cat(blocks)
