@@ -89,7 +89,6 @@ class LoopContext:
     """What a sampler loop may know about the model it runs under."""
 
     model_family: str
-    extra_args: dict
 
 
 SamplerLoop = Callable[[Denoise, torch.Tensor, torch.Tensor, LoopContext, OnStep], torch.Tensor]
@@ -107,7 +106,7 @@ def make_sampler(loop: SamplerLoop) -> Any:
     def sampler_function(model, x, sigmas, extra_args=None, callback=None, disable=None):
         extra_args = {} if extra_args is None else extra_args
         base_model = model.inner_model.inner_model
-        context = LoopContext(model_family=type(base_model.latent_format).__name__, extra_args=extra_args)
+        context = LoopContext(model_family=type(base_model.latent_format).__name__)
 
         def denoise(x_in: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
             return model(x_in, sigma, **extra_args)

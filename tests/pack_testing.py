@@ -8,16 +8,17 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-HOST = Path(os.environ.get("COMFYUI_PATH") or REPO / ".host" / "ComfyUI")
 CHECKPOINTS = REPO / ".cache" / "checkpoints"
 PACKAGE = "exemplar_edit"
+
+sys.path.insert(0, str(REPO / "tools"))
+import comfy_host  # noqa: E402  (tools/comfy_host.py: where the host is, how to import it)
 
 
 def _import_pack() -> None:
@@ -33,29 +34,12 @@ def _import_pack() -> None:
 
 _import_pack()
 
-_host_ready = False
-
-
 def import_host() -> None:
     """Put ComfyUI on sys.path and import it in CPU mode, as `main.py --cpu` would."""
-    global _host_ready
-    if _host_ready:
-        return
-    if not (HOST / "main.py").exists():
-        pytest.exit(f"ComfyUI not found at {HOST}: run `make setup` or set COMFYUI_PATH", returncode=2)
-    sys.path.insert(0, str(HOST))
-    saved_argv = sys.argv
-    sys.argv = [sys.argv[0], "--cpu"]
     try:
-        import comfy.options
-
-        comfy.options.enable_args_parsing()
-        import comfy.cli_args  # noqa: F401  (parses --cpu)
-        import utils.extra_config  # noqa: F401  (main.py imports ComfyUI's `utils` package first)
-        import comfy.model_management  # noqa: F401
-    finally:
-        sys.argv = saved_argv
-    _host_ready = True
+        comfy_host.import_host()
+    except comfy_host.HostNotFound as e:
+        pytest.exit(str(e), returncode=2)
 
 
 def checkpoint_path(name: str) -> Path:

