@@ -15,6 +15,7 @@ import torch
 import comfy.model_management
 import comfy.model_sampling
 import comfy.sample
+import comfy.sampler_helpers
 import comfy.samplers
 import comfy.utils
 import latent_preview
@@ -139,3 +140,141 @@ def run_sampler(
         model, noise, cfg, sampler, sigmas, positive, negative, samples,
         noise_mask=latent.get("noise_mask"), callback=callback, disable_pbar=disable_pbar, seed=seed,
     )
+
+
+# --- running the UNet and the text encoder with gradients, on clones ----------------------------
+#
+# ComfyUI executes every node under ``torch.inference_mode()``: loaded weights are inference
+# tensors, which autograd refuses to save, and its CLIP layers add in place (``x += ...``) onto
+# tensors their LayerNorms saved. The recipe (research notes, comfyui_host.md §2, after
+# ``comfy_extras/nodes_train.py``): identity weight wrappers on a *clone*, which make
+# ``comfy.ops.cast_bias_weight`` hand each forward a fresh, ordinary copy of every weight, and, for
+# the text encoder, an object patch on each LayerNorm's ``forward`` that normalises a copy of its
+# input. Both are documented patch points on the clone; the shared model is never changed.
+
+
+def _identity_weight(weight: torch.Tensor) -> torch.Tensor:
+    return weight
+
+
+def _add_identity_weight_wrappers(patcher) -> None:
+    for name, module in patcher.model.named_modules():
+        if not hasattr(module, "weight_function"):
+            continue
+        for param in ("weight", "bias"):
+            if getattr(module, param, None) is not None:
+                patcher.add_weight_wrapper(f"{name}.{param}" if name else param, _identity_weight)
+
+
+class _NormalizeCopy:
+    """``forward`` for a LayerNorm that normalises a copy of its input, so the caller's later
+    in-place ``x += ...`` does not clobber the tensor autograd saved."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.module = module
+
+    def __call__(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        return type(self.module).forward(self.module, x.clone(), *args, **kwargs)
+
+    def __deepcopy__(self, memo):  # holds a module of the shared model: never copy it
+        return self
+
+
+def differentiable_model(model):
+    """A clone of a MODEL whose UNet builds an autograd graph (use it inside ``gradient_mode``).
+
+    The loaded model and its weights are untouched; the clone costs one weight copy per forward.
+    """
+    clone = model.clone()
+    _add_identity_weight_wrappers(clone)
+    return clone
+
+
+def differentiable_clip(clip):
+    """A clone of a CLIP whose text encoder builds an autograd graph back to its input embeddings."""
+    clone = clip.clone()
+    _add_identity_weight_wrappers(clone.patcher)
+    for name, module in clone.patcher.model.named_modules():
+        if isinstance(module, torch.nn.LayerNorm):
+            clone.patcher.add_object_patch(f"{name}.forward", _NormalizeCopy(module))
+    return clone
+
+
+class gradient_mode:
+    """``with host.gradient_mode():`` autograd on, inside ComfyUI's inference-mode execution.
+
+    Tensors made before (images, latents, conditioning) are inference tensors: ``.clone()`` them
+    inside the block before they take part in a graph that needs them saved.
+    """
+
+    def __enter__(self):
+        self._inference = torch.inference_mode(False)
+        self._grad = torch.enable_grad()
+        self._inference.__enter__()
+        self._grad.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._grad.__exit__(*exc)
+        self._inference.__exit__(*exc)
+        return False
+
+
+class model_session:
+    """``with host.model_session(model, shape):`` the model loaded with its patches and made the
+    active patcher, as a sampler does around its loop, for direct ``denoise_with`` calls."""
+
+    def __init__(self, model, latent_shape: tuple[int, ...]):
+        self.model = model
+        self.latent_shape = latent_shape
+
+    def __enter__(self):
+        _, _, self._loaded = comfy.sampler_helpers.prepare_sampling(
+            self.model, self.latent_shape, {}, self.model.model_options)
+        self.model.pre_run()
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            self.model.cleanup()
+        finally:
+            comfy.sampler_helpers.cleanup_models({}, self._loaded)
+        return False
+
+
+def compute_device() -> torch.device:
+    return comfy.model_management.get_torch_device()
+
+
+def prepare_conditioning(model, conditioning: list, x: torch.Tensor) -> list:
+    """A CONDITIONING made ready for ``denoise_with`` at latents shaped like ``x``, exactly as a
+    sampler prepares it (model-specific extra conds such as SDXL's size embedding included).
+    Differentiable with respect to the conditioning tensors."""
+    conds = comfy.samplers.process_conds(
+        model.model, x, {"positive": comfy.sampler_helpers.convert_cond(conditioning)}, x.device,
+        latent_image=x, seed=0,
+    )
+    return conds["positive"]
+
+
+def denoise_with(model, x: torch.Tensor, sigma: torch.Tensor, prepared: list) -> torch.Tensor:
+    """D(x; sigma): the model's x0 prediction under one prepared conditioning, as the sampler
+    computes it (patches and attention hooks on ``model`` apply; no CFG).
+
+    ``x`` is in sigma space (``x0 + sigma * noise``) and ``sigma`` has shape ``[batch]``.
+    Differentiable when ``model`` is a ``differentiable_model`` and this runs in ``gradient_mode``.
+    """
+    return comfy.samplers.calc_cond_batch(model.model, [prepared], x, sigma, model.model_options)[0]
+
+
+def output_scale(model, sigma: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """dD/d(output): how the model's raw output (eps, v, ...) enters its x0 prediction.
+
+    Every ComfyUI parameterisation is affine in the network output, D = a(x, sigma) + b(sigma) *
+    output, so ``(D_hat - x0) / b`` is the error in the model's own prediction target
+    (eps - eps_hat for eps models, v - v_hat for v models): the quantity it was trained on.
+    """
+    sampling = model_sampling(model)
+    sigma = sigma.to(like.device, like.dtype)
+    zero = torch.zeros_like(like)
+    return sampling.calculate_denoised(sigma, torch.ones_like(like), zero) - sampling.calculate_denoised(sigma, zero, zero)
