@@ -26,6 +26,8 @@ References
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import math
 from typing import Optional, Sequence
 
@@ -303,3 +305,40 @@ def masked_adain(
     if blend.dtype == torch.bool:
         blend = blend.to(content.dtype)
     return content * (1 - blend) + stylized * blend
+
+
+# --- schedule ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TransferSchedule:
+    """When each part of Eye-for-an-eye acts (official config.py defaults; appearance_transfer_model_final.py
+    L203-205 for structure steps, get_adain_callback L61-85 for AdaIN).
+
+    Steps count denoising steps from the start of editing (0-based). The official UNet call of step
+    ``k`` sees the counter ``model.step = max(k - 1, 0)`` (its callback sets it after each step), and
+    the injection window and structure steps are defined on that counter; AdaIN runs after step
+    ``k`` for ``adain_start <= k < adain_end``.
+    """
+
+    injection_start: int = 10  # feat_range = Range(10, 70)
+    injection_end: int = 70
+    structure_interval: int = 5  # model.step % 5 == 0 and model.step < 40
+    structure_end: int = 40
+    adain_start: int = 49  # adain_range = (50, 100), applied after steps start - 1 ...
+    adain_end: int = 101  # ... through adain_range.end + 1 = 101 (exclusive)
+
+    @staticmethod
+    def counter(step: int) -> int:
+        """The official ``model.step`` seen by the UNet call of denoising step ``step``."""
+        return max(step - 1, 0)
+
+    def injects(self, step: int) -> bool:
+        return self.injection_start <= self.counter(step) < self.injection_end
+
+    def takes_structure(self, step: int) -> bool:
+        c = self.counter(step)
+        return self.structure_interval > 0 and c % self.structure_interval == 0 and c < self.structure_end
+
+    def aligns_colour(self, finished_step: int) -> bool:
+        return self.adain_start <= finished_step < self.adain_end

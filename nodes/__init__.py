@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 from .host import ComfyExtension, io
+from .appearance import SemanticFeatureRearrange
 from .inversion import DDIMInvert, InversionReplaySampler
 
-NODES: list[type[io.ComfyNode]] = [DDIMInvert, InversionReplaySampler]
+NODES: list[type[io.ComfyNode]] = [DDIMInvert, InversionReplaySampler, SemanticFeatureRearrange]
 
 
 class ExemplarEditExtension(ComfyExtension):

@@ -14,6 +14,7 @@ import torch
 
 import comfy.model_management
 import comfy.model_sampling
+import comfy.patcher_extension
 import comfy.sample
 import comfy.sampler_helpers
 import comfy.samplers
@@ -90,6 +91,13 @@ class LoopContext:
     """What a sampler loop may know about the model it runs under."""
 
     model_family: str
+    step_hooks: tuple = ()
+
+    def after_step(self, step_index: int, x: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
+        """Runs the model's step hooks (``add_step_hook``) on the latent a step produced."""
+        for hook in self.step_hooks:
+            x = hook(step_index, x, sigma_next)
+        return x
 
 
 SamplerLoop = Callable[[Denoise, torch.Tensor, torch.Tensor, LoopContext, OnStep], torch.Tensor]
@@ -107,7 +115,9 @@ def make_sampler(loop: SamplerLoop) -> Any:
     def sampler_function(model, x, sigmas, extra_args=None, callback=None, disable=None):
         extra_args = {} if extra_args is None else extra_args
         base_model = model.inner_model.inner_model
-        context = LoopContext(model_family=type(base_model.latent_format).__name__)
+        transformer_options = extra_args.get("model_options", {}).get("transformer_options", {})
+        context = LoopContext(model_family=type(base_model.latent_format).__name__,
+                              step_hooks=tuple(transformer_options.get(STEP_HOOKS_KEY, ())))
 
         def denoise(x_in: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
             return model(x_in, sigma, **extra_args)
@@ -278,3 +288,44 @@ def output_scale(model, sigma: torch.Tensor, like: torch.Tensor) -> torch.Tensor
     sigma = sigma.to(like.device, like.dtype)
     zero = torch.zeros_like(like)
     return sampling.calculate_denoised(sigma, torch.ones_like(like), zero) - sampling.calculate_denoised(sigma, zero, zero)
+
+
+# --- patch points used by attention-editing methods ---------------------------------------------
+
+STEP_HOOKS_KEY = "exemplar_edit_step_hooks"
+
+
+def add_apply_model_wrapper(model, key: str, wrapper: Callable) -> None:
+    """Wraps ``BaseModel.apply_model`` on the clone ``model``:
+    ``wrapper(executor, x, sigma, c_concat, c_crossattn, control, transformer_options, **extra_conds)``."""
+    model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, key, wrapper)
+
+
+def add_post_cfg_function(model, function: Callable) -> None:
+    """``function(args) -> denoised`` after CFG; args carry cond_scale, cond/uncond_denoised, sigma."""
+    model.set_model_sampler_post_cfg_function(function)
+
+
+def add_step_hook(model, hook: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+    """``hook(step_index, x_next, sigma_next) -> x_next`` runs after every step of the pack's own
+    samplers (Inversion Replay Sampler), e.g. to align the colour statistics of the new latent."""
+    options = model.model_options.setdefault("transformer_options", {})
+    options[STEP_HOOKS_KEY] = list(options.get(STEP_HOOKS_KEY, [])) + [hook]
+
+
+def decoder_attention_downscales(model) -> dict[int, int]:
+    """``{output_block_index: downscale}`` for the UNet decoder blocks that have attention, where
+    downscale is latent size / token grid size (1 = full latent resolution)."""
+    config = model.model.model_config.unet_config
+    channel_mult = list(config["channel_mult"])
+    num_res_blocks = config["num_res_blocks"]
+    if isinstance(num_res_blocks, int):
+        num_res_blocks = [num_res_blocks] * len(channel_mult)
+    depth_output = list(config.get("transformer_depth_output") or [])
+    levels = []
+    for level in reversed(range(len(channel_mult))):
+        levels += [level] * (num_res_blocks[level] + 1)
+    depths = list(reversed(depth_output)) if depth_output else [1] * len(levels)
+    return {index: 2 ** level for index, (level, depth) in enumerate(zip(levels, depths)) if depth > 0}
+
+

@@ -205,6 +205,7 @@ class InversionReplaySampler(io.ComfyNode):
                 if maps is not None:
                     noise_map = maps[start - inversion.start_step + k].to(device=x.device, dtype=x.dtype)
                 x = inv.replay_step(x, x0_hat, sigma_t, sigma_s, noise_map, exact_final_step)
+                x = context.after_step(k, x, sigmas[k + 1])
                 on_step(k, x, x0_hat)
             return x
 

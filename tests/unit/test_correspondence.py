@@ -352,3 +352,16 @@ def test_chunked_matching_never_builds_the_full_matrix():
     rows = torch.tensor([0, 511, 512, 9000, hw - 1])
     direct = (F.normalize(out_feat[rows], dim=-1) @ F.normalize(ref_feat, dim=-1).t()).argmax(-1)
     assert torch.equal(indices[rows], direct)
+
+
+def test_official_schedule_at_68_steps():
+    """config.py defaults over the official 68 denoising steps (100 steps, skip 32): injection from
+    the UNet call whose counter is 10 (step 11), structure steps at counters 10, 15, ..., 35 and
+    masked AdaIN after steps 49..67."""
+    schedule = corr.TransferSchedule()
+    steps = range(68)
+    assert [k for k in steps if schedule.injects(k)] == list(range(11, 68))
+    assert [k for k in steps if schedule.injects(k) and schedule.takes_structure(k)] == [11, 16, 21, 26, 31, 36]
+    assert [k for k in steps if schedule.aligns_colour(k)] == list(range(49, 68))
+    assert schedule.counter(0) == schedule.counter(1) == 0
+    assert not corr.TransferSchedule(structure_interval=0).takes_structure(11)

@@ -1,0 +1,369 @@
+"""SemanticFeatureRearrange: Eye-for-an-eye appearance transfer (Go et al., arXiv 2406.07008) as a
+patch on a clone of the MODEL.
+
+The user samples the *output* branch with the stock SamplerCustom and an Inversion Replay Sampler
+of the target's inversion. The patch adds two more branches to every UNet call, the reference
+(appearance) image and the target (structure) image, each replaying its own inversion, and steps
+them itself after CFG. In the chosen decoder self-attention layers, the output's ``norm1``
+features inside the target mask are replaced by the reference features that match them best
+(``core.correspondence``), except on structure steps, which take the target's own features.
+After each late step the output latent's colour statistics are aligned to the reference latent's
+(masked AdaIN). Schedules follow the official code (sooyeon-go/eye_for_an_eye), including its
+step counter: the UNet call of denoising step k sees counter ``max(k - 1, 0)``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+from ..core import correspondence as corr
+from ..core.correspondence import TransferSchedule
+from ..core import inversion as inv
+from . import host
+from .host import InputError, io
+from .inversion import InversionType
+
+CATEGORY = f"{host.ROOT_CATEGORY}/appearance"
+
+LAYER_CHOICES = {
+    "two_highest_decoder_levels": 2,  # official: SD1.5 output blocks 6-11 (32^2 and 64^2 at 512 px)
+    "highest_decoder_level": 1,
+    "all_decoder_levels": None,
+}
+_LAYOUT_KEY = "exemplar_edit_appearance_rows"  # output rows per batch chunk, set by our wrapper
+_STEP_KEY = "exemplar_edit_appearance_step"  # denoising step k of the current UNet call
+_IMAGE_DOWNSCALE = 8  # pixels per latent cell for every model family the pack supports
+
+
+class AppearanceTransferPatch:
+    """The state and the three hooks (apply-model wrapper, attn1 patch, post-CFG + step hook)."""
+
+    def __init__(self, reference: inv.Inversion, target: inv.Inversion, blocks: frozenset[int],
+                 masks: list[tuple[torch.Tensor, torch.Tensor]], schedule: TransferSchedule,
+                 strength: float, restrict_to_reference_mask: bool, chunk_size: int = 1024):
+        self.reference, self.target = reference, target
+        self.blocks = blocks
+        self.masks = masks  # [(target_mask [H, W], reference_mask [H, W]), ...] at image size
+        self.schedule = schedule
+        self.strength = strength
+        self.restrict_to_reference_mask = restrict_to_reference_mask
+        self.chunk_size = chunk_size
+        self._token_masks: dict[tuple[int, int], list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        self._reset()
+
+    def __deepcopy__(self, memo):  # ComfyUI 0.3.75 deep-copies model_options on every clone
+        return self
+
+    def _reset(self) -> None:
+        self._branches: dict[int, torch.Tensor] = {}  # step -> [2, C, h, w]: reference, structure
+        self._predictions: dict[int, torch.Tensor] = {}  # cond_or_uncond -> branch x0 [2, C, h, w]
+        self._step: Optional[int] = None
+        self._awaiting_step_hook = False
+
+    # --- schedule bookkeeping -----------------------------------------------------------------
+
+    def _global_index(self, sigma: float) -> int:
+        sigmas = self.target.sigmas
+        for index in range(self.target.start_step, len(sigmas) - 1):
+            if math.isclose(float(sigmas[index]), sigma, rel_tol=1e-4, abs_tol=1e-6):
+                return index
+        raise InputError(
+            "sigmas: the sampler's schedule does not follow the target inversion's; connect the target "
+            "DDIMInvert's SIGMAS output to the sampler"
+        )
+
+    def _branch_latents(self, step: int, device, dtype) -> torch.Tensor:
+        if step not in self._branches:
+            if step >= len(self.target.latents) - 1:
+                raise InputError("sigmas: the sampler went past the target inversion's schedule")
+            self._branches[step] = torch.stack([self.reference.latents[step][0], self.target.latents[step][0]])
+        return self._branches[step].to(device=device, dtype=dtype)
+
+    # --- 1. apply-model wrapper: append the reference and structure branches to every chunk ----
+
+    def apply_model(self, executor, x, sigma, c_concat, c_crossattn, control, transformer_options, **extra_conds):
+        if control is not None:
+            raise InputError("model: SemanticFeatureRearrange cannot run with a ControlNet applied; remove it")
+        cond_or_uncond = list(transformer_options["cond_or_uncond"])
+        chunks = len(cond_or_uncond)
+        rows = x.shape[0] // chunks
+        step = self._global_index(float(sigma[0])) - self.target.start_step
+        sample_sigmas = transformer_options.get("sample_sigmas")
+        if sample_sigmas is not None and math.isclose(float(sample_sigmas[0]), float(sigma[0]), rel_tol=1e-6):
+            if self._step != step:
+                self._reset()
+        elif self._awaiting_step_hook:
+            raise InputError(
+                "sampler: SemanticFeatureRearrange needs the Inversion Replay Sampler of the target's "
+                "inversion as the sampler (SamplerCustom's sampler input)"
+            )
+        if self._step != step:
+            self._predictions = {}
+        self._step = step
+        branches = self._branch_latents(step, x.device, x.dtype)
+
+        def extend(tensor):
+            if not torch.is_tensor(tensor) or tensor.ndim == 0 or tensor.shape[0] != x.shape[0]:
+                return tensor
+            per_chunk = tensor.reshape(chunks, rows, *tensor.shape[1:])
+            extra = per_chunk[:, :1].expand(chunks, 2, *tensor.shape[1:])
+            return torch.cat([per_chunk, extra], dim=1).reshape(chunks * (rows + 2), *tensor.shape[1:])
+
+        x_chunks = x.reshape(chunks, rows, *x.shape[1:])
+        x_ext = torch.cat([x_chunks, branches[None].expand(chunks, *branches.shape)], dim=1)
+        x_ext = x_ext.reshape(chunks * (rows + 2), *x.shape[1:])
+        options = dict(transformer_options)
+        options[_LAYOUT_KEY] = rows
+        options[_STEP_KEY] = step
+        out = executor(x_ext, extend(sigma), extend(c_concat), extend(c_crossattn), control, options,
+                       **{name: extend(value) for name, value in extra_conds.items()})
+        out = out.reshape(chunks, rows + 2, *out.shape[1:])
+        for chunk, kind in enumerate(cond_or_uncond):
+            self._predictions[kind] = out[chunk, rows:].detach()
+        return out[:, :rows].reshape(chunks * rows, *out.shape[2:])
+
+    # --- 2. attn1 patch: rearrange the output's norm1 features ---------------------------------
+
+    def _layer_masks(self, hw: tuple[int, int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        if hw not in self._token_masks:
+            self._token_masks[hw] = [(corr.resize_mask(t, hw), corr.resize_mask(r, hw)) for t, r in self.masks]
+        return self._token_masks[hw]
+
+    def attn1_patch(self, n, context, value, extra_options):
+        rows = extra_options.get(_LAYOUT_KEY)
+        block = extra_options.get("block")
+        if rows is None or block is None or block[0] != "output" or block[1] not in self.blocks:
+            return n, context, value
+        step = extra_options[_STEP_KEY]
+        if not self.schedule.injects(step):
+            return n, context, value
+        cond_or_uncond = extra_options["cond_or_uncond"]
+        per_chunk = n.shape[0] // len(cond_or_uncond)
+        hw = tuple(int(s) for s in extra_options["activations_shape"][-2:])
+        structure = self.schedule.takes_structure(step)
+        masks = self._layer_masks(hw)
+        new = n.clone()
+        for chunk, kind in enumerate(cond_or_uncond):
+            if kind != 0:  # the unconditional branch is left unrearranged
+                continue
+            base = chunk * per_chunk
+            reference, structure_feat = n[base + rows], n[base + rows + 1]
+            for row in range(base, base + rows):
+                if structure:
+                    new[row] = structure_feat
+                    continue
+                new[row] = self._rearranged(n[row], reference, masks)
+        return new, new, new
+
+    def _rearranged(self, out_feat, ref_feat, masks):
+        device = out_feat.device
+        if len(masks) > 1:
+            pairs = [(t.to(device), r.to(device)) for t, r in masks]
+            indices, valid = corr.semantic_nearest_neighbours_pairs(out_feat, ref_feat, pairs, self.chunk_size)
+        else:
+            out_mask, ref_mask = (m.to(device) for m in masks[0]) if masks else (None, None)
+            indices, valid = corr.semantic_nearest_neighbours(
+                out_feat, ref_feat, out_mask, ref_mask, chunk_size=self.chunk_size,
+                restrict_to_ref_mask=self.restrict_to_reference_mask,
+            )
+        return corr.rearrange_features(out_feat, ref_feat, indices, valid, self.strength)
+
+    # --- 3. after CFG: step the branches; after the sampler's step: masked AdaIN -------------
+
+    def post_cfg(self, args) -> torch.Tensor:
+        if self._step is None or 0 not in self._predictions:
+            return args["denoised"]
+        step = self._step
+        cond = self._predictions[0]
+        uncond = self._predictions.get(1)
+        scale = float(args["cond_scale"])
+        x0 = cond if uncond is None else uncond + scale * (cond - uncond)
+        index = self.target.start_step + step
+        sigma_t, sigma_s = float(self.target.sigmas[index]), float(self.target.sigmas[index + 1])
+        current = self._branch_latents(step, x0.device, x0.dtype)
+        stepped = []
+        for b, inversion in enumerate((self.reference, self.target)):
+            noise_map = None
+            if inversion.noise_maps is not None:
+                noise_map = inversion.noise_maps[index - inversion.start_step][0].to(x0.device, x0.dtype)
+            stepped.append(inv.replay_step(current[b], x0[b], sigma_t, sigma_s, noise_map, True))
+        self._branches[step + 1] = torch.stack(stepped)
+        self._predictions = {}
+        self._awaiting_step_hook = True
+        return args["denoised"]
+
+    def after_step(self, _sampler_step: int, x: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
+        self._awaiting_step_hook = False
+        if self._step is None or not self.schedule.aligns_colour(self._step):
+            return x
+        reference = self._branches.get(self._step + 1)
+        if reference is None:
+            return x
+        reference = reference[0].to(x.device, x.dtype)
+        hw = tuple(x.shape[-2:])
+        aligned = []
+        for latent in x:
+            if not self.masks:
+                aligned.append(corr.adain(latent, reference))
+                continue
+            for target_mask, reference_mask in self._layer_masks(hw):
+                latent = corr.masked_adain(latent, reference, target_mask.to(x.device).view(hw),
+                                           reference_mask.to(x.device).view(hw))
+            aligned.append(latent)
+        return torch.stack(aligned)
+
+
+def _check_inversion(inversion, name: str) -> inv.Inversion:
+    if not isinstance(inversion, inv.Inversion):
+        raise InputError(f"{name}: expected the INVERSION output of DDIMInvert")
+    return inversion
+
+
+def _mask_list(mask: Optional[torch.Tensor], name: str, image_hw: tuple[int, int]) -> Optional[list[torch.Tensor]]:
+    if mask is None:
+        return None
+    if mask.ndim == 2:
+        mask = mask[None]
+    if mask.ndim != 3:
+        raise InputError(f"{name}: expected a MASK [objects, height, width], got shape {tuple(mask.shape)}")
+    if tuple(mask.shape[-2:]) != image_hw:
+        raise InputError(
+            f"{name}: is {mask.shape[-1]}x{mask.shape[-2]} px but its image is {image_hw[1]}x{image_hw[0]} px; "
+            "make the mask from the same (scaled) image that was inverted"
+        )
+    masks = [m.float().cpu() for m in mask]
+    for index, m in enumerate(masks):
+        if float(m.max()) <= 0:
+            raise InputError(f"{name}: mask {index} is empty; mark the object (white = object) or leave the input unconnected")
+        if int((m >= 1.0).sum()) < 2:
+            raise InputError(f"{name}: mask {index} has fewer than 2 fully selected pixels; its colour statistics need more")
+    return masks
+
+
+def build_patch(model, reference, target, layers: str, strength: float, schedule: TransferSchedule,
+                restrict_to_reference_mask: bool, reference_mask=None, target_mask=None) -> AppearanceTransferPatch:
+    """Validates the inputs and makes the patch for ``model`` (not yet applied)."""
+    reference = _check_inversion(reference, "reference")
+    target = _check_inversion(target, "target")
+    family = host.model_family(model)
+    for name, inversion in (("reference", reference), ("target", target)):
+        if inversion.model_family != family:
+            raise InputError(f"{name}: inverted with a {inversion.model_family} model but the model is {family}; "
+                             "invert with the same model family")
+    if reference.latents[0].shape != target.latents[0].shape:
+        ref_hw = tuple(d * _IMAGE_DOWNSCALE for d in reference.latents[0].shape[-2:])
+        tgt_hw = tuple(d * _IMAGE_DOWNSCALE for d in target.latents[0].shape[-2:])
+        raise InputError(f"reference: its image is {ref_hw[1]}x{ref_hw[0]} px but the target's is {tgt_hw[1]}x{tgt_hw[0]} px "
+                         "(or the batch sizes differ); scale both images to the same size, one image each")
+    if reference.start_step != target.start_step or not torch.allclose(reference.sigmas, target.sigmas):
+        raise InputError("reference: inverted with another schedule than the target (steps, scheduler or skip_steps "
+                         "differ); invert both images with the same DDIMInvert settings")
+    if layers not in LAYER_CHOICES:
+        raise InputError(f"layers: {layers!r} is not one of {list(LAYER_CHOICES)}")
+    if not 0.0 <= strength <= 1.0:
+        raise InputError(f"strength: {strength} must be between 0 and 1")
+    levels = host.decoder_attention_downscales(model)
+    chosen = sorted(set(levels.values()))
+    if LAYER_CHOICES[layers] is not None:
+        chosen = chosen[: LAYER_CHOICES[layers]]
+    blocks = frozenset(index for index, downscale in levels.items() if downscale in chosen)
+
+    image_hw = tuple(d * _IMAGE_DOWNSCALE for d in target.latents[0].shape[-2:])
+    target_masks = _mask_list(target_mask, "target_mask", image_hw)
+    reference_masks = _mask_list(reference_mask, "reference_mask", image_hw)
+    if target_masks is None and reference_masks is None:
+        masks = []
+    else:
+        if target_masks is None:
+            target_masks = [torch.ones(image_hw)] * len(reference_masks)
+        if reference_masks is None:
+            reference_masks = [torch.ones(image_hw)] * len(target_masks)
+        if len(target_masks) != len(reference_masks):
+            raise InputError(f"reference_mask: has {len(reference_masks)} object masks but target_mask has "
+                             f"{len(target_masks)}; give one reference mask per target mask, in the same order")
+        masks = list(zip(target_masks, reference_masks))
+    return AppearanceTransferPatch(reference, target, blocks, masks, schedule, strength, restrict_to_reference_mask)
+
+
+def apply_patch(model, patch: AppearanceTransferPatch):
+    """A clone of ``model`` carrying the patch."""
+    patched = model.clone()
+    host.add_apply_model_wrapper(patched, "exemplar_edit_appearance", patch.apply_model)
+    patched.set_model_attn1_patch(patch.attn1_patch)
+    host.add_post_cfg_function(patched, patch.post_cfg)
+    host.add_step_hook(patched, patch.after_step)
+    return patched
+
+
+class SemanticFeatureRearrange(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        defaults = TransferSchedule()
+        step_tip = " Counted as the official code does: the UNet call of denoising step k uses counter max(k-1, 0)."
+        return io.Schema(
+            node_id="SemanticFeatureRearrange",
+            display_name="Semantic Feature Rearrange (Eye-for-an-eye)",
+            category=CATEGORY,
+            description=(
+                "Appearance transfer by semantic correspondence (Eye-for-an-eye, Go et al. 2024): the output keeps "
+                "the target's structure and takes the reference's appearance, eye to eye and wheel to wheel. Returns "
+                "a patched MODEL; sample it with SamplerCustom (add_noise off, cfg 1 by default), the Inversion Replay "
+                "Sampler of the TARGET's inversion, and the target DDIMInvert's LATENT and SIGMAS. Invert both images "
+                "with DDIMInvert (edit_friendly_ddpm, 100 steps, cfg 3.5, skip_steps 32 in the paper's code)."
+            ),
+            inputs=[
+                io.Model.Input("model", tooltip="The model to patch (a clone is patched; the input stays untouched). "
+                               "Other patches such as FreeU_V2 or LoRAs may come before or after."),
+                InversionType.Input("reference", tooltip="Inversion of the appearance (reference) image, from DDIMInvert."),
+                InversionType.Input("target", tooltip="Inversion of the structure (target) image, from DDIMInvert with the "
+                                    "same settings; also feed it to the Inversion Replay Sampler."),
+                io.Combo.Input("layers", options=list(LAYER_CHOICES), default="two_highest_decoder_levels",
+                               tooltip="Decoder self-attention layers whose features are rearranged. "
+                                       "two_highest_decoder_levels is the official choice: SD1.5 output blocks 6-11 "
+                                       "(32x32 and 64x64 at 512 px); SDXL output blocks 0-5 (all 36 transformer blocks "
+                                       "at 32x32 and 64x64 at 1024 px)."),
+                io.Float.Input("strength", default=1.0, min=0.0, max=1.0, step=0.05,
+                               tooltip="1: each output feature is replaced by its best-matching reference feature "
+                                       "(official hard nearest neighbour). Lower blends with the output's own feature."),
+                io.Int.Input("injection_start_step", default=defaults.injection_start, min=0, max=1000,
+                             tooltip="First step of feature injection (official feat_range 10-70)." + step_tip),
+                io.Int.Input("injection_end_step", default=defaults.injection_end, min=0, max=1000,
+                             tooltip="Injection stops before this step." + step_tip),
+                io.Int.Input("structure_interval", default=defaults.structure_interval, min=0, max=1000,
+                             tooltip="Every this many steps (and below structure_end_step) the output takes the "
+                                     "target's own features instead of rearranged ones, to keep the structure "
+                                     "(official: 5). 0 turns structure steps off."),
+                io.Int.Input("structure_end_step", default=defaults.structure_end, min=0, max=1000,
+                             tooltip="Structure steps happen only below this step (official: 40)." + step_tip),
+                io.Int.Input("adain_start_step", default=defaults.adain_start, min=0, max=1000,
+                             tooltip="After each denoising step from this one on, the output latent's per-channel "
+                                     "statistics inside the target mask are matched to the reference latent's inside "
+                                     "its mask (masked AdaIN; official: from step 49, i.e. steps 49-67 of 68)."),
+                io.Int.Input("adain_end_step", default=defaults.adain_end, min=0, max=1000,
+                             tooltip="Masked AdaIN stops before this step (official: 101, i.e. through the last step)."),
+                io.Boolean.Input("restrict_to_reference_mask", default=False,
+                                 tooltip="Off (official): reference positions outside the reference mask remain "
+                                         "candidates with cosine 0. On: matches never leave the reference mask."),
+                io.Mask.Input("reference_mask", optional=True,
+                              tooltip="Where the object is in the reference image (image size). A batch of N masks "
+                                      "pairs with N target masks: object k of the target takes the appearance of "
+                                      "object k of the reference. Unconnected: the whole image."),
+                io.Mask.Input("target_mask", optional=True,
+                              tooltip="Where the object is in the target image (image size). Outside it the target is "
+                                      "kept, so its background survives. Unconnected: the whole image."),
+            ],
+            outputs=[io.Model.Output(display_name="MODEL", tooltip="The patched clone of the model.")],
+        )
+
+    @classmethod
+    def execute(cls, model, reference, target, layers, strength, injection_start_step, injection_end_step,
+                structure_interval, structure_end_step, adain_start_step, adain_end_step,
+                restrict_to_reference_mask, reference_mask=None, target_mask=None) -> io.NodeOutput:
+        host.check_sigma_space_model(model)
+        schedule = TransferSchedule(injection_start_step, injection_end_step, structure_interval,
+                                    structure_end_step, adain_start_step, adain_end_step)
+        patch = build_patch(model, reference, target, layers, strength, schedule, restrict_to_reference_mask,
+                            reference_mask, target_mask)
+        return io.NodeOutput(apply_patch(model, patch))

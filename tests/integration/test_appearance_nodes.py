@@ -1,0 +1,149 @@
+"""SemanticFeatureRearrange (Eye-for-an-eye) as graphs run by ComfyUI's own executor, on the test
+checkpoints of both model families."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pack_testing import GraphError
+
+pytestmark = pytest.mark.integration
+
+SD15 = "test_sd15.safetensors"
+SDXL = "test_sdxl.safetensors"
+STEPS, SKIP = 6, 1
+
+
+def transfer_prompt(ckpt: str, *, same_images: bool = False, patched: bool = True, cfg: float = 1.0,
+                    size: int = 64, reference_size: int | None = None, sampler: str = "replay",
+                    masks: dict | None = None, **settings) -> dict:
+    """Two model-made images -> DDIMInvert (edit-friendly) each -> SemanticFeatureRearrange ->
+    SamplerCustom with the target's replay sampler."""
+    reference_size = reference_size or size
+    prompt = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a photo of a red cat", "clip": ["1", 1]}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["1", 1]}},
+        "4": {"class_type": "CLIPTextEncode", "inputs": {"text": "a green striped car at night", "clip": ["1", 1]}},
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size, "batch_size": 1}},
+        "6": {"class_type": "EmptyLatentImage", "inputs": {"width": reference_size, "height": reference_size, "batch_size": 1}},
+        "7": {"class_type": "KSampler", "inputs": {  # target image
+            "model": ["1", 0], "seed": 7, "steps": 3, "cfg": 4.0, "sampler_name": "euler", "scheduler": "normal",
+            "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["5", 0], "denoise": 1.0}},
+        "8": {"class_type": "KSampler", "inputs": {  # reference image
+            "model": ["1", 0], "seed": 99, "steps": 3, "cfg": 4.0, "sampler_name": "euler", "scheduler": "normal",
+            "positive": ["4", 0], "negative": ["3", 0], "latent_image": ["6", 0], "denoise": 1.0}},
+    }
+    invert = {"model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "mode": "edit_friendly_ddpm",
+              "steps": STEPS, "cfg": 3.5, "scheduler": "ddim_uniform", "skip_steps": SKIP, "seed": 0,
+              "noise_regularization": False, "lambda_ac": 20.0, "lambda_kl": 20.0, "regularization_steps": 5,
+              "auto_correlation_rolls": 5}
+    prompt["9"] = {"class_type": "DDIMInvert", "inputs": {**invert, "latent": ["7", 0]}}
+    prompt["10"] = {"class_type": "DDIMInvert", "inputs": {**invert, "latent": ["7", 0] if same_images else ["8", 0], "seed": 0 if same_images else 1}}
+    model = ["1", 0]
+    if patched:
+        options = {"layers": "two_highest_decoder_levels", "strength": 1.0, "injection_start_step": 0,
+                   "injection_end_step": 70, "structure_interval": 3, "structure_end_step": 2,
+                   "adain_start_step": 3, "adain_end_step": 68, "restrict_to_reference_mask": False}
+        options.update(settings)
+        prompt["11"] = {"class_type": "SemanticFeatureRearrange", "inputs": {
+            "model": ["1", 0], "reference": ["10", 1], "target": ["9", 1], **options}}
+        for name, node_id in (masks or {}).items():
+            prompt["11"]["inputs"][name] = [node_id, 0]
+        model = ["11", 0]
+    prompt["12"] = {"class_type": "InversionReplaySampler", "inputs": {"inversion": ["9", 1], "exact_final_step": True}}
+    sampler_ref = ["12", 0]
+    if sampler != "replay":
+        prompt["13"] = {"class_type": "KSamplerSelect", "inputs": {"sampler_name": sampler}}
+        sampler_ref = ["13", 0]
+    prompt["14"] = {"class_type": "SamplerCustom", "inputs": {
+        "model": model, "add_noise": False, "noise_seed": 0, "cfg": cfg, "positive": ["2", 0], "negative": ["3", 0],
+        "sampler": sampler_ref, "sigmas": ["9", 2], "latent_image": ["9", 0]}}
+    prompt["15"] = {"class_type": "Capture", "inputs": {"key": "out", "value": ["14", 0]}}
+    return prompt
+
+
+def _out(graph, prompt) -> torch.Tensor:
+    return graph.run(prompt)["out"]["samples"].float()
+
+
+@pytest.mark.parametrize("ckpt", [SD15, SDXL])
+def test_transfer_runs_and_depends_on_the_reference(graph, ckpt):
+    plain = _out(graph, transfer_prompt(ckpt, patched=False))
+    transfer = _out(graph, transfer_prompt(ckpt))
+    assert torch.isfinite(transfer).all()
+    change = (transfer - plain).abs().mean() / plain.abs().mean()
+    assert change > 0.01, f"the reference's appearance did not reach the output (relative change {change:.2e})"
+
+
+def test_reference_equal_to_target_reproduces_the_plain_replay(graph):
+    """With the target as its own reference every output feature's best match is itself, and AdaIN
+    against itself is the identity, so the output must be the plain replay. This holds only if
+    the patch steps the extra branches along exactly the trajectory the sampler takes."""
+    plain = _out(graph, transfer_prompt(SD15, patched=False, same_images=True))
+    same = _out(graph, transfer_prompt(SD15, same_images=True, structure_interval=0))
+    assert torch.allclose(same, plain, rtol=1e-4, atol=1e-4), (same - plain).abs().max()
+
+
+def test_guidance_above_one_and_strength_zero(graph):
+    """cfg > 1 runs cond and uncond chunks (uncond left unrearranged); at strength 0 without
+    structure steps and without AdaIN the output equals the plain replay at the same cfg."""
+    plain = _out(graph, transfer_prompt(SD15, patched=False, cfg=2.5))
+    neutral = _out(graph, transfer_prompt(SD15, cfg=2.5, strength=0.0, structure_interval=0, adain_start_step=68))
+    assert torch.allclose(neutral, plain, rtol=1e-4, atol=1e-4), (neutral - plain).abs().max()
+    full = _out(graph, transfer_prompt(SD15, cfg=2.5))
+    assert (full - plain).abs().mean() > 1e-3
+
+
+def test_shared_model_is_unchanged(graph):
+    before = _out(graph, transfer_prompt(SD15, patched=False))
+    _out(graph, transfer_prompt(SD15))
+    after = _out(graph, transfer_prompt(SD15, patched=False))
+    assert torch.equal(before, after)
+
+
+def test_masks_keep_the_background(graph):
+    """Only the masked half of the target is rearranged and aligned: the other half moves much less."""
+    prompt = transfer_prompt(SD15, masks={"target_mask": "20", "reference_mask": "21"})
+    prompt["19"] = {"class_type": "SolidMask", "inputs": {"value": 0.0, "width": 64, "height": 64}}
+    prompt["18"] = {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 64, "height": 32}}
+    prompt["20"] = {"class_type": "MaskComposite", "inputs": {"destination": ["19", 0], "source": ["18", 0],
+                                                               "x": 0, "y": 0, "operation": "add"}}
+    prompt["21"] = {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 64, "height": 64}}
+    masked = _out(graph, prompt)
+    plain = _out(graph, transfer_prompt(SD15, patched=False))
+    top = (masked - plain)[..., :4, :].abs().mean()
+    bottom = (masked - plain)[..., 4:, :].abs().mean()
+    assert top > 3 * bottom, (top, bottom)
+
+
+@pytest.mark.parametrize("change, input_name", [
+    ({"reference_size": 128}, "reference"),
+    ({"sampler": "euler"}, "sampler"),
+])
+def test_bad_inputs_name_the_input(graph, change, input_name):
+    with pytest.raises(GraphError, match=input_name):
+        graph.run(transfer_prompt(SD15, **change))
+
+
+@pytest.mark.parametrize("masks, input_name", [
+    ({"target_mask": ("SolidMask", 0.0, 64)}, "target_mask: mask 0 is empty"),
+    ({"target_mask": ("SolidMask", 1.0, 32)}, "target_mask: is 32x32 px"),
+    ({"reference_mask": ("SolidMask", 1.0, 64), "target_mask": ("Batch", 1.0, 64)}, "reference_mask: has 1 object"),
+])
+def test_bad_masks_name_the_input(graph, masks, input_name):
+    prompt = transfer_prompt(SD15)
+    for index, (name, (kind, value, size)) in enumerate(masks.items()):
+        node = str(30 + index)
+        solid = {"class_type": "SolidMask", "inputs": {"value": value, "width": size, "height": size}}
+        if kind == "Batch":
+            prompt[node + "0"] = solid
+            prompt[node] = {"class_type": "MaskToImage", "inputs": {"mask": [node + "0", 0]}}
+            prompt[node + "1"] = {"class_type": "ImageBatch", "inputs": {"image1": [node, 0], "image2": [node, 0]}}
+            prompt[node + "2"] = {"class_type": "ImageToMask", "inputs": {"image": [node + "1", 0], "channel": "red"}}
+            node = node + "2"
+        else:
+            prompt[node] = solid
+        prompt["11"]["inputs"][name] = [node, 0]
+    with pytest.raises(GraphError, match=input_name):
+        graph.run(prompt)
