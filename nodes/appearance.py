@@ -34,7 +34,9 @@ LAYER_CHOICES = {
 }
 _LAYOUT_KEY = "exemplar_edit_appearance_rows"  # output rows per batch chunk, set by our wrapper
 _STEP_KEY = "exemplar_edit_appearance_step"  # denoising step k of the current UNet call
-_IMAGE_DOWNSCALE = 8  # pixels per latent cell for every model family the pack supports
+_IMAGE_DOWNSCALE = 8
+REPLAYED, FROM_INVERSION = "replayed_each_step", "collected_from_inversion"
+FEATURE_SOURCES = (REPLAYED, FROM_INVERSION)  # pixels per latent cell for every model family the pack supports
 
 
 class AppearanceTransferPatch:
@@ -42,8 +44,13 @@ class AppearanceTransferPatch:
 
     def __init__(self, reference: inv.Inversion, target: inv.Inversion, blocks: frozenset[int],
                  masks: list[tuple[torch.Tensor, torch.Tensor]], schedule: TransferSchedule,
-                 strength: float, restrict_to_reference_mask: bool, chunk_size: int = 1024):
+                 strength: float, restrict_to_reference_mask: bool, feature_source: str = REPLAYED,
+                 chunk_size: int = 1024):
         self.reference, self.target = reference, target
+        self.feature_source = feature_source
+        # collected_from_inversion: (step, block, block_index) -> [HW, C] features of the branch
+        # the step needs (structure steps: the target; others: the reference), see collect_features
+        self.collected: dict[tuple, torch.Tensor] = {}
         self.blocks = blocks
         self.masks = masks  # [(target_mask [H, W], reference_mask [H, W]), ...] at image size
         self.schedule = schedule
@@ -102,6 +109,12 @@ class AppearanceTransferPatch:
         if self._step != step:
             self._predictions = {}
         self._step = step
+        if self.feature_source == FROM_INVERSION:
+            options = dict(transformer_options)
+            options[_LAYOUT_KEY] = rows
+            options[_STEP_KEY] = step
+            self._predictions[0] = x  # marks the step as run for post_cfg
+            return executor(x, sigma, c_concat, c_crossattn, control, options, **extra_conds)
         branches = self._branch_latents(step, x.device, x.dtype)
 
         def extend(tensor):
@@ -149,7 +162,11 @@ class AppearanceTransferPatch:
             if kind != 0:  # the unconditional branch is left unrearranged
                 continue
             base = chunk * per_chunk
-            reference, structure_feat = n[base + rows], n[base + rows + 1]
+            if self.feature_source == FROM_INVERSION:
+                stored = self.collected[(step, tuple(block), extra_options.get("block_index", 0))]
+                reference = structure_feat = stored.to(n.device, n.dtype)
+            else:
+                reference, structure_feat = n[base + rows], n[base + rows + 1]
             for row in range(base, base + rows):
                 if structure:
                     new[row] = structure_feat
@@ -176,6 +193,10 @@ class AppearanceTransferPatch:
         if self._step is None or 0 not in self._predictions:
             return args["denoised"]
         step = self._step
+        if self.feature_source == FROM_INVERSION:
+            self._predictions = {}
+            self._awaiting_step_hook = True
+            return args["denoised"]
         cond = self._predictions[0]
         uncond = self._predictions.get(1)
         scale = float(args["cond_scale"])
@@ -198,10 +219,14 @@ class AppearanceTransferPatch:
         self._awaiting_step_hook = False
         if self._step is None or not self.schedule.aligns_colour(self._step):
             return x
-        reference = self._branches.get(self._step + 1)
-        if reference is None:
-            return x
-        reference = reference[0].to(x.device, x.dtype)
+        if self.feature_source == FROM_INVERSION:
+            reference = self.reference.latents[min(self._step + 1, len(self.reference.latents) - 1)][0]
+        else:
+            reference = self._branches.get(self._step + 1)
+            if reference is None:
+                return x
+            reference = reference[0]
+        reference = reference.to(x.device, x.dtype)
         hw = tuple(x.shape[-2:])
         aligned = []
         for latent in x:
@@ -213,6 +238,43 @@ class AppearanceTransferPatch:
                                            reference_mask.to(x.device).view(hw))
             aligned.append(latent)
         return torch.stack(aligned)
+
+
+def collect_features(model, patch: AppearanceTransferPatch, positive) -> None:
+    """Fills ``patch.collected`` for ``collected_from_inversion``: one conditional UNet evaluation
+    per injected step, on the stored inversion latent of the branch that step needs (the target on
+    structure steps, the reference otherwise), recording the chosen layers' ``norm1`` features.
+
+    This equals the replayed branches exactly when the branches would retrace their inversions:
+    the sampler's cfg and conditioning equal the inversion's and the model carries the same
+    patches. It costs one batch-1 evaluation per injected step instead of two extra rows per
+    chunk at every step.
+    """
+    steps = [k for k in range(len(patch.target.latents) - 1) if patch.schedule.injects(k)]
+    if not steps:
+        return
+    recording: dict = {}
+
+    def record(n, context, value, extra_options):
+        block = extra_options.get("block")
+        if block is not None and block[0] == "output" and block[1] in patch.blocks:
+            key = (recording["step"], tuple(block), extra_options.get("block_index", 0))
+            patch.collected[key] = n[0].detach().to(torch.float16 if n.is_cuda else n.dtype).clone()
+        return n, context, value
+
+    recorder = model.clone()
+    recorder.set_model_attn1_patch(record)
+    latent = patch.target.latents[0]
+    with host.model_session(recorder, tuple(latent.shape)):
+        device = host.compute_device()
+        prepared = host.prepare_conditioning(recorder, positive, latent.to(device))
+        for step in steps:
+            host.check_interrupted()
+            source = patch.target if patch.schedule.takes_structure(step) else patch.reference
+            x = source.latents[step][:1].to(device)
+            sigma = patch.target.sigmas[patch.target.start_step + step].reshape(1).to(device)
+            recording["step"] = step
+            host.denoise_with(recorder, x, sigma, prepared)
 
 
 def _check_inversion(inversion, name: str) -> inv.Inversion:
@@ -243,7 +305,8 @@ def _mask_list(mask: Optional[torch.Tensor], name: str, image_hw: tuple[int, int
 
 
 def build_patch(model, reference, target, layers: str, strength: float, schedule: TransferSchedule,
-                restrict_to_reference_mask: bool, reference_mask=None, target_mask=None) -> AppearanceTransferPatch:
+                restrict_to_reference_mask: bool, reference_mask=None, target_mask=None,
+                feature_source: str = REPLAYED) -> AppearanceTransferPatch:
     """Validates the inputs and makes the patch for ``model`` (not yet applied)."""
     reference = _check_inversion(reference, "reference")
     target = _check_inversion(target, "target")
@@ -284,7 +347,10 @@ def build_patch(model, reference, target, layers: str, strength: float, schedule
             raise InputError(f"reference_mask: has {len(reference_masks)} object masks but target_mask has "
                              f"{len(target_masks)}; give one reference mask per target mask, in the same order")
         masks = list(zip(target_masks, reference_masks))
-    return AppearanceTransferPatch(reference, target, blocks, masks, schedule, strength, restrict_to_reference_mask)
+    if feature_source not in FEATURE_SOURCES:
+        raise InputError(f"feature_source: {feature_source!r} is not one of {list(FEATURE_SOURCES)}")
+    return AppearanceTransferPatch(reference, target, blocks, masks, schedule, strength, restrict_to_reference_mask,
+                                   feature_source)
 
 
 def apply_patch(model, patch: AppearanceTransferPatch):
@@ -346,6 +412,16 @@ class SemanticFeatureRearrange(io.ComfyNode):
                 io.Boolean.Input("restrict_to_reference_mask", default=False,
                                  tooltip="Off (official): reference positions outside the reference mask remain "
                                          "candidates with cosine 0. On: matches never leave the reference mask."),
+                io.Combo.Input("feature_source", options=list(FEATURE_SOURCES), default=REPLAYED,
+                               tooltip="replayed_each_step: the reference and target branches are replayed beside "
+                                       "the output in every UNet batch (exact at any cfg; about 3x plain sampling). "
+                                       "collected_from_inversion: their features are collected once, before sampling, "
+                                       "from the stored inversion latents (one conditional evaluation per injected "
+                                       "step; identical when the sampler's cfg and prompt equal the inversion's). "
+                                       "Needs 'positive'."),
+                io.Conditioning.Input("positive", optional=True,
+                                      tooltip="collected_from_inversion only: the conditioning the images were "
+                                              "inverted with (DDIMInvert's positive)."),
                 io.Mask.Input("reference_mask", optional=True,
                               tooltip="Where the object is in the reference image (image size). A batch of N masks "
                                       "pairs with N target masks: object k of the target takes the appearance of "
@@ -360,10 +436,16 @@ class SemanticFeatureRearrange(io.ComfyNode):
     @classmethod
     def execute(cls, model, reference, target, layers, strength, injection_start_step, injection_end_step,
                 structure_interval, structure_end_step, adain_start_step, adain_end_step,
-                restrict_to_reference_mask, reference_mask=None, target_mask=None) -> io.NodeOutput:
+                restrict_to_reference_mask, feature_source=REPLAYED, positive=None, reference_mask=None,
+                target_mask=None) -> io.NodeOutput:
         host.check_sigma_space_model(model)
         schedule = TransferSchedule(injection_start_step, injection_end_step, structure_interval,
                                     structure_end_step, adain_start_step, adain_end_step)
         patch = build_patch(model, reference, target, layers, strength, schedule, restrict_to_reference_mask,
-                            reference_mask, target_mask)
+                            reference_mask, target_mask, feature_source)
+        if feature_source == FROM_INVERSION:
+            if positive is None:
+                raise InputError("positive: collected_from_inversion needs the conditioning the images were inverted "
+                                 "with; connect it, or use replayed_each_step")
+            collect_features(model, patch, positive)
         return io.NodeOutput(apply_patch(model, patch))

@@ -44,7 +44,8 @@ def transfer_prompt(ckpt: str, *, same_images: bool = False, patched: bool = Tru
     if patched:
         options = {"layers": "two_highest_decoder_levels", "strength": 1.0, "injection_start_step": 0,
                    "injection_end_step": 70, "structure_interval": 3, "structure_end_step": 2,
-                   "adain_start_step": 3, "adain_end_step": 68, "restrict_to_reference_mask": False}
+                   "adain_start_step": 3, "adain_end_step": 68, "restrict_to_reference_mask": False,
+                   "feature_source": "replayed_each_step"}
         options.update(settings)
         prompt["11"] = {"class_type": "SemanticFeatureRearrange", "inputs": {
             "model": ["1", 0], "reference": ["10", 1], "target": ["9", 1], **options}}
@@ -147,3 +148,20 @@ def test_bad_masks_name_the_input(graph, masks, input_name):
         prompt["11"]["inputs"][name] = [node, 0]
     with pytest.raises(GraphError, match=input_name):
         graph.run(prompt)
+
+
+def test_features_collected_from_the_inversion_equal_the_replayed_branches(graph):
+    """At the inversion's own cfg and prompt the replayed branches retrace their inversions, so
+    features collected once from the stored latents must give the same output."""
+    replayed = _out(graph, transfer_prompt(SD15, cfg=3.5))
+    prompt = transfer_prompt(SD15, cfg=3.5, feature_source="collected_from_inversion")
+    prompt["11"]["inputs"]["positive"] = ["2", 0]
+    collected = _out(graph, prompt)
+    plain = _out(graph, transfer_prompt(SD15, patched=False, cfg=3.5))
+    assert (replayed - plain).abs().mean() > 1e-3
+    assert torch.allclose(collected, replayed, rtol=1e-3, atol=1e-3), (collected - replayed).abs().max()
+
+
+def test_collected_features_need_the_positive_conditioning(graph):
+    with pytest.raises(GraphError, match="positive: collected_from_inversion needs"):
+        graph.run(transfer_prompt(SD15, feature_source="collected_from_inversion"))
