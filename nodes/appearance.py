@@ -101,7 +101,7 @@ class AppearanceTransferPatch:
         if sample_sigmas is not None and math.isclose(float(sample_sigmas[0]), float(sigma[0]), rel_tol=1e-6):
             if self._step != step:
                 self._reset()
-        elif self._awaiting_step_hook:
+        elif self._awaiting_step_hook and step != self._step:
             raise InputError(
                 "sampler: SemanticFeatureRearrange needs the Inversion Replay Sampler of the target's "
                 "inversion as the sampler (SamplerCustom's sampler input)"
@@ -109,11 +109,15 @@ class AppearanceTransferPatch:
         if self._step != step:
             self._predictions = {}
         self._step = step
+        # Other patches (e.g. Perturbed-Attention Guidance) may run extra UNet passes in the same
+        # step; only the sampler's own first pass per cond/uncond, before CFG, steps the branches.
+        record = not self._awaiting_step_hook
         if self.feature_source == FROM_INVERSION:
             options = dict(transformer_options)
             options[_LAYOUT_KEY] = rows
             options[_STEP_KEY] = step
-            self._predictions[0] = x  # marks the step as run for post_cfg
+            if record:
+                self._predictions.setdefault(0, x)  # marks the step as run for post_cfg
             return executor(x, sigma, c_concat, c_crossattn, control, options, **extra_conds)
         branches = self._branch_latents(step, x.device, x.dtype)
 
@@ -134,7 +138,8 @@ class AppearanceTransferPatch:
                        **{name: extend(value) for name, value in extra_conds.items()})
         out = out.reshape(chunks, rows + 2, *out.shape[1:])
         for chunk, kind in enumerate(cond_or_uncond):
-            self._predictions[kind] = out[chunk, rows:].detach()
+            if record and kind not in self._predictions:
+                self._predictions[kind] = out[chunk, rows:].detach()
         return out[:, :rows].reshape(chunks * rows, *out.shape[2:])
 
     # --- 2. attn1 patch: rearrange the output's norm1 features ---------------------------------

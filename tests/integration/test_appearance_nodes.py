@@ -165,3 +165,26 @@ def test_features_collected_from_the_inversion_equal_the_replayed_branches(graph
 def test_collected_features_need_the_positive_conditioning(graph):
     with pytest.raises(GraphError, match="positive: collected_from_inversion needs"):
         graph.run(transfer_prompt(SD15, feature_source="collected_from_inversion"))
+
+
+@pytest.mark.parametrize("pag_after_patch", [True, False])
+def test_composes_with_perturbed_attention_guidance(graph, pag_after_patch):
+    """PAG adds an attention replace and a post-CFG function that runs an extra UNet pass each step.
+    Applied after the patch it also clones the patched model (0.3.75 deep-copies model_options).
+    Both must act, and the extra pass must not disturb the branches."""
+    pag = {"class_type": "PerturbedAttentionGuidance", "inputs": {"model": ["1", 0], "scale": 3.0}}
+    plain_pag = transfer_prompt(SD15, patched=False)
+    plain_pag["16"] = pag
+    plain_pag["14"]["inputs"]["model"] = ["16", 0]
+    combined = transfer_prompt(SD15)
+    combined["16"] = {**pag, "inputs": {**pag["inputs"]}}
+    if pag_after_patch:
+        combined["16"]["inputs"]["model"] = ["11", 0]
+        combined["14"]["inputs"]["model"] = ["16", 0]
+    else:
+        combined["11"]["inputs"]["model"] = ["16", 0]
+    alone = _out(graph, transfer_prompt(SD15))
+    both = _out(graph, combined)
+    assert torch.isfinite(both).all()
+    assert (both - alone).abs().mean() > 1e-3, "PAG had no effect on the patched model"
+    assert (both - _out(graph, plain_pag)).abs().mean() > 1e-3, "the appearance patch was lost beside PAG"
