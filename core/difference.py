@@ -26,10 +26,11 @@ This keeps the module free of any parameterisation and of ComfyUI.
 Token space. The pack's DeltaInterpolationTrainer keeps D in the text encoder's *input*
 token-embedding space (so it saves as a standard ComfyUI ``embedding:`` file, issue spec). Then
 the conditioning is made by running the text encoder on the prompt with D inserted (the
-``embedding:`` mechanism), and the CLIP-loss feature comes from the encoder's output for those
-tokens. :func:`append_tokens` and :func:`difference_token_feature` implement VISII's variant,
-where the tokens live in the encoder's *output* space; the losses, slerp and timestep schedule
-do not depend on the choice.
+``embedding:`` mechanism), and the CLIP-loss feature is :func:`difference_token_feature` applied
+to the encoder's final-LayerNorm *outputs at the K positions of D* (VISII's mean-then-project,
+visii.py:927-934, on the Difference tokens' own outputs). :func:`append_tokens` implements VISII's
+variant, where the tokens live in the encoder's *output* space; the losses, slerp and timestep
+schedule do not depend on the choice.
 
 References
 - Kim, Kim, Kim, "Difference Inversion: Interpolate and Isolate the Difference with Token
@@ -289,3 +290,37 @@ def shuffled_timesteps(
     if not blocks:
         return torch.zeros(0, dtype=torch.long)
     return torch.cat(blocks)
+
+
+# --- training-loop helpers -----------------------------------------------------------------
+
+
+def noised_latent(x0: torch.Tensor, sigma: torch.Tensor | float, noise: torch.Tensor) -> torch.Tensor:
+    """z_{X,t} in sigma space: x = x0 + sigma(t) * eps.
+
+    This is the paper's z_{X,t} = sqrt(abar_t) z_X + sqrt(1 - abar_t) eps (figure steps 4/5) divided
+    by sqrt(abar_t), with sigma(t) = sqrt((1 - abar_t) / abar_t) (the VP-to-sigma correspondence of Karras et al. 2022):
+    the form ComfyUI's models take, which rescale by c_in = 1 / sqrt(sigma^2 + 1) = sqrt(abar_t)
+    themselves. The noise eps (and so the eps / v targets) is the same in both forms.
+    """
+    if not torch.is_tensor(sigma):
+        sigma = torch.tensor(float(sigma), dtype=x0.dtype, device=x0.device)
+    sigma = sigma.to(x0.dtype).to(x0.device)
+    while sigma.ndim < x0.ndim:
+        sigma = sigma.unsqueeze(-1)
+    return x0 + sigma * noise
+
+
+def keep_best(
+    best_loss: torch.Tensor,
+    best_tokens: torch.Tensor,
+    loss: torch.Tensor,
+    tokens: torch.Tensor,
+    eligible: bool | torch.Tensor = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(best_loss, best_tokens) after seeing ``loss`` reached with ``tokens``: VISII keeps the
+    prompt with the lowest MSE (visii.py:949-952). Done with ``torch.where`` so the loop needs no
+    device-to-host copy to decide."""
+    better = (loss.detach() < best_loss) & torch.as_tensor(eligible, device=loss.device)
+    return (torch.where(better, loss.detach(), best_loss),
+            torch.where(better, tokens.detach(), best_tokens))

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 from .host import ComfyExtension, io
 from .appearance import SemanticFeatureRearrange
+from .analogy import DeltaInterpolationTrainer, TokenInjector
 from .inversion import DDIMInvert, InversionReplaySampler
 
-NODES: list[type[io.ComfyNode]] = [DDIMInvert, InversionReplaySampler, SemanticFeatureRearrange]
+NODES: list[type[io.ComfyNode]] = [DDIMInvert, InversionReplaySampler, SemanticFeatureRearrange,
+                                 DeltaInterpolationTrainer, TokenInjector]
 
 
 class ExemplarEditExtension(ComfyExtension):

@@ -329,3 +329,426 @@ def decoder_attention_downscales(model) -> dict[int, int]:
     return {index: 2 ** level for index, (level, depth) in enumerate(zip(levels, depths)) if depth > 0}
 
 
+# --- text tokens, embeddings, CLIP vision (Difference Inversion, nodes/analogy.py) ---------------
+#
+# A Difference embedding is a few vectors per text encoder of the CLIP, in the encoder's *input*
+# token-embedding space, stored as ComfyUI's ``embedding:`` files read them
+# (``comfy/sd1_clip.py load_embed``): ``{"clip_l": [K, 768]}`` for SD1.x, plus ``"clip_g": [K, 1280]``
+# for SDXL. Vectors enter a prompt as ``(tensor_row, 1.0)`` entries of ``clip.tokenize(...)``, exactly
+# as the tokenizer inserts an ``embedding:NAME`` it loaded.
+
+
+@dataclass(frozen=True)
+class TextEncoderSlot:
+    """One text encoder of a CLIP: its key in ``clip.tokenize(...)`` ("l", "g", "h"), the key its
+    vectors have in an embedding file ("clip_l", ...), and its token-embedding width."""
+
+    key: str
+    embedding_key: str
+    width: int
+
+
+def _sub_tokenizer(clip, key: str):
+    tokenizer = clip.tokenizer
+    sub = getattr(tokenizer, f"clip_{key}", None)
+    if sub is None and getattr(tokenizer, "clip_name", None) == key:
+        sub = getattr(tokenizer, tokenizer.clip, None)
+    return sub
+
+
+def text_encoder_slots(clip) -> list[TextEncoderSlot]:
+    """The text encoders of ``clip`` whose prompts take embedding vectors, in tokenize order."""
+    slots = []
+    for key in clip.tokenize(""):
+        sub = _sub_tokenizer(clip, key)
+        if sub is None or not hasattr(sub, "embedding_key"):
+            raise InputError(f"clip: text encoder {key!r} of this CLIP does not accept embeddings (not a CLIP tokenizer)")
+        slots.append(TextEncoderSlot(key=key, embedding_key=sub.embedding_key, width=int(sub.embedding_size)))
+    return slots
+
+
+def append_embedding_rows(clip, tokens: dict, rows_by_key: dict[str, torch.Tensor]) -> dict:
+    """``tokens`` (from ``clip.tokenize(prompt)``) with ``rows_by_key[key]`` appended as one group of
+    embedding vectors after the prompt's words, each at weight 1.0: the token lists ComfyUI's
+    tokenizer makes for ``prompt + " embedding:NAME"`` when the file holds these rows. The rows keep
+    their autograd graph. The tokenizer's chunking is reproduced (``sd1_clip.py``
+    ``tokenize_with_weights``): a group shorter than ``max_word_length`` that does not fit the last
+    75-token chunk opens a new chunk; a longer one is split across chunks."""
+    import numbers
+
+    out = {}
+    for key, chunks in tokens.items():
+        rows = rows_by_key.get(key)
+        if rows is None:
+            out[key] = chunks
+            continue
+        sub = _sub_tokenizer(clip, key)
+        if (sub is None or sub.start_token is None or sub.end_token is None or not sub.pad_to_max_length
+                or sub.pad_left or sub.min_length is not None or sub.min_padding is not None):
+            raise InputError(f"clip: the tokenizer of text encoder {key!r} is not a CLIP tokenizer this node supports")
+        end, start, pad = sub.end_token, sub.start_token, sub.pad_token
+        chunks = [list(chunk) for chunk in chunks]
+        last = chunks.pop()
+        eos = next(i for i in range(1, len(last))
+                   if isinstance(last[i][0], numbers.Integral) and int(last[i][0]) == end)
+        batch = [tuple(entry[:2]) for entry in last[:eos]]
+        chunks.append(batch)
+        group = [(rows[i], 1.0) for i in range(rows.shape[0])]
+        is_large = len(group) >= sub.max_word_length
+        while group:
+            if len(group) + len(batch) > sub.max_length - 1:
+                remaining = sub.max_length - len(batch) - 1
+                if is_large:
+                    batch.extend(group[:remaining])
+                    batch.append((end, 1.0))
+                    group = group[remaining:]
+                else:
+                    batch.append((end, 1.0))
+                    batch.extend([(pad, 1.0)] * remaining)
+                batch = [(start, 1.0)]
+                chunks.append(batch)
+            else:
+                batch.extend(group)
+                group = []
+        batch.append((end, 1.0))
+        batch.extend([(pad, 1.0)] * (sub.max_length - len(batch)))
+        out[key] = chunks
+    return out
+
+
+def encode_tokens(clip, tokens: dict) -> list:
+    """A CONDITIONING for ``tokens``, as CLIPTextEncode makes it (``encode_from_tokens_scheduled``)."""
+    return clip.encode_from_tokens_scheduled(tokens)
+
+
+def load_embedding_rows(clip, name: str) -> dict[str, torch.Tensor]:
+    """The vectors ``embedding:NAME`` inserts for each text encoder of ``clip``, read by ComfyUI's
+    own loader from the CLIP's embedding folders. Raises InputError when no encoder finds them."""
+    import comfy.sd1_clip
+
+    rows = {}
+    for slot in text_encoder_slots(clip):
+        sub = _sub_tokenizer(clip, slot.key)
+        embed = comfy.sd1_clip.load_embed(name, sub.embedding_directory, sub.embedding_size, sub.embedding_key)
+        if embed is None:
+            continue
+        if embed.ndim == 1:
+            embed = embed.unsqueeze(0)
+        if embed.shape[-1] != slot.width:
+            continue  # the tokenizer skips a width mismatch too (with a warning)
+        rows[slot.key] = embed.float()
+    if not rows:
+        raise InputError(
+            f"embedding_name: no embedding {name!r} with vectors for this CLIP in the embeddings folders "
+            f"{list(getattr(_sub_tokenizer(clip, text_encoder_slots(clip)[0].key), 'embedding_directory', []) or [])}; "
+            "train one with Delta Interpolation Trainer or check the name"
+        )
+    return rows
+
+
+def embeddings_folder() -> str:
+    """Where new embeddings are saved: the first ``embeddings`` model folder."""
+    import folder_paths
+
+    return folder_paths.get_folder_paths("embeddings")[0]
+
+
+def add_model_folder(kind: str, path: str) -> None:
+    """Makes ``path`` the first folder ComfyUI searches for models of ``kind`` (e.g. "embeddings")."""
+    import folder_paths
+
+    folder_paths.add_model_folder_path(kind, str(path), is_default=True)
+
+
+def text_encoder_file_names() -> list[str]:
+    import folder_paths
+
+    return folder_paths.get_filename_list("text_encoders")
+
+
+def image_embeds(clip_vision, image: torch.Tensor) -> torch.Tensor:
+    """Projected CLIP image embeddings ``[batch, D]`` (``CLIPVisionEncode``'s ``image_embeds``)."""
+    return clip_vision.encode_image(image, crop=True)["image_embeds"].float()
+
+
+def vae_encode(vae, image: torch.Tensor) -> torch.Tensor:
+    """VAE Encode: raw latents of an IMAGE batch, as the stock node computes them."""
+    return vae.encode(image[:, :, :, :3])
+
+
+def model_space_latent(model, samples: torch.Tensor) -> torch.Tensor:
+    """A VAE latent scaled into the space the model denoises in (the sampler's ``process_latent_in``)."""
+    samples = comfy.sample.fix_empty_latent_channels(model, samples)
+    return model.model.process_latent_in(samples)
+
+
+def training_sigmas(model) -> torch.Tensor:
+    """sigma(t) for the model's training timesteps t = 0..T-1 (ascending, T = 1000 for SD)."""
+    return model_sampling(model).sigmas.detach().float().cpu().clone()
+
+
+@dataclass
+class AlignmentEncoder:
+    """A CLIP text encoder with a real text projection, loaded from a file (see
+    ``load_alignment_text_encoder``): the text side of the joint space the CLIP vision model embeds in."""
+
+    clip: Any
+    slot: TextEncoderSlot
+    projection: torch.Tensor  # [D, width]: feature = hidden @ projection.T (nn.Linear, no bias)
+
+
+_PROJECTION_KEYS = ("text_projection.weight", "text_projection", "transformer.text_projection.weight")
+
+
+def load_alignment_text_encoder(file_name: str, input_name: str) -> AlignmentEncoder:
+    """Loads a single CLIP text encoder file from ``models/text_encoders`` with ComfyUI's own loader
+    (what CLIPLoader does, type stable_diffusion), after checking that the file carries its
+    ``text_projection``. Checkpoint CLIPs are never used for this: SD1.x checkpoints do not store
+    CLIP-L's projection and ComfyUI leaves it uninitialised."""
+    import comfy.sd
+    import comfy.utils
+    import folder_paths
+
+    path = folder_paths.get_full_path(  # None when missing
+        "text_encoders", file_name) if file_name else None
+    if path is None:
+        raise InputError(f"{input_name}: text encoder file {file_name!r} not found in models/text_encoders")
+    state_dict = comfy.utils.load_torch_file(path, safe_load=True)
+    if not any(k in state_dict for k in _PROJECTION_KEYS):
+        raise InputError(
+            f"{input_name}: {file_name} has no text_projection, so its text features are not in CLIP's joint "
+            "image-text space; use the full CLIP text model that matches the CLIP vision model (for ViT-L/14: "
+            "OpenAI clip-vit-large-patch14's text encoder, e.g. a clip_l.safetensors that includes text_projection.weight)"
+        )
+    clip = comfy.sd.load_text_encoder_state_dicts(
+        state_dicts=[state_dict], embedding_directory=folder_paths.get_folder_paths("embeddings"),
+        clip_type=comfy.sd.CLIPType.STABLE_DIFFUSION)
+    slots = text_encoder_slots(clip)
+    if len(slots) != 1:
+        raise InputError(f"{input_name}: {file_name} holds {len(slots)} text encoders; give a single CLIP text encoder file")
+    slot = slots[0]
+    module = getattr(clip.cond_stage_model, f"clip_{slot.key}", None)
+    projection = getattr(getattr(module, "transformer", None), "text_projection", None)
+    if projection is None:
+        raise InputError(f"{input_name}: {file_name} is not a CLIP text encoder with a text projection")
+    # Read the encoder's last layer (final LayerNorm), as CLIP's own text features do, whatever the
+    # family's default layer for conditioning is: a layer index beyond the depth selects "last".
+    clip.clip_layer(-(10 ** 6))
+    weight = projection.weight.detach().float().clone()
+    return AlignmentEncoder(clip=clip, slot=slot, projection=weight)
+
+
+def last_hidden_and_pooled(clip, tokens: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """The encoder's final-LayerNorm hidden states ``[chunks, 77, width]`` and its *unprojected*
+    pooled state at the end token ``[1, width]``, for an ``AlignmentEncoder.clip``."""
+    out = clip.encode_from_tokens(tokens, return_pooled="unprojected", return_dict=True)
+    return out["cond"].float(), out["pooled_output"].float()
+
+
+def token_embedding_scale(clip, key: str) -> float:
+    """max |value| of the encoder's token-embedding table: the scale of real input vectors."""
+    module = getattr(clip.cond_stage_model, f"clip_{key}", None)
+    if module is None:
+        module = clip.cond_stage_model
+    table = module.transformer.get_input_embeddings().weight
+    return float(table.detach().float().abs().max())
+
+
+def save_tensors_atomically(path: str, tensors: dict[str, torch.Tensor], metadata: Optional[dict] = None) -> None:
+    """Writes a safetensors file via a temporary file in the same folder and ``os.replace``."""
+    import os
+    import tempfile
+
+    import safetensors.torch
+
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".safetensors", dir=folder)
+    os.close(fd)
+    try:
+        safetensors.torch.save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp,
+                                    metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+class TrainingProgress:
+    """ComfyUI's progress bar for a training loop, plus the current loss as the node's progress text."""
+
+    def __init__(self, total: int):
+        from comfy_execution.utils import get_executing_context
+
+        context = get_executing_context()
+        self.node_id = context.node_id if context is not None else None
+        self.bar = comfy.utils.ProgressBar(total)
+
+    def update(self, step: int, text: Optional[str] = None) -> None:
+        self.bar.update_absolute(step)
+        if text is None or self.node_id is None:
+            return
+        try:
+            from server import PromptServer
+
+            instance = getattr(PromptServer, "instance", None)
+            if instance is not None:
+                instance.send_progress_text(text, self.node_id)
+        except Exception:  # no server (in-process runs): the bar alone
+            pass
+
+
+# --- attention, text encoding and a step-by-step guider (pix2pix-zeroCon) ----------------------
+
+import math  # noqa: E402
+
+import comfy.model_patcher  # noqa: E402
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+    """ComfyUI's optimised attention on projected ``[B, tokens, heads*dim]`` q/k/v (for replaces)."""
+    import comfy.ldm.modules.attention
+
+    return comfy.ldm.modules.attention.optimized_attention(q, k, v, heads)
+
+
+def context_width(model) -> Optional[int]:
+    """Width of the text conditioning the model's UNet cross-attends to (768 SD1.x, 2048 SDXL)."""
+    width = model.model.model_config.unet_config.get("context_dim")
+    return int(width) if width is not None else None
+
+
+def uses_pooled_text(model) -> bool:
+    """Whether the model also takes a pooled text embedding (SDXL's ``y`` vector)."""
+    return model.model.model_config.unet_config.get("adm_in_channels") is not None
+
+
+def encode_text(clip, text: str) -> tuple[torch.Tensor, Optional[torch.Tensor], tuple[str, ...]]:
+    """``(cond [1, 77*k, width], pooled or None, text-encoder keys)`` as CLIPTextEncode encodes
+    ``text`` (the CLIP's own layer setting and encoders: ``("l",)`` SD1.x, ``("g", "l")`` SDXL)."""
+    tokens = clip.tokenize(text)
+    cond, pooled = clip.encode_from_tokens(tokens, return_pooled=True)
+    return cond, pooled, tuple(sorted(tokens))
+
+
+def clip_identity(clip) -> object:
+    """The object that identifies a CLIP with its patches (LoRAs, layer setting): its patcher."""
+    return clip.patcher
+
+
+class GuidedSteps:
+    """What a :func:`make_stepwise_guider` program sees: the user's sampler, one step at a time.
+
+    - ``sample_step(x, k, positive, negative, cond_offset=None)``: the user's sampler from
+      ``sigmas[k]`` to ``sigmas[k+1]`` with CFG of the named conditionings (keys of the guider's
+      conds). ``cond_offset``: the positive row is evaluated at ``x + cond_offset`` (its own,
+      separately guided latent, as pix2pix-zero's CFG batch), combined in eps space.
+    - ``denoise(x, sigma, key)``: x0 prediction under one conditioning, no CFG; differentiable
+      inside ``gradient_mode`` (the guider's model is a ``differentiable_model``).
+    """
+
+    def __init__(self, guider, sampler, sigmas, model_options, callback, seed):
+        self.guider = guider
+        self.sampler = sampler
+        self.sigmas = sigmas
+        self.model_options = model_options
+        self.callback = callback
+        self.seed = seed
+        self.steps = len(sigmas) - 1
+        self.cfg = float(guider.cfg)
+
+    def start(self, noise: torch.Tensor, latent_image: torch.Tensor) -> torch.Tensor:
+        """The latent at ``sigmas[0]``: the noise added as the stock samplers add it."""
+        sampling = self.guider.inner_model.model_sampling
+        max_sigma, first = float(sampling.sigma_max), float(self.sigmas[0])
+        max_denoise = math.isclose(max_sigma, first, rel_tol=1e-05) or first > max_sigma
+        return sampling.noise_scaling(self.sigmas[0], noise, latent_image, max_denoise)
+
+    def sample_step(self, x: torch.Tensor, k: int, positive: str, negative: str,
+                    cond_offset: Optional[torch.Tensor] = None) -> torch.Tensor:
+        check_interrupted()
+        self.guider._pass = (positive, negative, cond_offset)
+        try:
+            callback = None
+            if self.callback is not None:
+                callback = lambda i, denoised, x_now, _total: self.callback(k + i, denoised, x_now, self.steps)  # noqa: E731
+            extra_args = {"model_options": self.model_options,
+                          "seed": None if self.seed is None else self.seed + k}
+            return self.sampler.sample(self.guider, self.sigmas[k:k + 2], extra_args, callback,
+                                       torch.zeros_like(x), x, None, True)
+        finally:
+            self.guider._pass = ("positive", "negative", None)
+
+    def denoise(self, x: torch.Tensor, sigma: torch.Tensor, key: str) -> torch.Tensor:
+        return comfy.samplers.calc_cond_batch(self.guider.inner_model, [self.guider.conds[key]], x, sigma,
+                                              self.model_options)[0]
+
+    def input_scale(self, sigma: float) -> float:
+        """c_in(sigma): the model input is ``c_in * x`` (``1/sqrt(1+sigma^2)`` for eps/v models)."""
+        sampling = self.guider.inner_model.model_sampling
+        return float(sampling.calculate_input(torch.tensor([sigma]), torch.ones(1))[0])
+
+
+StepProgram = Callable[[GuidedSteps, torch.Tensor], torch.Tensor]
+
+
+class _StepwiseGuider(comfy.samplers.CFGGuider):
+    """A CFG guider that hands sampling to a pack ``program`` which runs the user's sampler one step
+    at a time (so it can run several passes and change x between steps). Model loading, hooks,
+    wrappers, conditioning processing and latent in/out scaling are the stock CFGGuider's."""
+
+    def __init__(self, model, conds: dict, cfg: float, program: StepProgram):
+        super().__init__(model)
+        self.inner_set_conds(conds)
+        self.set_cfg(cfg)
+        self._program = program
+        self._pass: tuple = ("positive", "negative", None)
+
+    def predict_noise(self, x, timestep, model_options={}, seed=None):  # noqa: B006 (host signature)
+        positive, negative, offset = self._pass
+        cond, uncond = self.conds.get(positive), self.conds.get(negative)
+        if offset is None or math.isclose(self.cfg, 1.0):
+            return comfy.samplers.sampling_function(self.inner_model, x, timestep, uncond, cond, self.cfg,
+                                                    model_options=model_options, seed=seed)
+        offset = offset.to(x)
+        cond_pred = comfy.samplers.calc_cond_batch(self.inner_model, [cond], x + offset, timestep, model_options)[0] - offset
+        uncond_pred = comfy.samplers.calc_cond_batch(self.inner_model, [uncond], x, timestep, model_options)[0]
+        return comfy.samplers.cfg_function(self.inner_model, cond_pred, uncond_pred, self.cfg, x, timestep,
+                                           model_options=model_options, cond=cond, uncond=uncond)
+
+    def inner_sample(self, noise, latent_image, device, sampler, sigmas, denoise_mask, callback, disable_pbar,
+                     seed, **kwargs):
+        if denoise_mask is not None:
+            raise InputError("latent_image: a noise mask is not supported by this guider; remove it (SetLatentNoiseMask)")
+        if latent_image is not None and torch.count_nonzero(latent_image) > 0:
+            latent_image = self.inner_model.process_latent_in(latent_image)
+        self.conds = comfy.samplers.process_conds(self.inner_model, noise, self.conds, device, latent_image,
+                                                  denoise_mask, seed, **kwargs)
+        options = comfy.model_patcher.create_model_options_clone(self.model_options)
+        options.setdefault("transformer_options", {})["sample_sigmas"] = sigmas
+        steps = GuidedSteps(self, sampler, sigmas, options, callback, seed)
+        samples = self._program(steps, steps.start(noise, latent_image))
+        return self.inner_model.process_latent_out(samples.to(torch.float32))
+
+
+def make_stepwise_guider(model, conds: dict, cfg: float, program: StepProgram):
+    """A GUIDER (for SamplerCustomAdvanced) over ``model`` with named conditionings ``conds``
+    (``"positive"`` and ``"negative"`` plus any others the program uses) whose sampling is
+    ``program(steps, x_start) -> x_final`` (see :class:`GuidedSteps`)."""
+    return _StepwiseGuider(model, conds, cfg, program)
+
+
+def attention_block_ids(model) -> list[tuple[str, int]]:
+    """The UNet blocks holding transformer (attention) layers, as the ``(block_name, number)`` keys
+    ``set_model_attn*_replace`` takes: ``("input", i)``, ``("middle", 0)``, ``("output", i)``."""
+    from comfy.ldm.modules.attention import SpatialTransformer
+
+    unet = model.model.diffusion_model
+    ids: list[tuple[str, int]] = []
+    for name, blocks in (("input", unet.input_blocks), ("output", unet.output_blocks)):
+        for i, block in enumerate(blocks):
+            if any(isinstance(m, SpatialTransformer) for m in block.modules()):
+                ids.append((name, i))
+    if any(isinstance(m, SpatialTransformer) for m in unet.middle_block.modules()):
+        ids.append(("middle", 0))
+    return ids

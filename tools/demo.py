@@ -58,6 +58,9 @@ def _is_step_offset(name: str) -> bool:
     return name in STEP_OFFSETS or name.endswith("_step")
 
 
+TEST_CLIP = "test_clip_vit_l.safetensors"
+
+
 def retarget(workflow: Mapping, ckpt: str, *, small: bool = True, size: int = SMALL_SIZE,
              max_steps: int = SMALL_STEPS) -> dict:
     """A copy of an API workflow pointed at checkpoint ``ckpt`` (a name in models/checkpoints).
@@ -66,6 +69,7 @@ def retarget(workflow: Mapping, ckpt: str, *, small: bool = True, size: int = SM
     - every int ``width`` / ``height`` (ImageScale, EmptyLatentImage, ...) becomes ``size``;
       ``megapixels`` (ImageScaleToTotalPixels) the smallest allowed;
     - every int step count (``steps`` or ``*_steps``) is capped at ``max_steps``;
+    - CLIP vision / alignment text encoder file names become the test CLIP's;
     - schedule positions (``skip_steps``, ``start_step``, ``*_step``, ...) are scaled by the same
       factor as the node's own ``steps`` (else the workflow's largest ``steps``) and kept below it.
     """
@@ -74,6 +78,10 @@ def retarget(workflow: Mapping, ckpt: str, *, small: bool = True, size: int = SM
         inputs = node.get("inputs", {})
         if "ckpt_name" in inputs and not _is_link(inputs["ckpt_name"]):
             inputs["ckpt_name"] = ckpt
+        if small:  # the test CLIP ViT-L/14 (tools/make_test_clip.py), linked by tools/serve.py
+            for name in ("clip_name", "alignment_text_encoder"):
+                if name in inputs and not _is_link(inputs[name]) and node.get("class_type") != "CLIPLoader":
+                    inputs[name] = TEST_CLIP
     if not small:
         return wf
 

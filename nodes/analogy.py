@@ -1,0 +1,387 @@
+"""Image analogy A : A' :: B : B' by Difference Inversion (Kim, Kim, Kim, CVPR 2025).
+
+DeltaInterpolationTrainer learns K Difference tokens from a before/after pair and saves them as a
+standard ComfyUI embedding; TokenInjector appends them (or a saved one, by name) to a prompt of B.
+The workflow ``image_analogy`` inverts B and denoises it with that prompt, part-way, to make B'.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+from ..core import difference as dif
+from . import host
+from .host import InputError, io
+
+CATEGORY = f"{host.ROOT_CATEGORY}/analogy"
+
+DifferenceType = io.Custom("EXEMPLAR_DIFFERENCE")
+
+DEFAULT_TOKENS = 4
+_FORBIDDEN_NAME_CHARS = set('<>:"|?*')
+
+
+@dataclass
+class DifferenceEmbedding:
+    """Difference tokens per text encoder (key as in ``clip.tokenize``: "l", "g", ...), ``[K, width]``."""
+
+    rows: dict[str, torch.Tensor]
+    name: str = ""
+    path: str = ""
+    best_loss: float = math.nan
+    losses: list[float] = field(default_factory=list)  # total loss per step
+
+
+def check_embedding_name(name: str, input_name: str = "name") -> str:
+    """The file stem for ``name``; refuses names that are not a plain file name ``embedding:NAME`` can use."""
+    stem = name.strip()
+    if stem.lower().endswith(".safetensors"):
+        stem = stem[: -len(".safetensors")]
+    if not stem:
+        raise InputError(f"{input_name}: give the embedding a name (a plain file name such as 'to_winter')")
+    if "/" in stem or "\\" in stem or os.sep in stem or (os.altsep and os.altsep in stem):
+        raise InputError(f"{input_name}: {name!r} contains a path separator; give a plain file name, it is saved "
+                         "in the embeddings folder")
+    if ".." in stem or stem.startswith("."):
+        raise InputError(f"{input_name}: {name!r} may not contain '..' or start with '.'; give a plain file name")
+    if any(c.isspace() for c in stem) or any(c in _FORBIDDEN_NAME_CHARS for c in stem) or not stem.isprintable():
+        raise InputError(f"{input_name}: {name!r} has spaces or characters that cannot be written as "
+                         "'embedding:NAME' or in a file name; use letters, digits, '-' and '_'")
+    return stem
+
+
+def embedding_path(stem: str) -> str:
+    return os.path.join(host.embeddings_folder(), f"{stem}.safetensors")
+
+
+def _check_images(image_before: torch.Tensor, image_after: torch.Tensor) -> None:
+    for name, image in (("image_before", image_before), ("image_after", image_after)):
+        if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[-1] < 3:
+            raise InputError(f"{name}: expected an IMAGE batch [batch, height, width, channels]")
+    if image_before.shape[:3] != image_after.shape[:3]:
+        raise InputError(
+            f"image_after: {tuple(image_after.shape[:3])} (batch, height, width) does not match image_before's "
+            f"{tuple(image_before.shape[:3])}; resize or crop both images of the pair to the same size "
+            "(e.g. ImageScale) and give the same number of befores and afters"
+        )
+    if min(image_before.shape[1:3]) < 16:
+        raise InputError(f"image_before: {image_before.shape[2]}x{image_before.shape[1]} px is too small")
+
+
+def _batched_conditioning(first: list, second: list, copies: int) -> Optional[list]:
+    """One CONDITIONING of batch 2 * copies: ``first`` for the first half, ``second`` for the rest,
+    so both loss terms run in one UNet call. None when the two cannot be stacked (prompt lengths)."""
+    (cond_a, extra_a), (cond_b, extra_b) = first[0], second[0]
+    if cond_a.shape[1:] != cond_b.shape[1:] or set(extra_a) != set(extra_b):
+        return None
+    extra = dict(extra_a)
+    for key, value in extra_a.items():
+        if torch.is_tensor(value) and torch.is_tensor(extra_b[key]) and value.shape[1:] == extra_b[key].shape[1:]:
+            extra[key] = torch.cat([value.expand(copies, *value.shape[1:]),
+                                    extra_b[key].expand(copies, *extra_b[key].shape[1:])])
+        elif not (value is extra_b[key] or value == extra_b[key]):
+            return None
+    cond = torch.cat([cond_a.expand(copies, *cond_a.shape[1:]), cond_b.expand(copies, *cond_b.shape[1:])])
+    return [[cond, extra]]
+
+
+def _encode_pair(model, clip, tokens_a: dict, tokens_b: dict) -> tuple[list, list]:
+    """The CONDITIONINGs of two token lists. For a model without a pooled text input (SD1.x, SD2.x)
+    and single-chunk prompts they run as one text-encoder batch: the encoder sees each chunk alone
+    and the result is split back, so it equals two separate encodes (only the first pooled output
+    would be kept, and these models do not read it)."""
+    single = all(len(chunks) == 1 for tokens in (tokens_a, tokens_b) for chunks in tokens.values())
+    if single and not host.uses_pooled_text(model):
+        merged = {key: tokens_a[key] + tokens_b[key] for key in tokens_a}
+        cond, extra = host.encode_tokens(clip, merged)[0]
+        length = cond.shape[1] // 2
+        return [[cond[:, :length], extra]], [[cond[:, length:], extra]]
+    return host.encode_tokens(clip, tokens_a), host.encode_tokens(clip, tokens_b)
+
+
+def consistency_errors(model, clip, prompt_tokens_before: dict, prompt_tokens_after: dict,
+                       rows: dict[str, torch.Tensor], latent_before: torch.Tensor, latent_after: torch.Tensor,
+                       sigma: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(L_after, L_before) of the token consistency loss (Sec. 4.3, see ``core.difference``):
+
+        L_after  = || target - pred(z_{A',t}, t, [P(A) ; +D]) ||^2
+        L_before = || target - pred(z_{A,t},  t, [P(A'); -D]) ||^2
+
+    in the model's own target (eps or v): ``(D_hat - x0) / output_scale``. ``latent_*`` are in model
+    space ``[N, C, h, w]``; ``noise`` is the shared eps ``[N, C, h, w]``; ``sigma`` is a scalar tensor.
+    Both terms run as one batch of 2N through the UNet when the prompts stack. Call it inside
+    ``host.gradient_mode`` and ``host.model_session`` with differentiable clones for gradients.
+    """
+    copies = latent_after.shape[0]
+    cond_after, cond_before = _encode_pair(
+        model, clip, host.append_embedding_rows(clip, prompt_tokens_before, rows),
+        host.append_embedding_rows(clip, prompt_tokens_after, {k: -v for k, v in rows.items()}))
+    x0 = torch.cat([latent_after, latent_before])
+    x = dif.noised_latent(x0, sigma, torch.cat([noise, noise]))
+    batched = _batched_conditioning(cond_after, cond_before, copies)
+    if batched is not None:
+        sigmas = sigma.reshape(1).to(x.device, x.dtype).expand(x.shape[0])
+        prepared = host.prepare_conditioning(model, batched, x)
+        errors = (host.denoise_with(model, x, sigmas, prepared) - x0) / host.output_scale(model, sigmas, x)
+        err_after, err_before = errors[:copies], errors[copies:]
+    else:  # prompts of different lengths (over 75 tokens): two UNet calls
+        halves = []
+        for cond, part, clean in ((cond_after, x[:copies], latent_after), (cond_before, x[copies:], latent_before)):
+            sigmas = sigma.reshape(1).to(part.device, part.dtype).expand(part.shape[0])
+            prepared = host.prepare_conditioning(model, cond, part)
+            halves.append((host.denoise_with(model, part, sigmas, prepared) - clean)
+                          / host.output_scale(model, sigmas, part))
+        err_after, err_before = halves
+    return err_after.float().pow(2).mean(), err_before.float().pow(2).mean()
+
+
+class DeltaInterpolationTrainer(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DeltaInterpolationTrainer",
+            display_name="Delta Interpolation Trainer (Difference Inversion)",
+            category=CATEGORY,
+            description=(
+                "Learns K Difference tokens that encode only the change from image_before (A) to image_after (A'), "
+                "through your own model (Difference Inversion, Kim et al. CVPR 2025): zero-initialised tokens in the "
+                "text encoder's input space, a token consistency loss ([P(A); +D] must denoise A', [P(A'); -D] must "
+                "denoise A) and a CLIP loss tying them to the slerp of the CLIP image and caption deltas. Saves them "
+                "as models/embeddings/<name>.safetensors, usable as 'embedding:<name>' in any prompt."
+            ),
+            inputs=[
+                io.Model.Input("model", tooltip="The diffusion model (SD1.x, SD2.x, SDXL) to learn the difference through; "
+                               "it is not changed (gradients run on a clone)."),
+                io.Clip.Input("clip", tooltip="The model's CLIP (from the same checkpoint); the tokens are learned in its "
+                              "input token space, one set per text encoder (SDXL: clip_l and clip_g)."),
+                io.Vae.Input("vae", tooltip="The model's VAE, to encode the two images once."),
+                io.Image.Input("image_before", tooltip="A: the image before the change."),
+                io.Image.Input("image_after", tooltip="A': the same image after the change; same size as image_before."),
+                io.ClipVision.Input("clip_vision", tooltip="A CLIP vision model (CLIPVisionLoader), for D_img = E_I(A') - E_I(A). "
+                                    "The paper uses OpenAI CLIP ViT-L/14."),
+                io.Combo.Input("alignment_text_encoder", options=host.text_encoder_file_names(),
+                               tooltip="The text tower of the SAME CLIP model as clip_vision, with its text_projection "
+                                       "(a file in models/text_encoders; for ViT-L/14 a full clip_l.safetensors). Used for "
+                                       "D_txt and the CLIP loss. SD1.x checkpoints lack this projection."),
+                io.String.Input("caption_before", default="a photo", multiline=True,
+                                tooltip="Caption of A (the paper uses BLIP-2 captions), for the text delta D_txt."),
+                io.String.Input("caption_after", default="a photo", multiline=True,
+                                tooltip="Caption of A', for the text delta D_txt."),
+                io.String.Input("prompt_before", default="a photo", multiline=True,
+                                tooltip="P(A): a prompt describing A; [P(A); +D] must reconstruct A'."),
+                io.String.Input("prompt_after", default="a photo", multiline=True,
+                                tooltip="P(A'): a prompt describing A'; [P(A'); -D] must reconstruct A."),
+                io.String.Input("name", default="difference",
+                                tooltip="File name of the embedding (models/embeddings/<name>.safetensors); use it as "
+                                        "'embedding:<name>'. Letters, digits, '-' and '_'."),
+                io.Boolean.Input("overwrite", default=False,
+                                 tooltip="Replace an existing embedding of that name. Off: an existing file stops the node."),
+                io.Int.Input("num_tokens", default=DEFAULT_TOKENS, min=1, max=16,
+                             tooltip="K, the number of Difference tokens (paper: not given). 4 holds a change while "
+                                     "leaving little room for content; below 8 they stay one group in a prompt chunk."),
+                io.Float.Input("alpha", default=0.8, min=0.0, max=1.0, step=0.05,
+                               tooltip="Slerp weight of the text delta in D_interp: 0 = image delta only, 1 = caption delta "
+                                       "only (paper: 0.8)."),
+                io.Int.Input("steps", default=1000, min=1, max=100000,
+                             tooltip="Optimisation steps, one distinct timestep each from a shuffled schedule (VISII: 1000)."),
+                io.Float.Input("learning_rate", default=0.001, min=1e-6, max=1.0, step=0.0001, round=1e-6,
+                               tooltip="AdamW learning rate (VISII: 0.001)."),
+                io.Float.Input("lambda_mse", default=4.0, min=0.0, max=100.0, step=0.1,
+                               tooltip="Weight of the token consistency loss (VISII: 4)."),
+                io.Float.Input("lambda_clip", default=0.1, min=0.0, max=100.0, step=0.01,
+                               tooltip="Weight of the CLIP direction loss (VISII: 0.1)."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=False,
+                             tooltip="Seed of the timestep order and the noise: the same seed gives the same tokens."),
+            ],
+            outputs=[
+                DifferenceType.Output(display_name="DIFFERENCE", tooltip="The learned Difference tokens (best loss), "
+                                      "for Token Injector."),
+                io.String.Output(display_name="embedding_name", tooltip="The saved embedding's name: 'embedding:<name>' "
+                                 "in a prompt uses it."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, clip, vae, image_before, image_after, clip_vision, alignment_text_encoder,
+                caption_before, caption_after, prompt_before, prompt_after, name, overwrite, num_tokens, alpha,
+                steps, learning_rate, lambda_mse, lambda_clip, seed) -> io.NodeOutput:
+        stem = check_embedding_name(name)
+        path = embedding_path(stem)
+        if os.path.exists(path) and not overwrite:
+            raise InputError(f"name: {path} already exists; choose another name or turn on overwrite")
+        if steps < 1 or num_tokens < 1:
+            raise InputError("steps and num_tokens: must be at least 1")
+        _check_images(image_before, image_after)
+        host.check_sigma_space_model(model)
+
+        slots = host.text_encoder_slots(clip)
+        alignment = host.load_alignment_text_encoder(alignment_text_encoder, "alignment_text_encoder")
+        target_slot = next((s for s in slots if s.key == alignment.slot.key and s.width == alignment.slot.width), None)
+        if target_slot is None:
+            raise InputError(
+                f"alignment_text_encoder: it is a {alignment.slot.embedding_key} encoder ({alignment.slot.width} wide) but the "
+                f"model's CLIP has {[s.embedding_key for s in slots]}; give the text encoder one of them was taken from "
+                "(SD1.x and SDXL: CLIP-L)")
+
+        # --- what does not change, computed once ---------------------------------------------
+        embeds_before = host.image_embeds(clip_vision, image_before).mean(0)
+        embeds_after = host.image_embeds(clip_vision, image_after).mean(0)
+        if embeds_before.shape[-1] != alignment.projection.shape[0]:
+            raise InputError(
+                f"clip_vision: its image embeddings are {embeds_before.shape[-1]}-d but alignment_text_encoder projects to "
+                f"{alignment.projection.shape[0]}-d; use the vision and text towers of one CLIP model (ViT-L/14: 768)")
+        projection = alignment.projection
+        _, pooled_before = host.last_hidden_and_pooled(alignment.clip, alignment.clip.tokenize(caption_before))
+        _, pooled_after = host.last_hidden_and_pooled(alignment.clip, alignment.clip.tokenize(caption_after))
+        text_before = pooled_before[0].to(projection.device) @ projection.T
+        text_after = pooled_after[0].to(projection.device) @ projection.T
+        d_interp = dif.delta_interpolation(embeds_before, embeds_after.to(embeds_before.device),
+                                           text_before.to(embeds_before.device), text_after.to(embeds_before.device),
+                                           alpha)
+
+        latent_before = host.model_space_latent(model, host.vae_encode(vae, image_before))
+        latent_after = host.model_space_latent(model, host.vae_encode(vae, image_after))
+        tokens_before, tokens_after = clip.tokenize(prompt_before), clip.tokenize(prompt_after)
+        empty_alignment_tokens = alignment.clip.tokenize("")
+        train_sigmas = host.training_sigmas(model)
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        timesteps = dif.shuffled_timesteps(steps, len(train_sigmas), generator)
+        grad_limits = {s.key: host.token_embedding_scale(clip, s.key) for s in slots}
+
+        rows, best_loss, losses = _train(
+            model, clip, alignment, slots, target_slot, projection, d_interp, latent_before, latent_after,
+            tokens_before, tokens_after, empty_alignment_tokens, train_sigmas, timesteps, generator, grad_limits,
+            num_tokens, learning_rate, lambda_mse, lambda_clip)
+
+        if os.path.exists(path) and not overwrite:
+            raise InputError(f"name: {path} appeared during training; choose another name or turn on overwrite")
+        metadata = {"exemplar_edit": json.dumps({
+            "method": "Difference Inversion (DeltaInterpolationTrainer)", "num_tokens": num_tokens, "steps": steps,
+            "seed": seed, "alpha": alpha, "learning_rate": learning_rate, "lambda_mse": lambda_mse,
+            "lambda_clip": lambda_clip, "best_loss": best_loss, "model_family": host.model_family(model),
+            "prompt_before": prompt_before, "prompt_after": prompt_after}, sort_keys=True)}
+        host.save_tensors_atomically(path, {s.embedding_key: rows[s.key] for s in slots}, metadata)
+        difference = DifferenceEmbedding(rows=rows, name=stem, path=path, best_loss=best_loss, losses=losses)
+        return io.NodeOutput(difference, stem)
+
+
+def _train(model, clip, alignment, slots, target_slot, projection, d_interp, latent_before, latent_after,
+           tokens_before, tokens_after, empty_alignment_tokens, train_sigmas, timesteps, generator, grad_limits,
+           num_tokens, learning_rate, lambda_mse, lambda_clip) -> tuple[dict[str, torch.Tensor], float, list[float]]:
+    steps = len(timesteps)
+    progress = host.TrainingProgress(steps)
+    display_every = max(1, steps // 100)
+    device = host.compute_device()
+    with host.gradient_mode():
+        unet = host.differentiable_model(model)
+        text_encoder = host.differentiable_clip(clip)
+        align_encoder = host.differentiable_clip(alignment.clip)
+        rows = {s.key: dif.difference_tokens(num_tokens, s.width, device=device) for s in slots}
+        optimizer = torch.optim.AdamW(list(rows.values()), lr=learning_rate)
+        clean_before = latent_before.clone().to(device, torch.float32)
+        clean_after = latent_after.clone().to(device, torch.float32)
+        projection_t = projection.clone().to(device)
+        target = d_interp.clone().to(device)
+        best_loss = torch.tensor(float("inf"), device=device)
+        best_rows = {k: v.detach().clone() for k, v in rows.items()}
+        losses = torch.zeros(steps, device=device)
+        batch_shape = (2 * clean_after.shape[0],) + tuple(clean_after.shape[1:])
+        with host.model_session(unet, batch_shape):
+            for step in range(steps):
+                host.check_interrupted()
+                sigma = train_sigmas[timesteps[step]].to(device)
+                noise = torch.randn(clean_after.shape, generator=generator).to(device)
+                loss_after, loss_before = consistency_errors(
+                    unet, text_encoder, tokens_before, tokens_after, rows, clean_before, clean_after, sigma, noise)
+                mse = loss_after + loss_before
+                if lambda_clip > 0:
+                    hidden, _ = host.last_hidden_and_pooled(
+                        align_encoder, host.append_embedding_rows(align_encoder, empty_alignment_tokens,
+                                                                  {target_slot.key: rows[target_slot.key]}))
+                    feature = dif.difference_token_feature(hidden[0, 1:1 + num_tokens].to(device),
+                                                           lambda h: h @ projection_t.T)
+                    clip_loss = dif.clip_direction_loss(feature, target)
+                else:  # no CLIP term: skip the alignment encoder's pass
+                    clip_loss = torch.zeros((), device=device)
+                loss = lambda_mse * mse + lambda_clip * clip_loss
+                # the tokens before this step's update are the ones that reached this loss; the zero
+                # initialisation (step 0) is no difference at all and is never kept
+                for key in rows:
+                    best_loss_k, best_rows[key] = dif.keep_best(best_loss, best_rows[key], mse, rows[key], step > 0)
+                best_loss = best_loss_k
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                for key, value in rows.items():  # VISII visii.py:937; keeps AdamW's moments finite
+                    torch.nn.utils.clip_grad_value_([value], grad_limits[key])
+                optimizer.step()
+                losses[step] = loss.detach()
+                if (step + 1) % display_every == 0 or step + 1 == steps:
+                    progress.update(step + 1, f"step {step + 1}/{steps}  loss {float(loss.detach()):.4f}  "
+                                              f"(consistency {float(mse.detach()):.4f}, clip {float(clip_loss.detach()):.3f})")
+                else:
+                    progress.update(step + 1)
+        if steps == 1 or not bool(torch.isfinite(best_loss)):
+            best_rows = {k: v.detach().clone() for k, v in rows.items()}
+            best_value = float(losses[-1])
+        else:
+            best_value = float(best_loss)
+    result = {k: v.detach().float().cpu() for k, v in best_rows.items()}
+    return result, best_value, [float(v) for v in losses.cpu()]
+
+
+class TokenInjector(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="TokenInjector",
+            display_name="Token Injector (Difference Inversion)",
+            category=CATEGORY,
+            description=(
+                "Appends Difference tokens to a full prompt of B and encodes it: the conditioning for B' "
+                "(Difference Inversion). At strength 1 the result equals CLIPTextEncode with "
+                "'<text> embedding:<name>'; a negative strength reverses the analogy (A' -> A)."
+            ),
+            inputs=[
+                io.Clip.Input("clip", tooltip="The CLIP of the model that generates B' (the family the difference was trained with)."),
+                io.String.Input("text", default="a photo", multiline=True, dynamic_prompts=True,
+                                tooltip="The full prompt of B; the Difference tokens are appended after it."),
+                io.Float.Input("strength", default=1.0, min=-10.0, max=10.0, step=0.05,
+                               tooltip="Scale of the Difference tokens: 1 applies the learned change, negative values "
+                                       "apply the reverse change, 0 adds zero vectors."),
+                DifferenceType.Input("difference", optional=True,
+                                     tooltip="Difference tokens from Delta Interpolation Trainer. Leave unconnected to load "
+                                             "embedding_name instead."),
+                io.String.Input("embedding_name", default="", optional=True,
+                                tooltip="Name of a saved Difference embedding (models/embeddings), used when 'difference' "
+                                        "is not connected."),
+            ],
+            outputs=[io.Conditioning.Output(display_name="CONDITIONING",
+                                            tooltip="The conditioning of '<text> + Difference tokens', for the sampler.")],
+        )
+
+    @classmethod
+    def execute(cls, clip, text, strength, difference=None, embedding_name="") -> io.NodeOutput:
+        if clip is None:
+            raise InputError("clip: connect the model's CLIP (a checkpoint loader's CLIP output)")
+        if difference is not None:
+            if not isinstance(difference, DifferenceEmbedding):
+                raise InputError("difference: expected the DIFFERENCE output of Delta Interpolation Trainer")
+            rows = difference.rows
+        elif embedding_name and embedding_name.strip():
+            rows = host.load_embedding_rows(clip, check_embedding_name(embedding_name, "embedding_name"))
+        else:
+            raise InputError("difference: connect a Delta Interpolation Trainer, or give embedding_name")
+        slots = host.text_encoder_slots(clip)
+        missing = [s.embedding_key for s in slots if s.key not in rows or rows[s.key].shape[-1] != s.width]
+        if missing:
+            raise InputError(
+                f"difference: it has no {missing} vectors for this CLIP (it holds {sorted(rows)}); use a difference "
+                "trained with a model of the same family")
+        tokens = host.append_embedding_rows(clip, clip.tokenize(text),
+                                            {s.key: rows[s.key].float() * strength for s in slots})
+        return io.NodeOutput(host.encode_tokens(clip, tokens))

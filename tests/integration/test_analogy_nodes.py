@@ -1,0 +1,362 @@
+"""Difference Inversion (DeltaInterpolationTrainer, TokenInjector) through ComfyUI's own executor on
+the test checkpoints: training, saving, ComfyUI's own ``embedding:`` loading, safety of the files,
+the shared model, and B' end to end on both families."""
+from __future__ import annotations
+
+import atexit
+import json
+import math
+import shutil
+import tempfile
+import time
+import zlib
+from pathlib import Path
+
+import pytest
+import torch
+
+import pack_testing
+from pack_testing import GraphError, checkpoint_path
+
+pytestmark = pytest.mark.integration
+
+SD15 = "test_sd15.safetensors"
+SDXL = "test_sdxl.safetensors"
+ALIGNMENT = "test_clip_l_projection.safetensors"
+
+# Folders registered before any test loads a CLIP: a CLIP captures the embeddings folders when it is
+# loaded (and the session's graph runner caches loaded checkpoints), so this happens at import.
+_SCRATCH = Path(tempfile.mkdtemp(prefix="ee_analogy_"))
+atexit.register(shutil.rmtree, _SCRATCH, True)  # ~250 MB text encoder, embeddings
+EMBEDDINGS = _SCRATCH / "embeddings"
+TEXT_ENCODERS = _SCRATCH / "text_encoders"
+EMBEDDINGS.mkdir()
+TEXT_ENCODERS.mkdir()
+pack_testing.import_host()
+from exemplar_edit.nodes import host as _host  # noqa: E402
+
+_host.add_model_folder("embeddings", str(EMBEDDINGS))
+_host.add_model_folder("text_encoders", str(TEXT_ENCODERS))
+
+
+# --- small CLIP models (random weights, deterministic) ---------------------------------------
+
+
+
+SEED = 5_000_011
+
+
+def _randn(name: str, shape, std: float) -> torch.Tensor:
+    g = torch.Generator().manual_seed(SEED + zlib.crc32(name.encode()))
+    return torch.empty(tuple(shape)).normal_(0.0, std, generator=g)
+
+
+def write_alignment_text_encoder(path: Path) -> Path:
+    import make_test_checkpoints as mk  # tools/ is on sys.path (pack_testing)
+    import comfy.sd1_clip
+    from safetensors.torch import save_file
+
+    shapes = mk.meta_state_dict(lambda: comfy.sd1_clip.SD1ClipModel())
+    shapes = {k: v for k, v in shapes.items() if ".text_projection." not in k and "logit_scale" not in k}
+    clip = mk.build_clip_text(shapes, 12)
+    prefix = "clip_l.transformer."
+    tensors = {k[len(prefix):]: v for k, v in clip.items() if k.startswith(prefix)}
+    tensors["text_projection.weight"] = _randn("text_projection.weight", (768, 768), 1.0 / math.sqrt(768)).half()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
+    return path
+
+
+TINY_VISION_CONFIG = {
+    "attention_dropout": 0.0, "dropout": 0.0, "hidden_act": "quick_gelu", "hidden_size": 64, "image_size": 224,
+    "initializer_factor": 1.0, "initializer_range": 0.02, "intermediate_size": 128, "layer_norm_eps": 1e-05,
+    "model_type": "clip_vision_model", "num_attention_heads": 2, "num_channels": 3, "num_hidden_layers": 2,
+    "patch_size": 14, "projection_dim": 768, "torch_dtype": "float32",
+}
+
+
+def make_tiny_clip_vision(folder: Path):
+    import comfy.clip_vision
+
+    folder.mkdir(parents=True, exist_ok=True)
+    config = folder / "tiny_clip_vision.json"
+    config.write_text(json.dumps(TINY_VISION_CONFIG))
+    vision = comfy.clip_vision.ClipVisionModel(str(config))
+    sd = {}
+    for name, tensor in vision.get_sd().items():
+        if tensor.ndim == 1:
+            is_norm = ("layer_norm" in name or "layrnorm" in name or "layernorm" in name) and name.endswith("weight")
+            sd[name] = torch.ones(tensor.shape) if is_norm else _randn(name, tensor.shape, 0.02)
+        else:
+            fan_in = int(math.prod(tensor.shape[1:]))
+            sd[name] = _randn(name, tensor.shape, 1.0 / math.sqrt(fan_in))
+    missing, _ = vision.load_sd(sd)
+    assert not missing, missing
+    return vision
+
+
+class TinyCLIPVisionLoader:
+    """Test-only: a small random ComfyUI ClipVisionModel (see module docstring)."""
+
+    folder: Path | None = None
+    _cached = None
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {}}
+
+    RETURN_TYPES = ("CLIP_VISION",)
+    FUNCTION = "load"
+    CATEGORY = "testing"
+
+    def load(self):
+        if TinyCLIPVisionLoader._cached is None:
+            TinyCLIPVisionLoader._cached = make_tiny_clip_vision(TinyCLIPVisionLoader.folder)
+        return (TinyCLIPVisionLoader._cached,)
+
+
+@pytest.fixture(scope="module")
+def analogy_graph(graph):
+    import nodes
+
+    if not (TEXT_ENCODERS / ALIGNMENT).exists():
+        write_alignment_text_encoder(TEXT_ENCODERS / ALIGNMENT)
+    TinyCLIPVisionLoader.folder = _SCRATCH / "clip_vision"
+    nodes.NODE_CLASS_MAPPINGS["TinyCLIPVisionLoader"] = TinyCLIPVisionLoader
+    return graph
+
+
+WORKFLOW = Path(__file__).resolve().parents[2] / "workflows" / "api" / "image_analogy.json"
+COLOURS = {"2": 0x3060A0, "3": 0xE0C040, "4": 0x40A060}  # A, A', B
+
+
+def analogy_workflow(ckpt: str, *, name: str, seed: int = 0, steps: int = 2, learning_rate: float = 0.05,
+                     num_tokens: int = 2, overwrite: bool = True, after_size: int = 64) -> dict:
+    """The shipped image_analogy workflow, retargeted like the e2e test (64 px, few steps), with the
+    LoadImage nodes replaced by solid images and the CLIP vision file by the tiny test model."""
+    import demo  # tools/
+
+    wf = demo.retarget(json.loads(WORKFLOW.read_text()), ckpt, max_steps=steps)
+    for node_id, colour in COLOURS.items():
+        size = after_size if node_id == "3" else 64
+        wf[node_id] = {"class_type": "EmptyImage", "inputs": {"width": size, "height": size, "batch_size": 1,
+                                                               "color": colour}}
+    wf["3"]["class_type"] = "EmptyImage"
+    wf["8"] = {"class_type": "TinyCLIPVisionLoader", "inputs": {}}
+    wf["9"]["inputs"].update({"alignment_text_encoder": ALIGNMENT, "name": name, "seed": seed, "overwrite": overwrite,
+                              "learning_rate": learning_rate, "num_tokens": num_tokens})
+    del wf["18"]
+    wf["30"] = {"class_type": "Capture", "inputs": {"key": "b_prime", "value": ["17", 0]}}
+    wf["31"] = {"class_type": "Capture", "inputs": {"key": "difference", "value": ["9", 0]}}
+    wf["32"] = {"class_type": "Capture", "inputs": {"key": "model", "value": ["1", 0]}}
+    wf["33"] = {"class_type": "Capture", "inputs": {"key": "clip", "value": ["1", 1]}}
+    wf["34"] = {"class_type": "Capture", "inputs": {"key": "vae", "value": ["1", 2]}}
+    return wf
+
+
+def trainer_only(wf: dict) -> dict:
+    """The workflow's trainer and what feeds it, capturing the DIFFERENCE (no inversion or sampling)."""
+    keep = {"1", "2", "3", "5", "6", "8", "9"}
+    out = {k: v for k, v in wf.items() if k in keep}
+    out["31"] = {"class_type": "Capture", "inputs": {"key": "difference", "value": ["9", 0]}}
+    return out
+
+
+def plain_sampler_prompt(ckpt: str) -> dict:
+    return {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a photo of a cabin", "clip": ["1", 1]}},
+        "3": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "4": {"class_type": "KSampler", "inputs": {
+            "model": ["1", 0], "seed": 5, "steps": 2, "cfg": 4.0, "sampler_name": "euler", "scheduler": "normal",
+            "positive": ["2", 0], "negative": ["2", 0], "latent_image": ["3", 0], "denoise": 1.0}},
+        "5": {"class_type": "Capture", "inputs": {"key": "latent", "value": ["4", 0]}},
+        "6": {"class_type": "Capture", "inputs": {"key": "cond", "value": ["2", 0]}},
+    }
+
+
+def injection_prompt(ckpt: str, text: str, name: str, strength: float = 1.0) -> dict:
+    return {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": f"{text} embedding:{name}", "clip": ["1", 1]}},
+        "3": {"class_type": "TokenInjector", "inputs": {"clip": ["1", 1], "text": text, "strength": strength,
+                                                        "embedding_name": name}},
+        "4": {"class_type": "CLIPTextEncode", "inputs": {"text": text, "clip": ["1", 1]}},
+        "5": {"class_type": "Capture", "inputs": {"key": "stock", "value": ["2", 0]}},
+        "6": {"class_type": "Capture", "inputs": {"key": "injected", "value": ["3", 0]}},
+        "7": {"class_type": "Capture", "inputs": {"key": "plain", "value": ["4", 0]}},
+        "8": {"class_type": "Capture", "inputs": {"key": "clip", "value": ["1", 1]}},
+    }
+
+
+def assert_same_conditioning(a: list, b: list) -> None:
+    assert len(a) == len(b) == 1
+    assert torch.equal(a[0][0], b[0][0])
+    assert set(a[0][1]) == set(b[0][1])
+    for key, value in a[0][1].items():
+        if torch.is_tensor(value):
+            assert torch.equal(value, b[0][1][key]), key
+
+
+def images_of(wf: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    def solid(colour: int) -> torch.Tensor:
+        rgb = torch.tensor([(colour >> 16) & 255, (colour >> 8) & 255, colour & 255], dtype=torch.float32) / 255
+        return rgb.expand(1, 64, 64, 3).clone()
+    return solid(COLOURS["2"]), solid(COLOURS["3"])
+
+
+@pytest.fixture(scope="module")
+def sd15_runs(analogy_graph):
+    """Plain sampling, the workflow twice with one seed (two names) and once with another seed,
+    plain sampling again."""
+    checkpoint_path(SD15)
+    runs = {"plain_before": analogy_graph.run(plain_sampler_prompt(SD15))}
+    t0 = time.perf_counter()
+    runs["a"] = analogy_graph.run(analogy_workflow(SD15, name="run_a", seed=3))
+    runs["seconds_per_run"] = time.perf_counter() - t0
+    runs["b"] = analogy_graph.run(trainer_only(analogy_workflow(SD15, name="run_b", seed=3)))
+    runs["c"] = analogy_graph.run(trainer_only(analogy_workflow(SD15, name="run_c", seed=4, steps=1)))
+    runs["plain_after"] = analogy_graph.run(plain_sampler_prompt(SD15))
+    return runs
+
+
+def test_workflow_makes_b_prime_and_saves_a_standard_embedding_sd15(sd15_runs):
+    from safetensors.torch import load_file
+
+    out = sd15_runs["a"]
+    image = out["b_prime"]
+    assert image.shape == (1, 64, 64, 3) and torch.isfinite(image).all()
+    saved = load_file(str(EMBEDDINGS / "run_a.safetensors"))
+    assert set(saved) == {"clip_l"} and saved["clip_l"].shape == (2, 768)
+    assert torch.equal(saved["clip_l"], out["difference"].rows["l"])
+    assert saved["clip_l"].abs().max() > 0  # trained away from the zero initialisation
+    assert out["difference"].name == "run_a" and len(out["difference"].losses) == 2
+    # the difference moves B': the same graph with strength 0 gives another image
+    assert not list(EMBEDDINGS.glob(".tmp_*"))
+    print(f"SD1.5 workflow (2 training steps): {sd15_runs['seconds_per_run']:.1f} s")
+
+
+def test_fixed_seed_gives_identical_tokens_and_another_seed_does_not(sd15_runs):
+    """Run b repeats run a's trainer inputs (another file name); run c has another seed."""
+    a, b, c = (sd15_runs[k]["difference"].rows["l"] for k in "abc")
+    assert torch.equal(a, b)
+    assert sd15_runs["a"]["difference"].losses == sd15_runs["b"]["difference"].losses
+    assert c.abs().max() > 0 and not torch.allclose(a, c)
+
+
+def test_training_lowers_the_consistency_loss(sd15_runs):
+    """The loss of the trained tokens on the run's own (timestep, noise) draws is below that of the
+    zero initialisation."""
+    from exemplar_edit.core import difference as dif
+    from exemplar_edit.nodes import analogy
+
+    out = sd15_runs["a"]
+    model, clip, vae = out["model"], out["clip"], out["vae"]
+    image_before, image_after = images_of(analogy_workflow(SD15, name="x"))
+    wf = analogy_workflow(SD15, name="x", seed=3)["9"]["inputs"]
+    with torch.inference_mode():
+        z_before = _host.model_space_latent(model, _host.vae_encode(vae, image_before))
+        z_after = _host.model_space_latent(model, _host.vae_encode(vae, image_after))
+        sigmas = _host.training_sigmas(model)
+        generator = torch.Generator().manual_seed(3)
+        timesteps = dif.shuffled_timesteps(2, len(sigmas), generator)
+        draws = [(sigmas[t], torch.randn(z_after.shape, generator=generator)) for t in timesteps]
+        tokens_before, tokens_after = clip.tokenize(wf["prompt_before"]), clip.tokenize(wf["prompt_after"])
+        trained = out["difference"].rows
+        zero = {k: torch.zeros_like(v) for k, v in trained.items()}
+        totals = {}
+        with _host.model_session(model, (2,) + tuple(z_after.shape[1:])):
+            for label, rows in (("zero", zero), ("trained", trained)):
+                totals[label] = sum(float(sum(analogy.consistency_errors(
+                    model, clip, tokens_before, tokens_after, rows, z_before, z_after, sigma, noise)))
+                    for sigma, noise in draws)
+    assert totals["trained"] < totals["zero"], totals
+
+
+def test_shared_model_and_clip_are_unchanged_by_training(sd15_runs):
+    before, after = sd15_runs["plain_before"], sd15_runs["plain_after"]
+    assert torch.equal(before["latent"]["samples"], after["latent"]["samples"])
+    assert_same_conditioning(before["cond"], after["cond"])
+
+
+@pytest.mark.parametrize("text", ["a photo of a cabin in the woods", " ".join(["snowy cabin"] * 40)])
+def test_injector_equals_stock_embedding_prompt(analogy_graph, sd15_runs, text):
+    """TokenInjector (by name, and from the trainer's DIFFERENCE) equals CLIPTextEncode with
+    'text embedding:NAME', ComfyUI's own embedding loader, also across a 75-token chunk boundary."""
+    from exemplar_edit.nodes import analogy
+
+    out = analogy_graph.run(injection_prompt(SD15, text, "run_a"))
+    assert_same_conditioning(out["stock"], out["injected"])
+    assert not torch.equal(out["stock"][0][0][:, -77:], out["plain"][0][0][:, -77:])  # the embedding was used
+    with torch.inference_mode():
+        from_difference = analogy.TokenInjector.execute(out["clip"], text, 1.0, difference=sd15_runs["a"]["difference"])
+    assert_same_conditioning(out["stock"], from_difference.result[0])
+    reversed_ = analogy_graph.run(injection_prompt(SD15, text, "run_a", strength=-1.0))["injected"]
+    assert not torch.equal(reversed_[0][0], out["injected"][0][0])
+
+
+def test_name_validation_and_overwrite_protection(analogy_graph, sd15_runs):
+    from exemplar_edit.nodes import analogy
+
+    for bad in ["", "  ", "../up", "a/b", "a\\b", "..", ".hidden", "two words", "x:y"]:
+        with pytest.raises(_host.InputError, match="name"):
+            analogy.check_embedding_name(bad)
+    assert analogy.check_embedding_name("to_winter.safetensors") == "to_winter"
+    with pytest.raises(GraphError, match="path separator"):
+        analogy_graph.run(analogy_workflow(SD15, name="../escape"))
+    existing = EMBEDDINGS / "run_a.safetensors"
+    content = existing.read_bytes()
+    with pytest.raises(GraphError, match="already exists"):
+        analogy_graph.run(analogy_workflow(SD15, name="run_a", seed=99, overwrite=False))
+    assert existing.read_bytes() == content
+
+
+def test_mismatched_pair_sizes_are_refused(analogy_graph):
+    checkpoint_path(SD15)
+    wf = analogy_workflow(SD15, name="sizes", after_size=128)
+    wf["9"]["inputs"]["image_after"] = ["3", 0]  # unscaled
+    with pytest.raises(GraphError, match="image_after"):
+        analogy_graph.run(wf)
+    assert not (EMBEDDINGS / "sizes.safetensors").exists()
+
+
+def test_interrupt_leaves_no_file(analogy_graph):
+    """The interrupt button pressed after the first training step (of 3) stops the trainer."""
+    import comfy.model_management
+    import comfy.utils
+
+    checkpoint_path(SD15)
+    saved = comfy.utils.PROGRESS_BAR_HOOK
+    calls = []
+
+    def hook(value, total, preview, node_id=None):
+        calls.append((value, total))
+        if total == 3 and value >= 1:
+            comfy.model_management.interrupt_current_processing(True)
+
+    comfy.utils.set_progress_bar_global_hook(hook)
+    try:
+        with pytest.raises(GraphError):
+            analogy_graph.run(trainer_only(analogy_workflow(SD15, name="interrupted", seed=5, steps=3)))
+        assert any(e == "execution_interrupted" for e, _ in analogy_graph.server.messages)
+        assert (1, 3) in calls and (2, 3) not in calls
+    finally:
+        comfy.utils.set_progress_bar_global_hook(saved)
+        comfy.model_management.interrupt_current_processing(False)
+    assert not (EMBEDDINGS / "interrupted.safetensors").exists()
+    assert not list(EMBEDDINGS.glob(".tmp_*"))
+
+
+def test_workflow_end_to_end_sdxl_saves_both_encoders(analogy_graph):
+    from safetensors.torch import load_file
+
+    checkpoint_path(SDXL)
+    out = analogy_graph.run(analogy_workflow(SDXL, name="run_xl", seed=1, steps=1))
+    assert out["b_prime"].shape == (1, 64, 64, 3) and torch.isfinite(out["b_prime"]).all()
+    saved = load_file(str(EMBEDDINGS / "run_xl.safetensors"))
+    assert set(saved) == {"clip_l", "clip_g"}
+    assert saved["clip_l"].shape == (2, 768) and saved["clip_g"].shape == (2, 1280)
+    assert saved["clip_l"].abs().max() > 0 and saved["clip_g"].abs().max() > 0
+    injected = analogy_graph.run(injection_prompt(SDXL, "a photo of a cabin", "run_xl"))
+    assert_same_conditioning(injected["stock"], injected["injected"])
+    assert not torch.equal(injected["stock"][0][1]["pooled_output"], injected["plain"][0][1]["pooled_output"])
