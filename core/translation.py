@@ -176,18 +176,67 @@ def patch_nce_loss(
         raise ValueError(f"{len(patch_ids)} patch_ids for {len(patch_sizes)} patch sizes")
     feat_ref = feat_ref.detach().to(feat_edit.dtype)
 
-    loss = feat_edit.new_zeros(())
-    for k, ps in enumerate(patch_sizes):
-        pooled_ref = pool_patches(feat_ref, grid, ps)
-        pooled_edit = pool_patches(feat_edit, grid, ps)
-        if patch_ids is None:
-            ids = sample_patch_ids(pooled_ref.shape[1], num_patches, generator, feat_edit.device)
-        else:
-            ids = patch_ids[k].to(device=feat_edit.device, dtype=torch.long)
-        per_item = [
-            patch_nce(pooled_ref[b, ids], pooled_edit[b, ids], tau).mean()
-            for b in range(feat_edit.shape[0])
-        ]
+    if patch_ids is None:
+        patch_ids = draw_patch_ids(grid, patch_sizes, num_patches, generator, feat_edit.device)
+    samples_ref = sample_patch_features(feat_ref, grid, patch_sizes, patch_ids)
+    samples_edit = sample_patch_features(feat_edit, grid, patch_sizes, patch_ids)
+    return patch_nce_from_samples(samples_edit, samples_ref, tau)
+
+
+def patch_grid_size(grid: tuple[int, int], patch_size: int) -> int:
+    """Number of ``patch_size x patch_size`` patches of an ``h x w`` grid (AvgPool2d floor)."""
+    return (grid[0] // patch_size) * (grid[1] // patch_size)
+
+
+def draw_patch_ids(
+    grid: tuple[int, int],
+    patch_sizes: Sequence[int],
+    num_patches: int,
+    generator: Optional[torch.Generator] = None,
+    device: torch.device | str | None = None,
+) -> list[torch.Tensor]:
+    """One :func:`sample_patch_ids` draw per patch size, in order (CDS ``utils/loss.py`` L37-39),
+    for an ``h x w`` token grid. Draw once and use the result for the reference and the edit."""
+    return [
+        sample_patch_ids(patch_grid_size(grid, ps), num_patches, generator, device) for ps in patch_sizes
+    ]
+
+
+def sample_patch_features(
+    feat: torch.Tensor,
+    grid: tuple[int, int],
+    patch_sizes: Sequence[int],
+    patch_ids: Sequence[torch.Tensor],
+) -> list[torch.Tensor]:
+    """``[B, HW, C]`` features to one ``[B, N, C]`` tensor per patch size: the L2-normalised patch
+    means (:func:`pool_patches`) at the locations ``patch_ids`` (CDS ``utils/loss.py`` L21-44).
+
+    This is all PatchNCE needs of the reference pass, so storing these samples instead of the whole
+    feature map keeps a reference trajectory small (256 x C numbers per layer, step and size).
+    """
+    if len(patch_ids) != len(patch_sizes):
+        raise ValueError(f"{len(patch_ids)} patch_ids for {len(patch_sizes)} patch sizes")
+    samples = []
+    for ps, ids in zip(patch_sizes, patch_ids):
+        pooled = pool_patches(feat, grid, ps)
+        samples.append(pooled[:, ids.to(device=feat.device, dtype=torch.long)])
+    return samples
+
+
+def patch_nce_from_samples(
+    samples_edit: Sequence[torch.Tensor], samples_ref: Sequence[torch.Tensor], tau: float = 0.07
+) -> torch.Tensor:
+    """``sum_{p} mean_b mean_i PatchNCE_i`` of matched patch samples (one ``[B, N, C]`` pair per
+    patch size, from :func:`sample_patch_features`): CDS ``get_attn_cut_loss`` L41-47 after the
+    sampling. The reference samples are detached and cast to the edit's device and dtype."""
+    if len(samples_edit) != len(samples_ref):
+        raise ValueError(f"{len(samples_edit)} edit samples but {len(samples_ref)} reference samples")
+    loss = samples_edit[0].new_zeros(())
+    for edit, ref in zip(samples_edit, samples_ref):
+        ref = ref.detach().to(device=edit.device, dtype=edit.dtype)
+        if edit.shape != ref.shape:
+            raise ValueError(f"sample shape mismatch: edit {tuple(edit.shape)} vs ref {tuple(ref.shape)}")
+        per_item = [patch_nce(ref[b], edit[b], tau).mean() for b in range(edit.shape[0])]
         loss = loss + torch.stack(per_item).mean()
     return loss
 
@@ -271,3 +320,134 @@ def sentence_templates(concept: str, caption: Optional[str] = None) -> list[str]
         caption = " ".join(caption.split())
         sentences += [t.format(caption=caption, a=article, c=word) for t in CAPTION_TEMPLATES]
     return sentences
+
+
+# --- explicit attention (the maps L_xa compares) ---------------------------------------------
+
+
+def attention_probabilities(q: torch.Tensor, k: torch.Tensor, heads: int) -> torch.Tensor:
+    """Cross-attention probabilities ``softmax(Q K^T / sqrt(d))`` as ``[B*heads, N, T]``.
+
+    ``q`` is ``[B, N, heads*d]`` and ``k`` ``[B, T, heads*d]`` (projected, before the head split),
+    the inputs of an ``attn2``. This is the ``attn_probs`` pix2pix-zero's processor stores
+    (``src/utils/cross_attention.py``: ``attention_probs = attn.get_attention_scores(...)``). The
+    softmax runs in float32; the result has ``q``'s dtype.
+    """
+    b, n, inner = q.shape
+    d = inner // heads
+    qh = q.reshape(b, n, heads, d).transpose(1, 2).reshape(b * heads, n, d)
+    kh = k.reshape(b, k.shape[1], heads, d).transpose(1, 2).reshape(b * heads, k.shape[1], d)
+    scores = torch.bmm(qh.float(), kh.float().transpose(1, 2)) * (d ** -0.5)
+    return scores.softmax(dim=-1).to(q.dtype)
+
+
+def attend(probs: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+    """``probs @ V`` with the heads merged back: ``[B*heads, N, T]`` x ``[B, T, heads*d]`` ->
+    ``[B, N, heads*d]`` (the attention output before ``to_out``)."""
+    b, t, inner = v.shape
+    d = inner // heads
+    vh = v.reshape(b, t, heads, d).transpose(1, 2).reshape(b * heads, t, d)
+    out = torch.bmm(probs.to(v.dtype), vh)
+    return out.reshape(b, heads, -1, d).transpose(1, 2).reshape(b, -1, inner)
+
+
+# --- the guidance step on x_t (pix2pix-zero Sec. 3.3, zeroCon) -------------------------------
+
+
+def guidance_loss(
+    cross_attention: torch.Tensor | float,
+    patch_nce: torch.Tensor | float,
+    lambda_xa: float,
+    lambda_cut: float,
+) -> torch.Tensor | float:
+    """pix2pix-zeroCon's guidance objective ``lambda_xa * L_xa + lambda_cut * L_PatchNCE``.
+
+    ``lambda_cut = 0`` is pix2pix-zero's objective (its loss weight is 1 and the step size
+    ``xa_guidance`` carries the scale); ``lambda_xa = 0`` leaves the contrastive term alone.
+    """
+    return lambda_xa * cross_attention + lambda_cut * patch_nce
+
+
+def vp_latent(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Sigma-space latent ``x = x0 + sigma * eps`` to the variance-preserving latent diffusers and
+    pix2pix-zero step on: ``x_vp = sqrt(alpha_bar) * x = x / sqrt(1 + sigma^2)``
+    (``alpha_bar = 1 / (1 + sigma^2)``; Karras et al. 2022, Eq. 1-3 and Table 1)."""
+    return x / math.sqrt(1.0 + sigma * sigma)
+
+
+def sigma_space_latent(x_vp: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Inverse of :func:`vp_latent`: ``x = x_vp * sqrt(1 + sigma^2)``."""
+    return x_vp * math.sqrt(1.0 + sigma * sigma)
+
+
+def latent_guidance_step(x_vp: torch.Tensor, grad: torch.Tensor, step_size: float) -> torch.Tensor:
+    """One SGD step on the latent: ``x_t <- x_t - eta * dL/dx_t`` (pix2pix-zero
+    ``opt = SGD([x_in], lr=xa_guidance); loss.backward(); opt.step()``, ``edit_pipeline.py``),
+    taken on the variance-preserving latent ``x_vp`` as the official code does."""
+    return x_vp - step_size * grad
+
+
+class ReferenceStore:
+    """What the reference (reconstruction) pass leaves for the edit pass, bounded in memory.
+
+    Entries are keyed by ``(step, role, layer)``: ``role`` is the CFG row (``"positive"`` or
+    ``"negative"``), ``layer`` any hashable layer name. Cross-attention maps are kept whole
+    (``L_xa`` compares every entry); for PatchNCE only the sampled patch features and their
+    locations are kept (:func:`sample_patch_features`), ~``256 x C`` numbers per layer and patch
+    size instead of ``HW x C``. Tensors are stored in ``dtype`` (half precision by default) and,
+    with ``offload``, in CPU memory; :meth:`maps` / :meth:`samples` bring them back.
+    """
+
+    def __init__(self, dtype: torch.dtype = torch.float16, offload: bool = False):
+        self.dtype = dtype
+        self.offload = offload
+        self._maps: dict = {}
+        self._samples: dict = {}
+        self._ids: dict = {}
+
+    def _keep(self, t: torch.Tensor) -> torch.Tensor:
+        t = t.detach()
+        if self.offload:
+            t = t.to("cpu")
+        return t.to(self.dtype).clone()
+
+    def clear(self) -> None:
+        self._maps.clear()
+        self._samples.clear()
+        self._ids.clear()
+
+    def has_maps(self, step: int, role: str, layer) -> bool:
+        return (step, role, layer) in self._maps
+
+    def put_maps(self, step: int, role: str, layer, maps: torch.Tensor) -> None:
+        self._maps[(step, role, layer)] = self._keep(maps)
+
+    def maps(self, step: int, role: str, layer, like: torch.Tensor) -> torch.Tensor:
+        return self._maps[(step, role, layer)].to(device=like.device, dtype=like.dtype)
+
+    def patch_ids(self, step: int, layer) -> Optional[list[torch.Tensor]]:
+        ids = self._ids.get((step, layer))
+        return None if ids is None else [i.clone() for i in ids]
+
+    def put_patch_ids(self, step: int, layer, ids: list[torch.Tensor]) -> None:
+        self._ids[(step, layer)] = [i.to("cpu") for i in ids]
+
+    def has_samples(self, step: int, role: str, layer) -> bool:
+        return (step, role, layer) in self._samples
+
+    def put_samples(self, step: int, role: str, layer, samples: Sequence[torch.Tensor]) -> None:
+        self._samples[(step, role, layer)] = [self._keep(s) for s in samples]
+
+    def samples(self, step: int, role: str, layer, like: torch.Tensor) -> list[torch.Tensor]:
+        return [s.to(device=like.device, dtype=like.dtype) for s in self._samples[(step, role, layer)]]
+
+    def layers(self, step: int, role: str) -> tuple[int, int]:
+        """(map layers, feature layers) stored for ``step`` and ``role``."""
+        maps = sum(1 for (s, r, _l) in self._maps if s == step and r == role)
+        feats = sum(1 for (s, r, _l) in self._samples if s == step and r == role)
+        return maps, feats
+
+    def nbytes(self) -> int:
+        total = sum(t.numel() * t.element_size() for t in self._maps.values())
+        total += sum(s.numel() * s.element_size() for v in self._samples.values() for s in v)
+        return total

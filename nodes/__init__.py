@@ -5,9 +5,10 @@ from .host import ComfyExtension, io
 from .appearance import SemanticFeatureRearrange
 from .analogy import DeltaInterpolationTrainer, TokenInjector
 from .inversion import DDIMInvert, InversionReplaySampler
+from .translation import CutLossGuidance, EditDirectionNode
 
 NODES: list[type[io.ComfyNode]] = [DDIMInvert, InversionReplaySampler, SemanticFeatureRearrange,
-                                 DeltaInterpolationTrainer, TokenInjector]
+                                 EditDirectionNode, CutLossGuidance, DeltaInterpolationTrainer, TokenInjector]
 
 
 class ExemplarEditExtension(ComfyExtension):

@@ -1,0 +1,508 @@
+"""Zero-shot image-to-image translation (pix2pix-zero / pix2pix-zeroCon): EditDirection and
+CutLossGuidance.
+
+EditDirection turns a concept change ("cat" -> "dog") into a per-token text-embedding direction
+(pix2pix-zero Sec. 3.2). CutLossGuidance is a GUIDER for SamplerCustomAdvanced: it runs the user's
+sampler twice over the inverted latent, first with the caption (the reference/reconstruction pass,
+recording cross-attention maps and decoder self-attention features), then with caption + direction,
+taking before each guided step one gradient step on x_t of ``lambda_xa * L_xa + lambda_cut *
+PatchNCE`` (pix2pix-zero Sec. 3.3; pix2pix-zeroCon). The math is in ``core.translation``.
+"""
+from __future__ import annotations
+
+import weakref
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from ..core import translation as tr
+from . import host
+from .host import InputError, io
+
+CATEGORY = f"{host.ROOT_CATEGORY}/translation"
+
+EditDirectionType = io.Custom("EXEMPLAR_EDIT_DIRECTION")
+
+PATCH_SIZES = (1, 2)
+"""CDS ``run.py`` L18: PatchNCE on single tokens and 2x2 token means."""
+
+ROLES = ("positive", "negative")
+"""CFG rows by ``cond_or_uncond`` (0 = positive, 1 = negative)."""
+
+
+# --- edit direction --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EditDirection:
+    """A per-token text-embedding direction ``[1, 77, width]`` (and, for encoders with a pooled
+    output such as SDXL's CLIP-G, a pooled direction ``[1, pooled_width]``), already scaled by the
+    multiplier. ``encoders`` and ``width`` say which text encoder(s) made it."""
+
+    tokens: torch.Tensor
+    pooled: Optional[torch.Tensor]
+    encoders: tuple[str, ...]
+    source: str
+    target: str
+
+    @property
+    def width(self) -> int:
+        return int(self.tokens.shape[-1])
+
+    @property
+    def describe(self) -> str:
+        return f"text encoder(s) {'+'.join('clip_' + e for e in self.encoders)}, width {self.width}"
+
+
+_CACHE_SIZE = 32
+_mean_cache: "OrderedDict[tuple, tuple[weakref.ref, torch.Tensor, Optional[torch.Tensor], tuple]]" = OrderedDict()
+
+
+def _mean_embedding(clip, sentences: tuple[str, ...]) -> tuple[torch.Tensor, Optional[torch.Tensor], tuple]:
+    """Mean text-encoder output over ``sentences`` (``[1, 77, width]``, pooled ``[1, P]`` or None),
+    cached per CLIP (patcher identity) and sentence set, so changing the other concept or the
+    multiplier does not re-encode this one."""
+    patcher = host.clip_identity(clip)
+    key = (id(patcher), sentences)
+    hit = _mean_cache.get(key)
+    if hit is not None and hit[0]() is patcher:
+        _mean_cache.move_to_end(key)
+        return hit[1], hit[2], hit[3]
+    conds, pooled, encoders = [], [], ()
+    for sentence in sentences:
+        cond, pool, encoders = host.encode_text(clip, sentence)
+        conds.append(cond[:, :77].float().cpu())
+        if pool is not None:
+            pooled.append(pool.float().cpu())
+    mean = torch.cat(conds).mean(0, keepdim=True)
+    mean_pooled = torch.cat(pooled).mean(0, keepdim=True) if len(pooled) == len(conds) else None
+    _mean_cache[key] = (weakref.ref(patcher), mean, mean_pooled, encoders)
+    while len(_mean_cache) > _CACHE_SIZE:
+        _mean_cache.popitem(last=False)
+    return mean, mean_pooled, encoders
+
+
+def _sentences(concept: str, custom: str, caption: str, concept_input: str, sentences_input: str) -> tuple[str, ...]:
+    lines = tuple(line.strip() for line in custom.splitlines() if line.strip())
+    if lines:
+        return lines
+    if not concept.strip():
+        raise InputError(
+            f"{concept_input}: empty concept; type the word(s) to change (e.g. 'cat') or give sentences "
+            f"in {sentences_input}, one per line"
+        )
+    return tuple(tr.sentence_templates(concept, caption or None))
+
+
+class EditDirectionNode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="EditDirection",
+            display_name="Edit Direction (pix2pix-zero)",
+            category=CATEGORY,
+            description=(
+                "A text-embedding edit direction for CutLossGuidance (pix2pix-zero Sec. 3.2): the mean "
+                "text-encoder output (all 77 tokens) over sentences about the target concept minus the same "
+                "for the source concept, times the multiplier. Sentences come from built-in templates around "
+                "the concept and caption, or from your own lists. SDXL uses both text encoders; the pooled "
+                "CLIP-G embedding gets the same mean difference. Results are cached per CLIP and sentence set."
+            ),
+            inputs=[
+                io.Clip.Input("clip", tooltip="The checkpoint's CLIP (the same one that encodes the caption)."),
+                io.String.Input("source", default="cat",
+                                tooltip="The concept in the image to change (e.g. 'cat', 'photo'). Unused when "
+                                        "source_sentences is filled."),
+                io.String.Input("target", default="dog",
+                                tooltip="The concept to change it into (e.g. 'dog', 'watercolor painting'). Unused "
+                                        "when target_sentences is filled."),
+                io.String.Input("caption", default="",
+                                tooltip="Optional caption of the image; the templates also put each concept next "
+                                        "to it. Leave empty for concept-only templates."),
+                io.Float.Input("multiplier", default=1.0, min=-4.0, max=4.0, step=0.05,
+                               tooltip="Scales the direction (pix2pix-zero demo: 'edit multiplier', 0-2, default 1). "
+                                       "0 gives no edit."),
+                io.String.Input("source_sentences", default="", multiline=True,
+                                tooltip="Optional: your own sentences about the source concept, one per line "
+                                        "(pix2pix-zero used ~1000 LLM-written ones). Replaces the templates."),
+                io.String.Input("target_sentences", default="", multiline=True,
+                                tooltip="Optional: your own sentences about the target concept, one per line. "
+                                        "Replaces the templates."),
+            ],
+            outputs=[EditDirectionType.Output(
+                display_name="DIRECTION",
+                tooltip="The edit direction (per-token, plus pooled for SDXL); feed it to CutLossGuidance.")],
+        )
+
+    @classmethod
+    def execute(cls, clip, source, target, caption, multiplier, source_sentences, target_sentences) -> io.NodeOutput:
+        if clip is None:
+            raise InputError("clip: no CLIP; connect the checkpoint's CLIP output")
+        src = _sentences(source, source_sentences, caption, "source", "source_sentences")
+        tgt = _sentences(target, target_sentences, caption, "target", "target_sentences")
+        src_mean, src_pooled, encoders = _mean_embedding(clip, src)
+        tgt_mean, tgt_pooled, _ = _mean_embedding(clip, tgt)
+        tokens = tr.edit_direction(src_mean, tgt_mean) * multiplier
+        pooled = None
+        if src_pooled is not None and tgt_pooled is not None:
+            pooled = (tgt_pooled.mean(0, keepdim=True) - src_pooled.mean(0, keepdim=True)) * multiplier
+        direction = EditDirection(tokens=tokens, pooled=pooled, encoders=encoders,
+                                  source=source_sentences.strip() and "(custom)" or source,
+                                  target=target_sentences.strip() and "(custom)" or target)
+        return io.NodeOutput(direction)
+
+
+# --- the guidance ----------------------------------------------------------------------------
+
+
+RECORD, GUIDE = "record", "guide"
+
+
+class _GuidanceState:
+    """Per-guider state the attention patches read: the current pass, step and CFG row, the
+    reference store and the loss terms of the current guided forward. Never deep-copied (clones of
+    the patched model share it) and it holds no tensors between runs."""
+
+    def __init__(self, use_maps: bool, use_features: bool, num_patches: int, tau: float, offload: bool):
+        self.use_maps = use_maps
+        self.use_features = use_features
+        self.num_patches = num_patches
+        self.tau = tau
+        self.store = tr.ReferenceStore(torch.float16, offload)
+        self.mode: Optional[str] = None
+        self.step = 0
+        self.role = "positive"
+        self.share_rows = False
+        self.generator: Optional[torch.Generator] = None
+        self.xa_terms: list[torch.Tensor] = []
+        self.cut_terms: list[torch.Tensor] = []
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def reference_role(self, role: str) -> str:
+        return "positive" if self.share_rows else role
+
+
+def _layer_key(extra_options: dict) -> tuple:
+    block = extra_options.get("block") or ("?", 0)
+    return (block[0], int(block[1]), int(extra_options.get("block_index", 0)))
+
+
+def _roles(extra_options: dict, batch: int) -> list[tuple[str, slice]]:
+    """The CFG rows of a batch as (role, slice), from ``cond_or_uncond`` (never by halves)."""
+    kinds = list(extra_options.get("cond_or_uncond") or [0])
+    per = batch // len(kinds)
+    return [(ROLES[min(kind, 1)], slice(j * per, (j + 1) * per)) for j, kind in enumerate(kinds)]
+
+
+class _CrossAttentionProbe:
+    """attn2 replace: attention with explicit probabilities while a pass records or is guided."""
+
+    def __init__(self, state: _GuidanceState):
+        self.state = state
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __call__(self, q, k, v, extra_options):
+        state = self.state
+        heads = extra_options["n_heads"]
+        if state.mode is None or not state.use_maps:
+            return host.attention(q, k, v, heads)
+        probs = tr.attention_probabilities(q, k, heads)
+        layer = _layer_key(extra_options)
+        if state.mode == RECORD:
+            for role, rows in _roles(extra_options, q.shape[0]):
+                if state.share_rows and role != "positive":
+                    continue
+                if not state.store.has_maps(state.step, role, layer):
+                    per_row = probs.reshape(q.shape[0], heads, *probs.shape[1:])[rows]
+                    state.store.put_maps(state.step, role, layer, per_row.flatten(0, 1))
+        else:
+            ref = state.store.maps(state.step, state.reference_role(state.role), layer, probs).clone()
+            state.xa_terms.append(tr.cross_attention_loss([probs.float()], [ref.float()]))
+        return tr.attend(probs, v, heads)
+
+
+class _SelfAttentionOutputProbe:
+    """attn1 output patch: samples decoder ("output" block) self-attention features for PatchNCE."""
+
+    def __init__(self, state: _GuidanceState):
+        self.state = state
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __call__(self, n, extra_options):
+        state = self.state
+        block = extra_options.get("block")
+        if state.mode is None or not state.use_features or block is None or block[0] != "output":
+            return n
+        grid = tuple(int(s) for s in extra_options["activations_shape"][-2:])
+        layer = _layer_key(extra_options)
+        ids = state.store.patch_ids(state.step, layer)
+        if state.mode == RECORD:
+            if ids is None:
+                ids = tr.draw_patch_ids(grid, PATCH_SIZES, state.num_patches, state.generator)
+                state.store.put_patch_ids(state.step, layer, ids)
+            for role, rows in _roles(extra_options, n.shape[0]):
+                if state.share_rows and role != "positive":
+                    continue
+                if not state.store.has_samples(state.step, role, layer):
+                    state.store.put_samples(state.step, role, layer,
+                                            tr.sample_patch_features(n[rows].float(), grid, PATCH_SIZES, ids))
+        elif ids is not None:
+            edit = tr.sample_patch_features(n.float(), grid, PATCH_SIZES, ids)
+            ref = [s.clone() for s in state.store.samples(state.step, state.reference_role(state.role), layer, edit[0])]
+            state.cut_terms.append(tr.patch_nce_from_samples(edit, ref, state.tau))
+        return n
+
+
+@dataclass
+class GuidanceSettings:
+    lambda_xa: float
+    lambda_cut: float
+    step_size: float
+    start_step: int
+    end_step: int
+
+    def guided(self, k: int) -> bool:
+        return (self.start_step <= k < self.end_step and self.step_size > 0
+                and (self.lambda_xa > 0 or self.lambda_cut > 0))
+
+
+class TranslationProgram:
+    """The two passes of pix2pix-zero(Con) over the user's sampler (see ``host.GuidedSteps``)."""
+
+    def __init__(self, state: _GuidanceState, settings: GuidanceSettings, seed_offset: int = 0):
+        self.state = state
+        self.settings = settings
+        self.seed_offset = seed_offset
+        self.last_losses: list[dict] = []
+
+    def __call__(self, steps, x_start: torch.Tensor) -> torch.Tensor:
+        state, settings = self.state, self.settings
+        state.store.clear()
+        self.last_losses = []
+        seed = 0 if steps.seed is None else int(steps.seed)
+        state.generator = torch.Generator(device="cpu").manual_seed(seed + self.seed_offset)
+        guided = [k for k in range(steps.steps) if settings.guided(k)]
+        try:
+            self.reference_pass(steps, x_start, (max(guided) + 1) if guided else 0)
+            x = x_start
+            for k in range(steps.steps):
+                offset = None
+                if k in guided:
+                    x, offset, losses = self.guidance_step(steps, x, k)
+                    self.last_losses.append(losses)
+                x = steps.sample_step(x, k, "positive", "negative", offset)
+            return x
+        finally:
+            state.mode = None
+            state.store.clear()
+            state.xa_terms, state.cut_terms = [], []
+
+    def reference_pass(self, steps, x: torch.Tensor, until: int) -> torch.Tensor:
+        """The reconstruction with the caption (same CFG and negative) up to step ``until``,
+        recording maps and features at the steps that will be guided."""
+        state = self.state
+        for k in range(until):
+            state.mode = RECORD if self.settings.guided(k) else None
+            state.step = k
+            x = steps.sample_step(x, k, "reference", "negative")
+        state.mode = None
+        return x
+
+    def rows(self, steps) -> list[str]:
+        """The CFG rows pix2pix-zero guides: both (uncond first) at CFG != 1, else the positive."""
+        return ["positive"] if abs(steps.cfg - 1.0) < 1e-9 else ["negative", "positive"]
+
+    def loss_at(self, steps, x: torch.Tensor, k: int, role: str, grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(combined loss of one CFG row at sigma-space latent ``x`` and step ``k``, its VP leaf)."""
+        state, settings = self.state, self.settings
+        sigma = float(steps.sigmas[k])
+        with host.gradient_mode():
+            x_vp = tr.vp_latent(x.detach().clone(), sigma).requires_grad_(grad)
+            state.mode, state.step, state.role = GUIDE, k, role
+            state.xa_terms, state.cut_terms = [], []
+            try:
+                sigma_batch = steps.sigmas[k].detach().clone().reshape(1).repeat(x.shape[0]).to(x)
+                steps.denoise(tr.sigma_space_latent(x_vp, sigma), sigma_batch, role)
+                xa = torch.stack(state.xa_terms).sum() if state.xa_terms else x_vp.new_zeros(())
+                cut = torch.stack(state.cut_terms).sum() if state.cut_terms else x_vp.new_zeros(())
+                loss = tr.guidance_loss(xa, cut, settings.lambda_xa, settings.lambda_cut)
+            finally:
+                state.mode = None
+                state.xa_terms, state.cut_terms = [], []
+        return loss, x_vp
+
+    def guidance_step(self, steps, x: torch.Tensor, k: int):
+        """One SGD step per CFG row on x_t (pix2pix-zero ``edit_pipeline.py``: the loss is averaged
+        over the CFG batch, each row moves by its own gradient, the uncond row is kept as x_t and
+        the cond row is evaluated at its own updated latent). Returns (x_t, cond offset, losses)."""
+        sigma = float(steps.sigmas[k])
+        rows = self.rows(steps)
+        updated, losses = {}, {}
+        for role in rows:
+            loss, x_vp = self.loss_at(steps, x, k, role, grad=True)
+            with host.gradient_mode():
+                scaled = loss / len(rows)
+                grad = torch.autograd.grad(scaled, x_vp)[0] if scaled.requires_grad else torch.zeros_like(x_vp)
+                step = tr.latent_guidance_step(x_vp.detach(), grad, self.settings.step_size)
+                updated[role] = tr.sigma_space_latent(step, sigma).to(x.dtype)
+            losses[role] = float(loss.detach())
+        if rows == ["positive"]:
+            return updated["positive"], None, losses
+        return updated["negative"], updated["positive"] - updated["negative"], losses
+
+
+def _check_conditioning(conditioning, name: str, width: Optional[int]) -> None:
+    if not isinstance(conditioning, list) or not conditioning:
+        raise InputError(f"{name}: expected a CONDITIONING (e.g. CLIPTextEncode output)")
+    for entry in conditioning:
+        tensor = entry[0] if isinstance(entry, (list, tuple)) and entry else None
+        if not isinstance(tensor, torch.Tensor) or tensor.ndim != 3:
+            raise InputError(f"{name}: expected a text CONDITIONING [batch, tokens, width]")
+        if width is not None and tensor.shape[-1] != width:
+            raise InputError(
+                f"{name}: conditioning is {tensor.shape[-1]} wide but the model cross-attends to {width}-wide text; "
+                "encode it with this checkpoint's CLIP"
+            )
+
+
+def _edited_conditioning(positive: list, direction: EditDirection, edit_pooled: bool) -> list:
+    """The caption conditioning plus the direction on every 77-token chunk (pix2pix-zero
+    ``prompt_embeds_edit[1:2] += edit_dir``), and on the pooled output for models that use it."""
+    edited = []
+    for tensor, options in positive:
+        if tensor.shape[1] % direction.tokens.shape[1] != 0:
+            raise InputError(
+                f"positive: {tensor.shape[1]} tokens is not a multiple of {direction.tokens.shape[1]}; use a "
+                "plain CLIPTextEncode of the caption"
+            )
+        if tensor.shape[-1] != direction.width:
+            raise InputError(
+                f"direction: made by {direction.describe} but the caption conditioning 'positive' is "
+                f"{tensor.shape[-1]} wide; build both with the same checkpoint's CLIP"
+            )
+        repeats = tensor.shape[1] // direction.tokens.shape[1]
+        delta = direction.tokens.to(tensor).repeat(1, repeats, 1)
+        options = dict(options)
+        pooled = options.get("pooled_output")
+        if edit_pooled and pooled is not None and direction.pooled is not None:
+            if pooled.shape[-1] != direction.pooled.shape[-1]:
+                raise InputError(
+                    f"direction: pooled width {direction.pooled.shape[-1]} does not match the caption's "
+                    f"{pooled.shape[-1]}; build both with the same checkpoint's CLIP"
+                )
+            options["pooled_output"] = pooled + direction.pooled.to(pooled)
+        edited.append([tensor + delta, options])
+    return edited
+
+
+def _same_conditioning(a: list, b: list) -> bool:
+    if len(a) != len(b):
+        return False
+    for (ta, oa), (tb, ob) in zip(a, b):
+        if ta.shape != tb.shape or not torch.equal(ta, tb):
+            return False
+        pa, pb = oa.get("pooled_output"), ob.get("pooled_output")
+        if (pa is None) != (pb is None) or (pa is not None and not torch.equal(pa, pb)):
+            return False
+    return True
+
+
+class CutLossGuidance(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="CutLossGuidance",
+            display_name="CutLoss Guidance (pix2pix-zeroCon)",
+            category=CATEGORY,
+            description=(
+                "Zero-shot image-to-image translation as a GUIDER for SamplerCustomAdvanced (your noise, "
+                "sampler and sigmas). It samples the inverted latent twice with your sampler: a reference pass "
+                "with the caption (pix2pix-zero's reconstruction; records cross-attention maps and decoder "
+                "self-attention features), then the edit pass with caption + edit direction, taking before each "
+                "guided step one gradient step on x_t of lambda_xa * L_xa (pix2pix-zero Eq. 4) + lambda_cut * "
+                "PatchNCE (CUT Eq. 2-3 as in CDS, 256 locations, patch sizes 1 and 2, tau 0.07). lambda_cut 0 "
+                "is pix2pix-zero. Use DDIMInvert (ddim, cfg 1, noise_regularization) for the latent and sigmas, "
+                "DisableNoise, and the ddim/euler sampler; multistep samplers run as their first-order form."
+            ),
+            inputs=[
+                io.Model.Input("model", tooltip="The model to edit with (a patched clone is used; this one is not changed)."),
+                io.Conditioning.Input("positive", tooltip="The caption of the input image (CLIPTextEncode); the "
+                                      "reference pass uses it, the edit pass uses it plus the direction."),
+                io.Conditioning.Input("negative", tooltip="Negative conditioning of both passes; pix2pix-zero uses the caption again."),
+                EditDirectionType.Input("direction", tooltip="The EditDirection output (same checkpoint's CLIP)."),
+                io.Float.Input("cfg", default=5.0, min=1.0, max=30.0, step=0.1, round=0.01,
+                               tooltip="Classifier-free guidance of both passes (pix2pix-zero: 5)."),
+                io.Float.Input("lambda_xa", default=1.0, min=0.0, max=1000.0, step=0.01,
+                               tooltip="Weight of the cross-attention loss L_xa (pix2pix-zero: 1, its only term). "
+                                       "0 leaves the contrastive loss alone."),
+                io.Float.Input("lambda_cut", default=3.0, min=0.0, max=1000.0, step=0.01,
+                               tooltip="Weight of the PatchNCE loss on decoder self-attention outputs (CDS: w_cut 3; "
+                                       "zeroCon's value is unpublished). 0 is exactly pix2pix-zero."),
+                io.Float.Input("step_size", default=0.1, min=0.0, max=10.0, step=0.01,
+                               tooltip="SGD step size eta on x_t per guided step (pix2pix-zero: 0.1 real images, "
+                                       "0.15 synthetic). 0 turns guidance off."),
+                io.Int.Input("guidance_start_step", default=0, min=0, max=10000,
+                             tooltip="First guided step (0 = the first, most noisy step)."),
+                io.Int.Input("guidance_end_step", default=1000, min=0, max=10000,
+                             tooltip="Guidance stops before this step; values past the schedule guide to the end "
+                                     "(pix2pix-zero guides every step)."),
+                io.Int.Input("num_patches", default=256, min=1, max=4096,
+                             tooltip="PatchNCE locations per layer and patch size, shared by reference and edit (CDS: 256)."),
+                io.Float.Input("tau", default=0.07, min=0.001, max=10.0, step=0.001,
+                               tooltip="PatchNCE temperature (CUT / CDS: 0.07)."),
+                io.Boolean.Input("offload_to_cpu", default=False,
+                                 tooltip="Keep the recorded reference maps in CPU memory (half precision either way). "
+                                         "Saves GPU memory, costs a transfer per guided step."),
+            ],
+            outputs=[io.Guider.Output(display_name="GUIDER",
+                                      tooltip="For SamplerCustomAdvanced, with DDIMInvert's LATENT and SIGMAS and DisableNoise.")],
+        )
+
+    @classmethod
+    def execute(cls, model, positive, negative, direction, cfg, lambda_xa, lambda_cut, step_size,
+                guidance_start_step, guidance_end_step, num_patches, tau, offload_to_cpu) -> io.NodeOutput:
+        if not isinstance(direction, EditDirection):
+            raise InputError("direction: expected the DIRECTION output of Edit Direction")
+        host.check_sigma_space_model(model)
+        width = host.context_width(model)
+        family = host.model_family(model)
+        if width is not None and direction.width != width:
+            raise InputError(
+                f"direction: made by {direction.describe}, but this {family} model cross-attends to {width}-wide "
+                "text; build the direction with this checkpoint's CLIP"
+            )
+        uses_pooled = host.uses_pooled_text(model)
+        if uses_pooled and direction.pooled is None:
+            raise InputError(
+                f"direction: made by {direction.describe}, which does not match this {family} model's text "
+                "encoders; build the direction with this checkpoint's CLIP"
+            )
+        _check_conditioning(positive, "positive", width)
+        _check_conditioning(negative, "negative", width)
+        if guidance_end_step < guidance_start_step:
+            raise InputError(
+                f"guidance_end_step: {guidance_end_step} is before guidance_start_step {guidance_start_step}"
+            )
+        if tau <= 0:
+            raise InputError("tau: must be positive")
+
+        state = _GuidanceState(use_maps=lambda_xa > 0, use_features=lambda_cut > 0, num_patches=num_patches,
+                               tau=tau, offload=offload_to_cpu)
+        state.share_rows = _same_conditioning(positive, negative)
+        patched = host.differentiable_model(model)
+        cross_probe, self_probe = _CrossAttentionProbe(state), _SelfAttentionOutputProbe(state)
+        for block_name, number in host.attention_block_ids(patched):
+            patched.set_model_attn2_replace(cross_probe, block_name, number)
+        patched.set_model_attn1_output_patch(self_probe)
+        settings = GuidanceSettings(lambda_xa, lambda_cut, step_size, guidance_start_step, guidance_end_step)
+        conds = {"positive": _edited_conditioning(positive, direction, uses_pooled), "negative": negative, "reference": positive}
+        guider = host.make_stepwise_guider(patched, conds, cfg, TranslationProgram(state, settings))
+        return io.NodeOutput(guider)
