@@ -6,7 +6,7 @@ PORT ?= 8188
 CKPT ?=
 export CKPT
 
-.PHONY: setup test test-unit demo serve clean
+.PHONY: setup test test-unit demo serve bench clean
 
 setup:
 	@bash tools/setup.sh
@@ -22,6 +22,11 @@ demo: setup
 
 serve: setup
 	$(PY) tools/serve.py --port $(PORT)
+
+# Seconds per image, time per step and peak memory of every method against plain sampling in
+# the same run (bench/README.md). CPU: the small test models; CUDA: real SD1.5/SDXL sizes.
+bench: setup
+	$(PY) bench/run.py
 
 clean:
 	rm -rf .run out

@@ -1,0 +1,250 @@
+"""The benchmark cases: one small graph builder per method, registered in ``CASES``.
+
+A case builds the API-format graph a user runs for that method, from latents to latents (text
+encodings and loaded models are cached by ComfyUI between repeats, as in a real session; VAE
+encode/decode are left out: they cost the same with or without the method). Method settings are
+read from the shipped workflow (``workflows/api/<name>.json``) when it exists, so the bench times
+the defaults users get; step positions are scaled with the step count on small (CPU) profiles, as
+tools/demo.py's retarget does.
+
+Every case is compared with a plain sampling (stock ``SamplerCustom`` + ``euler``, same model,
+resolution and step count) run in the same process, interleaved with it. To add a method, write a
+``build_<method>(ctx, run)`` function and append a ``Case`` to ``CASES``.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Callable
+
+import harness
+
+WORKFLOWS = harness.REPO / "workflows" / "api"
+POSITIVE = "a photo of a red cat"
+NEGATIVE = ""
+
+
+@dataclass
+class Profile:
+    """Step counts of one run: the issue's on CUDA, scaled down for the small CPU models."""
+    steps: int                 # plain sampling / DDIMInvert / translation
+    appearance_steps: int      # the official 100
+    appearance_skip: int       # the official 32
+    repeats: int
+
+
+CUDA_PROFILE = Profile(steps=50, appearance_steps=100, appearance_skip=32, repeats=3)
+CPU_PROFILE = Profile(steps=6, appearance_steps=8, appearance_skip=3, repeats=3)
+
+
+@dataclass
+class Context:
+    model: str      # "sd15" / "sdxl"
+    ckpt: str       # checkpoint file name (in a registered checkpoints folder)
+    size: int       # px
+    profile: Profile
+
+
+@dataclass
+class Case:
+    name: str
+    title: str
+    build: Callable[[Context, int], dict]       # (ctx, run) -> API prompt with a Capture "out"
+    steps: Callable[[Context], int]             # sampler steps the result is normalised by
+    baseline: Callable[[Context], tuple[int, float]] | None  # (steps, cfg) of its plain sampling
+    requires: tuple[str, ...] = ()              # node classes that must be registered
+    notes: str = ""
+    small_default: bool = True                  # run on the small CPU profile unless named in --cases
+
+
+def workflow_inputs(workflow: str, class_type: str, index: int = 0) -> dict:
+    """Literal (non-link) inputs of the ``index``-th ``class_type`` node of a shipped workflow."""
+    path = WORKFLOWS / f"{workflow}.json"
+    if not path.exists():
+        return {}
+    graph = json.loads(path.read_text())
+    matches = [n for _, n in sorted(graph.items(), key=lambda kv: int(kv[0]) if kv[0].isdigit() else 0)
+               if n.get("class_type") == class_type]
+    if len(matches) <= index:
+        return {}
+    return {k: v for k, v in matches[index]["inputs"].items() if not isinstance(v, list)}
+
+
+def _scale_positions(inputs: dict, old_steps: int, new_steps: int) -> dict:
+    """Schedule positions (``*_step``) scaled from ``old_steps`` to ``new_steps`` (kept < new)."""
+    out = dict(inputs)
+    if old_steps == new_steps:
+        return out
+    for name, value in inputs.items():
+        if name.endswith("_step") and isinstance(value, int) and not isinstance(value, bool):
+            if 0 <= value < old_steps:
+                scaled = max(1, round(value * new_steps / old_steps)) if value > 0 else 0
+                out[name] = min(scaled, new_steps - 1)
+            else:  # "past the end" (e.g. adain_end_step 101 of 100) stays past the end
+                out[name] = new_steps + (value - old_steps)
+    return out
+
+
+def _base(ctx: Context) -> dict:
+    return {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ctx.ckpt}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": POSITIVE, "clip": ["1", 1]}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": NEGATIVE, "clip": ["1", 1]}},
+    }
+
+
+def _latent(ctx: Context, seed: int, run: int) -> dict:
+    return {"class_type": "BenchLatent", "inputs": {"width": ctx.size, "height": ctx.size, "seed": seed, "run": run}}
+
+
+# --- (1) plain sampling: the yardstick -------------------------------------------------------
+
+
+def build_plain(ctx: Context, run: int, steps: int, cfg: float) -> dict:
+    prompt = _base(ctx)
+    prompt.update({
+        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": ctx.size, "height": ctx.size, "batch_size": 1}},
+        "5": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
+        "6": {"class_type": "BasicScheduler", "inputs": {"model": ["1", 0], "scheduler": "normal", "steps": steps,
+                                                          "denoise": 1.0}},
+        "7": {"class_type": "SamplerCustom", "inputs": {
+            "model": ["1", 0], "add_noise": True, "noise_seed": run, "cfg": cfg, "positive": ["2", 0],
+            "negative": ["3", 0], "sampler": ["5", 0], "sigmas": ["6", 0], "latent_image": ["4", 0]}},
+        "8": {"class_type": "Capture", "inputs": {"key": "out", "value": ["7", 0]}},
+    })
+    return prompt
+
+
+def plain_name(steps: int, cfg: float) -> str:
+    return f"plain_{steps}steps_cfg{cfg:g}"
+
+
+# --- (2) DDIMInvert --------------------------------------------------------------------------
+
+
+def invert_inputs(ctx: Context) -> dict:
+    inputs = {"mode": "ddim", "steps": 50, "cfg": 1.0, "scheduler": "ddim_uniform", "skip_steps": 0, "seed": 0,
+              "noise_regularization": False, "lambda_ac": 20.0, "lambda_kl": 20.0, "regularization_steps": 5,
+              "auto_correlation_rolls": 5}
+    inputs.update(workflow_inputs("inversion_roundtrip", "DDIMInvert"))
+    inputs["steps"] = ctx.profile.steps
+    return inputs
+
+
+def build_ddim_invert(ctx: Context, run: int) -> dict:
+    prompt = _base(ctx)
+    prompt["4"] = _latent(ctx, 1, run)
+    prompt["5"] = {"class_type": "DDIMInvert", "inputs": {
+        **invert_inputs(ctx), "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent": ["4", 0]}}
+    prompt["6"] = {"class_type": "Capture", "inputs": {"key": "out", "value": ["5", 0]}}
+    return prompt
+
+
+# --- (3) appearance transfer (Eye-for-an-eye), end to end ------------------------------------
+
+
+def appearance_settings(ctx: Context) -> tuple[dict, dict, dict]:
+    """(DDIMInvert inputs, SemanticFeatureRearrange inputs, SamplerCustom inputs) of the shipped
+    workflow, at the profile's step count (official: 100 steps, skip 32)."""
+    p = ctx.profile
+    invert = {"mode": "edit_friendly_ddpm", "steps": 100, "cfg": 3.5, "scheduler": "ddim_uniform", "skip_steps": 32,
+              "seed": 0, "noise_regularization": False, "lambda_ac": 20.0, "lambda_kl": 20.0,
+              "regularization_steps": 5, "auto_correlation_rolls": 5}
+    invert.update(workflow_inputs("appearance_transfer", "DDIMInvert"))
+    old_steps = invert["steps"]
+    invert.update(steps=p.appearance_steps, skip_steps=p.appearance_skip)
+    rearrange = {"layers": "two_highest_decoder_levels", "strength": 1.0, "injection_start_step": 10,
+                 "injection_end_step": 70, "structure_interval": 5, "structure_end_step": 40,
+                 "adain_start_step": 49, "adain_end_step": 101, "restrict_to_reference_mask": False}
+    rearrange.update(workflow_inputs("appearance_transfer", "SemanticFeatureRearrange"))
+    rearrange = _scale_positions(rearrange, old_steps, p.appearance_steps)
+    sampler = {"add_noise": False, "noise_seed": 0, "cfg": 1.0}
+    sampler.update({k: v for k, v in workflow_inputs("appearance_transfer", "SamplerCustom").items() if k in sampler})
+    return invert, rearrange, sampler
+
+
+def build_appearance_transfer(ctx: Context, run: int) -> dict:
+    invert, rearrange, sampler = appearance_settings(ctx)
+    prompt = _base(ctx)
+    prompt["4"] = _latent(ctx, 1, run)   # reference
+    prompt["5"] = _latent(ctx, 2, run)   # target
+    common = {**invert, "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0]}
+    prompt["6"] = {"class_type": "DDIMInvert", "inputs": {**common, "latent": ["4", 0], "seed": 0}}
+    prompt["7"] = {"class_type": "DDIMInvert", "inputs": {**common, "latent": ["5", 0], "seed": 1}}
+    prompt["8"] = {"class_type": "SemanticFeatureRearrange", "inputs": {
+        **rearrange, "model": ["1", 0], "reference": ["6", 1], "target": ["7", 1]}}
+    prompt["9"] = {"class_type": "InversionReplaySampler", "inputs": {"inversion": ["7", 1], "exact_final_step": False}}
+    prompt["10"] = {"class_type": "SamplerCustom", "inputs": {
+        **sampler, "model": ["8", 0], "positive": ["2", 0], "negative": ["3", 0], "sampler": ["9", 0],
+        "sigmas": ["7", 2], "latent_image": ["7", 0]}}
+    prompt["11"] = {"class_type": "Capture", "inputs": {"key": "out", "value": ["10", 0]}}
+    return prompt
+
+
+def appearance_baseline(ctx: Context) -> tuple[int, float]:
+    invert, _, _ = appearance_settings(ctx)
+    return ctx.profile.appearance_steps, float(invert["cfg"])
+
+
+# --- (4) image translation (pix2pix-zeroCon): CutLossGuidance sampling from a cached inversion --
+
+
+def translation_settings(ctx: Context) -> tuple[dict, dict]:
+    direction = {"source": "cat", "target": "dog", "caption": POSITIVE, "multiplier": 1.0,
+                 "source_sentences": "", "target_sentences": ""}
+    direction.update(workflow_inputs("image_translation", "EditDirection"))
+    guidance = {"cfg": 5.0, "lambda_xa": 1.0, "lambda_cut": 3.0, "step_size": 0.1, "guidance_start_step": 0,
+                "guidance_end_step": 1000, "num_patches": 256, "tau": 0.07, "offload_to_cpu": False}
+    guidance.update(workflow_inputs("image_translation", "CutLossGuidance"))
+    return direction, guidance
+
+
+def build_translation(ctx: Context, run: int) -> dict:
+    """The inversion is cached (its inputs do not change between repeats): the figure is the
+    guided sampling alone, which is what the CutLossGuidance target is about."""
+    direction, guidance = translation_settings(ctx)
+    prompt = _base(ctx)
+    prompt["4"] = _latent(ctx, 1, 0)
+    prompt["5"] = {"class_type": "DDIMInvert", "inputs": {
+        **invert_inputs(ctx), "mode": "ddim", "cfg": 1.0, "skip_steps": 0,
+        "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent": ["4", 0]}}
+    prompt["6"] = {"class_type": "BenchTouch", "inputs": {"latent": ["5", 0], "run": run}}
+    prompt["7"] = {"class_type": "EditDirection", "inputs": {**direction, "clip": ["1", 1]}}
+    prompt["8"] = {"class_type": "CutLossGuidance", "inputs": {
+        **guidance, "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "direction": ["7", 0]}}
+    prompt["9"] = {"class_type": "DisableNoise", "inputs": {}}
+    prompt["10"] = {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "ddim"}}
+    prompt["11"] = {"class_type": "SamplerCustomAdvanced", "inputs": {
+        "noise": ["9", 0], "guider": ["8", 0], "sampler": ["10", 0], "sigmas": ["5", 2], "latent_image": ["6", 0]}}
+    prompt["12"] = {"class_type": "Capture", "inputs": {"key": "out", "value": ["11", 0]}}
+    return prompt
+
+
+def translation_baseline(ctx: Context) -> tuple[int, float]:
+    return ctx.profile.steps, float(translation_settings(ctx)[1]["cfg"])
+
+
+# --- the registry ----------------------------------------------------------------------------
+
+CASES: list[Case] = [
+    Case("ddim_invert", "DDIMInvert (ddim, cfg 1, as the round-trip workflow)", build_ddim_invert,
+         steps=lambda ctx: ctx.profile.steps, baseline=lambda ctx: (ctx.profile.steps, 1.0),
+         requires=("DDIMInvert",)),
+    Case("appearance_transfer", "Appearance transfer end to end (2 edit-friendly inversions + patched replay)",
+         build_appearance_transfer, steps=lambda ctx: ctx.profile.appearance_steps, baseline=appearance_baseline,
+         requires=("DDIMInvert", "SemanticFeatureRearrange", "InversionReplaySampler"),
+         notes="baseline: one plain sampling with the workflow's steps (100 on CUDA) and its inversion cfg (3.5)"),
+    Case("translation", "CutLossGuidance sampling (pix2pix-zeroCon), inversion cached", build_translation,
+         steps=lambda ctx: ctx.profile.steps, baseline=translation_baseline,
+         requires=("EditDirection", "CutLossGuidance"), small_default=False,
+         notes="on the CPU profile only with --cases translation: its backward passes take minutes there"),
+    # analogy (DeltaInterpolationTrainer): not yet a case: its target compares with a plain PyTorch
+    # training loop of the same loss, which has to be written with it.
+]
+
+
+def available(case: Case) -> tuple[bool, str]:
+    import nodes
+
+    missing = [n for n in case.requires if n not in nodes.NODE_CLASS_MAPPINGS]
+    return (not missing, f"node(s) {', '.join(missing)} not registered" if missing else "")
