@@ -6,13 +6,19 @@ PORT ?= 8188
 CKPT ?=
 export CKPT
 
-.PHONY: setup test test-unit demo serve bench clean
+.PHONY: setup test test-unit test-browser demo serve bench clean
 
 setup:
 	@bash tools/setup.sh
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not browser"
+
+# ComfyUI's real frontend in headless Chromium: opens every shipped workflow from the template
+# browser, runs it on the test checkpoint, saves docs/screenshots/<workflow>.png.
+test-browser:
+	@bash tools/setup.sh --browser
+	EXEMPLAR_BROWSER_REQUIRED=1 $(PY) -m pytest -q tests/browser
 
 test-unit: setup
 	$(PY) -m pytest -q tests/unit

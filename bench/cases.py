@@ -163,8 +163,9 @@ def appearance_settings(ctx: Context) -> tuple[dict, dict, dict]:
     return invert, rearrange, sampler
 
 
-def build_appearance_transfer(ctx: Context, run: int) -> dict:
+def build_appearance_transfer(ctx: Context, run: int, feature_source: str = "replayed_each_step") -> dict:
     invert, rearrange, sampler = appearance_settings(ctx)
+    rearrange["feature_source"] = feature_source
     prompt = _base(ctx)
     prompt["4"] = _latent(ctx, 1, run)   # reference
     prompt["5"] = _latent(ctx, 2, run)   # target
@@ -173,6 +174,8 @@ def build_appearance_transfer(ctx: Context, run: int) -> dict:
     prompt["7"] = {"class_type": "DDIMInvert", "inputs": {**common, "latent": ["5", 0], "seed": 1}}
     prompt["8"] = {"class_type": "SemanticFeatureRearrange", "inputs": {
         **rearrange, "model": ["1", 0], "reference": ["6", 1], "target": ["7", 1]}}
+    if feature_source == "collected_from_inversion":
+        prompt["8"]["inputs"]["positive"] = ["2", 0]
     prompt["9"] = {"class_type": "InversionReplaySampler", "inputs": {"inversion": ["7", 1], "exact_final_step": False}}
     prompt["10"] = {"class_type": "SamplerCustom", "inputs": {
         **sampler, "model": ["8", 0], "positive": ["2", 0], "negative": ["3", 0], "sampler": ["9", 0],
@@ -234,6 +237,13 @@ CASES: list[Case] = [
          build_appearance_transfer, steps=lambda ctx: ctx.profile.appearance_steps, baseline=appearance_baseline,
          requires=("DDIMInvert", "SemanticFeatureRearrange", "InversionReplaySampler"),
          notes="baseline: one plain sampling with the workflow's steps (100 on CUDA) and its inversion cfg (3.5)"),
+    Case("appearance_collected", "Appearance transfer end to end, features collected once from the inversions "
+         "(feature_source collected_from_inversion)",
+         lambda ctx, run: build_appearance_transfer(ctx, run, "collected_from_inversion"),
+         steps=lambda ctx: ctx.profile.appearance_steps, baseline=appearance_baseline,
+         requires=("DDIMInvert", "SemanticFeatureRearrange", "InversionReplaySampler"),
+         notes="same graph as appearance_transfer; reference/structure features from one conditional evaluation "
+               "per injected step instead of two extra batch rows per step"),
     Case("translation", "CutLossGuidance sampling (pix2pix-zeroCon), inversion cached", build_translation,
          steps=lambda ctx: ctx.profile.steps, baseline=translation_baseline,
          requires=("EditDirection", "CutLossGuidance"), small_default=False,

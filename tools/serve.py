@@ -13,6 +13,10 @@ The base directory (ComfyUI's ``--base-directory``) gets:
 Then it runs ``<host>/main.py --cpu --listen 127.0.0.1 ...`` in the foreground, checks that the
 pack imported and that its nodes are in ``/object_info``, and exits non-zero if not.
 
+The browser page is ComfyUI's real frontend when ``comfyui-frontend-package`` is installed in the
+server's Python (``bash tools/setup.sh --browser``); otherwise a placeholder page
+(``--front-end-root``), and only the HTTP API is of use.
+
 Importable: :func:`running_server` starts the same server on a free port in the background::
 
     with running_server(ckpts=[...]) as url:   # url == "http://127.0.0.1:PORT"
@@ -48,6 +52,7 @@ import comfy_host  # noqa: E402
 PACK_DIR_NAME = "exemplar_edit"
 PACK_CATEGORY = "Exemplar Edit"
 CHECKPOINT_CACHE = REPO / ".cache" / "checkpoints"
+CLIP_CACHE = REPO / ".cache" / "clip"
 DEFAULT_BASE = REPO / ".run" / "serve"
 MODEL_SUFFIXES = {".safetensors", ".ckpt", ".pt", ".pth", ".sft", ".bin"}
 
@@ -170,6 +175,11 @@ def prepare_base(base: str | os.PathLike, ckpts: Iterable[str | os.PathLike] = (
             entry.unlink()
     for name, src in wanted.items():
         _link(src.resolve(), ckpt_dir / name)
+    if use_cache:  # the test CLIP (both towers): a CLIP vision model and an alignment text encoder
+        for clip_file in sorted(CLIP_CACHE.glob("*.safetensors")):
+            for kind in ("clip_vision", "text_encoders"):
+                (base / "models" / kind).mkdir(parents=True, exist_ok=True)
+                _link(clip_file.resolve(), base / "models" / kind / clip_file.name)
     return base
 
 
@@ -435,6 +445,9 @@ def main(argv: list[str] | None = None) -> int:
                 nodes = verify_pack(url, "\n".join(log_lines), not args.no_require_pack)
                 print(f"[serve] Exemplar Edit loaded: {len(nodes)} nodes ({', '.join(nodes)}). "
                       f"Serving {url}; Ctrl-C stops.", flush=True)
+                if "--front-end-root" in cmd:
+                    print("[serve] API only: comfyui-frontend-package is not installed, so the browser page is a "
+                          "placeholder (bash tools/setup.sh --browser installs the frontend)", flush=True)
             except ServerError as exc:
                 print(f"\n[serve] ERROR: {exc}", file=sys.stderr, flush=True)
                 status = 1
