@@ -239,7 +239,8 @@ CASES: list[Case] = [
          notes="baseline: one plain sampling with the workflow's steps (100 on CUDA) and its inversion cfg (3.5)"),
     Case("appearance_collected", "Appearance transfer end to end, features collected once from the inversions "
          "(feature_source collected_from_inversion)",
-         lambda ctx, run: build_appearance_transfer(ctx, run, "collected_from_inversion"),
+         # its own run numbers: equal inputs would let ComfyUI's cache reuse appearance_transfer's inversions
+         lambda ctx, run: build_appearance_transfer(ctx, run + 100_000, "collected_from_inversion"),
          steps=lambda ctx: ctx.profile.appearance_steps, baseline=appearance_baseline,
          requires=("DDIMInvert", "SemanticFeatureRearrange", "InversionReplaySampler"),
          notes="same graph as appearance_transfer; reference/structure features from one conditional evaluation "
