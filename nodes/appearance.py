@@ -57,7 +57,7 @@ class AppearanceTransferPatch:
         self.strength = strength
         self.restrict_to_reference_mask = restrict_to_reference_mask
         self.chunk_size = chunk_size
-        self._token_masks: dict[tuple[int, int], list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        self._token_masks: dict[tuple, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self._reset()
 
     def __deepcopy__(self, memo):  # ComfyUI 0.3.75 deep-copies model_options on every clone
@@ -144,10 +144,13 @@ class AppearanceTransferPatch:
 
     # --- 2. attn1 patch: rearrange the output's norm1 features ---------------------------------
 
-    def _layer_masks(self, hw: tuple[int, int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        if hw not in self._token_masks:
-            self._token_masks[hw] = [(corr.resize_mask(t, hw), corr.resize_mask(r, hw)) for t, r in self.masks]
-        return self._token_masks[hw]
+    def _layer_masks(self, hw: tuple[int, int], device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The masks resized to a token grid, made once per grid and device (not per layer call)."""
+        key = (hw, str(device))
+        if key not in self._token_masks:
+            self._token_masks[key] = [(corr.resize_mask(t, hw).to(device), corr.resize_mask(r, hw).to(device))
+                                      for t, r in self.masks]
+        return self._token_masks[key]
 
     def attn1_patch(self, n, context, value, extra_options):
         rows = extra_options.get(_LAYOUT_KEY)
@@ -161,7 +164,7 @@ class AppearanceTransferPatch:
         per_chunk = n.shape[0] // len(cond_or_uncond)
         hw = tuple(int(s) for s in extra_options["activations_shape"][-2:])
         structure = self.schedule.takes_structure(step)
-        masks = self._layer_masks(hw)
+        masks = self._layer_masks(hw, n.device)
         new = n.clone()
         for chunk, kind in enumerate(cond_or_uncond):
             if kind != 0:  # the unconditional branch is left unrearranged
@@ -180,12 +183,10 @@ class AppearanceTransferPatch:
         return new, new, new
 
     def _rearranged(self, out_feat, ref_feat, masks):
-        device = out_feat.device
         if len(masks) > 1:
-            pairs = [(t.to(device), r.to(device)) for t, r in masks]
-            indices, valid = corr.semantic_nearest_neighbours_pairs(out_feat, ref_feat, pairs, self.chunk_size)
+            indices, valid = corr.semantic_nearest_neighbours_pairs(out_feat, ref_feat, masks, self.chunk_size)
         else:
-            out_mask, ref_mask = (m.to(device) for m in masks[0]) if masks else (None, None)
+            out_mask, ref_mask = masks[0] if masks else (None, None)
             indices, valid = corr.semantic_nearest_neighbours(
                 out_feat, ref_feat, out_mask, ref_mask, chunk_size=self.chunk_size,
                 restrict_to_ref_mask=self.restrict_to_reference_mask,
@@ -238,9 +239,8 @@ class AppearanceTransferPatch:
             if not self.masks:
                 aligned.append(corr.adain(latent, reference))
                 continue
-            for target_mask, reference_mask in self._layer_masks(hw):
-                latent = corr.masked_adain(latent, reference, target_mask.to(x.device).view(hw),
-                                           reference_mask.to(x.device).view(hw))
+            for target_mask, reference_mask in self._layer_masks(hw, x.device):
+                latent = corr.masked_adain(latent, reference, target_mask.view(hw), reference_mask.view(hw))
             aligned.append(latent)
         return torch.stack(aligned)
 

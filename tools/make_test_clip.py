@@ -32,6 +32,22 @@ def _randn(name, shape, std):
     return torch.empty(tuple(shape)).normal_(0.0, std, generator=g)
 
 
+def build_text_tower() -> dict:
+    """CLIP-L's text tower, identical to test_sd15's (same names -> same generators), plus a
+    random ``text_projection``: an alignment text encoder for the image-analogy trainer."""
+    import make_test_checkpoints as mk
+    mk.import_host()
+    import comfy.sd1_clip
+
+    shapes = mk.meta_state_dict(lambda: comfy.sd1_clip.SD1ClipModel())
+    shapes = {k: v for k, v in shapes.items() if ".text_projection." not in k and "logit_scale" not in k}
+    clip = mk.build_clip_text(shapes, 12)
+    prefix = "clip_l.transformer."
+    out = {k[len(prefix):]: v for k, v in clip.items() if k.startswith(prefix)}
+    out["text_projection.weight"] = _randn("text_projection.weight", (768, 768), 1 / math.sqrt(768)).half()
+    return out
+
+
 def build() -> dict:
     import make_test_checkpoints as mk
     mk.import_host()
@@ -40,13 +56,7 @@ def build() -> dict:
     import comfy.sd1_clip
     import json
 
-    # text tower: identical to test_sd15's CLIP-L (same names -> same generators), plus a projection
-    shapes = mk.meta_state_dict(lambda: comfy.sd1_clip.SD1ClipModel())
-    shapes = {k: v for k, v in shapes.items() if ".text_projection." not in k and "logit_scale" not in k}
-    clip = mk.build_clip_text(shapes, 12)
-    prefix = "clip_l.transformer."
-    out = {k[len(prefix):]: v for k, v in clip.items() if k.startswith(prefix)}
-    out["text_projection.weight"] = _randn("text_projection.weight", (768, 768), 1 / math.sqrt(768)).half()
+    out = build_text_tower()
     # vision tower: ComfyUI's ViT-L/14 config, fan-in scaled random, LayerNorm weights 1
     cfg = json.load(open(Path(comfy.clip_vision.__file__).parent / "clip_vision_config_vitl.json"))
     with torch.device("meta"):

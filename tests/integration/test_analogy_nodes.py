@@ -9,7 +9,6 @@ import math
 import shutil
 import tempfile
 import time
-import zlib
 from pathlib import Path
 
 import pytest
@@ -43,27 +42,15 @@ _host.add_model_folder("text_encoders", str(TEXT_ENCODERS))
 
 
 
-SEED = 5_000_011
-
-
-def _randn(name: str, shape, std: float) -> torch.Tensor:
-    g = torch.Generator().manual_seed(SEED + zlib.crc32(name.encode()))
-    return torch.empty(tuple(shape)).normal_(0.0, std, generator=g)
+from make_test_clip import _randn  # noqa: E402  (same seeded generator as the e2e test CLIP)
 
 
 def write_alignment_text_encoder(path: Path) -> Path:
-    import make_test_checkpoints as mk  # tools/ is on sys.path (pack_testing)
-    import comfy.sd1_clip
+    import make_test_clip  # tools/ is on sys.path (pack_testing): the builder of the e2e test CLIP
     from safetensors.torch import save_file
 
-    shapes = mk.meta_state_dict(lambda: comfy.sd1_clip.SD1ClipModel())
-    shapes = {k: v for k, v in shapes.items() if ".text_projection." not in k and "logit_scale" not in k}
-    clip = mk.build_clip_text(shapes, 12)
-    prefix = "clip_l.transformer."
-    tensors = {k[len(prefix):]: v for k, v in clip.items() if k.startswith(prefix)}
-    tensors["text_projection.weight"] = _randn("text_projection.weight", (768, 768), 1.0 / math.sqrt(768)).half()
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
+    save_file({k: v.contiguous() for k, v in make_test_clip.build_text_tower().items()}, str(path))
     return path
 
 
