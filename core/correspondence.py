@@ -29,7 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import math
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -231,36 +231,67 @@ def rearrange_features(
 # --- AdaIN on latents ------------------------------------------------------------------------
 
 
+class PixelSelection(NamedTuple):
+    """The pixels whose statistics masked AdaIN takes: the float weight ``w = 1[M >= threshold]``
+    (``[HW]``) and their number ``n`` as a host int, so using a selection never reads the device."""
+
+    weight: torch.Tensor
+    count: int
+
+
+def pixel_selection(mask: torch.Tensor, stats_threshold: float = 1.0) -> PixelSelection:
+    """``w = 1[mask >= stats_threshold]`` and ``n = sum(w)`` for :func:`channel_mean_std`.
+
+    Reading ``n`` back is one device-to-host copy, so make selections where the masks are prepared,
+    not per step. Raises ValueError when fewer than two pixels are selected (the unbiased variance
+    needs two; the official code would return NaN there).
+    """
+    selected = mask.reshape(-1) >= stats_threshold
+    count = int(selected.sum())
+    if count < 2:
+        raise ValueError(f"AdaIN mask selects {count} pixel(s) at value >= {stats_threshold}; at least 2 are needed")
+    return PixelSelection(selected.float(), count)
+
+
 def channel_mean_std(
     feat: torch.Tensor,
     mask: Optional[torch.Tensor] = None,
     eps: float = 1e-5,
     stats_threshold: float = 1.0,
+    selection: Optional[PixelSelection] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and std of ``feat`` ``[C, ...]`` (``calc_mean_std`` of utils/adain.py).
+    """Per-channel mean and std of ``feat`` ``[C, ...]`` (``calc_mean_std`` of utils/adain.py), the
+    mu and sigma of AdaIN (Huang & Belongie 2017, Eq. 8):
 
-    ``std = sqrt(var + eps)`` with the unbiased variance (``Tensor.var``), over all pixels, or
-    with a mask over the pixels where ``mask >= stats_threshold``. The official code uses
-    ``mask == 1``, which is the same for masks in [0, 1] and the default threshold. The results
-    are shaped ``[C, 1, ...]`` to broadcast over ``feat``.
+        mu = sum_i w_i x_i / n,    sigma = sqrt(sum_i w_i (x_i - mu)^2 / (n - 1) + eps),
+
+    the unbiased variance (``Tensor.var``) over the pixels with ``w_i = 1``. Without a mask, over all
+    pixels (``w = 1``, ``n = HW``). With a mask, over the pixels where ``mask >= stats_threshold``;
+    the official code uses ``mask == 1``, which is the same for masks in [0, 1] and the default
+    threshold. The weighted sums need no boolean gather and no host read; only making the selection
+    from ``mask`` reads ``n`` (see :func:`pixel_selection`), so pass a precomputed ``selection``
+    (then ``mask`` and ``stats_threshold`` are ignored) to stay sync-free. The results are shaped
+    ``[C, 1, ...]`` to broadcast over ``feat``.
 
     Raises ValueError when the mask selects fewer than two pixels. The official code would
     return NaN there.
     """
     channels = feat.shape[0]
     flat = feat.reshape(channels, -1)
-    if mask is not None:
-        selected = _mask_tokens(mask, flat.shape[1], "AdaIN mask").to(feat.device) >= stats_threshold
-        count = int(selected.sum())
-        if count < 2:
-            raise ValueError(
-                f"AdaIN mask selects {count} pixel(s) at value >= {stats_threshold}; at least 2 are needed"
-            )
-        flat = flat[:, selected]
+    if selection is None and mask is not None:
+        selection = pixel_selection(_mask_tokens(mask, flat.shape[1], "AdaIN mask"), stats_threshold)
+    if selection is None:
+        weight, count = None, flat.shape[1]
+    else:
+        weight = _mask_tokens(selection.weight, flat.shape[1], "AdaIN selection").to(flat.device, flat.dtype)
+        count = selection.count
+    mean = (flat if weight is None else flat * weight).sum(dim=1, keepdim=True) / count
+    squares = (flat - mean).square()
+    if weight is not None:
+        squares = squares * weight
     stat_shape = (channels,) + (1,) * (feat.ndim - 1)
-    std = (flat.var(dim=1) + eps).sqrt().view(stat_shape)
-    mean = flat.mean(dim=1).view(stat_shape)
-    return mean, std
+    std = (squares.sum(dim=1) / (count - 1) + eps).sqrt().view(stat_shape)
+    return mean.view(stat_shape), std
 
 
 def adain(content: torch.Tensor, style: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -282,6 +313,9 @@ def masked_adain(
     style_mask: torch.Tensor,
     eps: float = 1e-5,
     stats_threshold: float = 1.0,
+    *,
+    content_selection: Optional[PixelSelection] = None,
+    style_selection: Optional[PixelSelection] = None,
 ) -> torch.Tensor:
     """Masked AdaIN (``masked_adain`` of utils/adain.py; Eye-for-an-eye's colour alignment of
     z_out to z_ref, applied to the latent after each late step):
@@ -292,12 +326,14 @@ def masked_adain(
 
     ``content`` and ``style`` are ``[C, H, W]`` (any ``[C, ...]``). The masks have ``H*W``
     values each, e.g. ``[H, W]`` masks from :func:`resize_mask` reshaped to the latent grid.
-    Statistics use the pixels with ``mask >= stats_threshold`` (the official ``== 1``).
+    Statistics use the pixels with ``mask >= stats_threshold`` (the official ``== 1``), or the
+    precomputed ``content_selection`` / ``style_selection`` of :func:`pixel_selection`, which keep
+    this function free of host reads (per step, call it with selections made once).
     """
     if content.shape[0] != style.shape[0]:
         raise ValueError(f"channel mismatch: {content.shape[0]} vs {style.shape[0]}")
-    style_mean, style_std = channel_mean_std(style, style_mask, eps, stats_threshold)
-    content_mean, content_std = channel_mean_std(content, content_mask, eps, stats_threshold)
+    style_mean, style_std = channel_mean_std(style, style_mask, eps, stats_threshold, style_selection)
+    content_mean, content_std = channel_mean_std(content, content_mask, eps, stats_threshold, content_selection)
     normalized = (content - content_mean) / content_std
     stylized = normalized * style_std + style_mean
     blend = _mask_tokens(content_mask, content[0].numel(), "content mask").to(content.device)

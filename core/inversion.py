@@ -40,9 +40,12 @@ EDIT_FRIENDLY_DDPM = "edit_friendly_ddpm"
 MODES = (DDIM, EDIT_FRIENDLY_DDPM)
 
 
-def _per_sample(value: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
-    """A sigma (scalar or ``[batch]``) shaped to broadcast over ``like``."""
-    value = torch.as_tensor(value, dtype=like.dtype, device=like.device)
+def _per_sample(value: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor | float:
+    """A sigma (scalar or ``[batch]``) shaped to broadcast over ``like``. A Python number stays one:
+    it broadcasts as it is, where a tensor made of it would be a (blocking) upload to the device."""
+    if not isinstance(value, torch.Tensor):
+        return float(value)
+    value = value.to(dtype=like.dtype, device=like.device)
     if value.ndim == 0:
         return value
     return value.reshape(value.shape[:1] + (1,) * (like.ndim - 1))
@@ -226,7 +229,7 @@ def invert_ddim(
     sqrt(sigma^2 + 1)`` for SD), used to relabel the latent. Optionally each eps is regularised
     as in pix2pix-zero. Returns the latents from ``sigmas[start_step]`` down to the clean input.
     """
-    levels = [float(s) for s in sigmas[start_step:].flip(0)]  # 0, s_{N-1}, ..., s_start
+    levels = sigmas[start_step:].flip(0).tolist()  # 0, s_{N-1}, ..., s_start
     x = x0
     trajectory = [x0]
     for i, (sigma_from, sigma_to) in enumerate(zip(levels[:-1], levels[1:])):
@@ -258,7 +261,7 @@ def invert_edit_friendly(
     ``start_step`` on extracts the noise map that makes the DDPM step hit the sampled x_{t-1}
     exactly (Eq. 5). Returns ``(latents, noise_maps)`` as stored in :class:`Inversion`.
     """
-    levels = [float(s) for s in sigmas]
+    levels = sigmas.tolist()
     noisy = sample_edit_friendly_trajectory(x0, levels[:-1], generator)
     latents = noisy[start_step:] + [x0]
     noise_maps = []

@@ -407,9 +407,9 @@ class ReferenceStore:
 
     def _keep(self, t: torch.Tensor) -> torch.Tensor:
         t = t.detach()
-        if self.offload:
-            t = t.to("cpu")
-        return t.to(self.dtype).clone()
+        if self.offload and t.device.type != "cpu":
+            return t.to(self.dtype).to("cpu")  # cast on the device first: half the bytes to copy over
+        return t.to(self.dtype, copy=True)
 
     def clear(self) -> None:
         self._maps.clear()
@@ -426,11 +426,23 @@ class ReferenceStore:
         return self._maps[(step, role, layer)].to(device=like.device, dtype=like.dtype)
 
     def patch_ids(self, step: int, layer) -> Optional[list[torch.Tensor]]:
+        """The stored locations themselves (callers only index with them, never write to them)."""
         ids = self._ids.get((step, layer))
-        return None if ids is None else [i.clone() for i in ids]
+        return None if ids is None else list(ids)
 
-    def put_patch_ids(self, step: int, layer, ids: list[torch.Tensor]) -> None:
-        self._ids[(step, layer)] = [i.to("cpu") for i in ids]
+    def put_patch_ids(
+        self, step: int, layer, ids: list[torch.Tensor], device: torch.device | str | None = None
+    ) -> None:
+        """Keeps ``ids`` as int64 on ``device`` (the features' device; default: where they are), so
+        that :func:`sample_patch_features` indexes with them without a copy in every layer call.
+        Locations are kept on that device even with ``offload``: a few hundred integers. The copies
+        are made outside inference mode: a recording pass under ``torch.inference_mode`` may put
+        them, and a differentiable pass indexes with them (autograd saves the index)."""
+        with torch.inference_mode(False):
+            self._ids[(step, layer)] = [
+                i.to(device=i.device if device is None else device, dtype=torch.long, non_blocking=True, copy=True)
+                for i in ids
+            ]
 
     def has_samples(self, step: int, role: str, layer) -> bool:
         return (step, role, layer) in self._samples

@@ -58,6 +58,10 @@ class AppearanceTransferPatch:
         self.restrict_to_reference_mask = restrict_to_reference_mask
         self.chunk_size = chunk_size
         self._token_masks: dict[tuple, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        self._adain_masks_cache: dict[tuple, list[tuple]] = {}
+        self._target_sigmas: list[float] = target.sigmas.tolist()  # host copy: matching needs no tensor reads
+        self._run_sigmas: Optional[torch.Tensor] = None  # the sampler's sample_sigmas, held so identity is safe
+        self._run_first_sigma = math.nan
         self._reset()
 
     def __deepcopy__(self, memo):  # ComfyUI 0.3.75 deep-copies model_options on every clone
@@ -68,24 +72,41 @@ class AppearanceTransferPatch:
         self._predictions: dict[int, torch.Tensor] = {}  # cond_or_uncond -> branch x0 [2, C, h, w]
         self._step: Optional[int] = None
         self._awaiting_step_hook = False
+        self._uploads: dict[tuple, torch.Tensor] = {}  # (name, device) -> fixed inversion data on the device
 
     # --- schedule bookkeeping -----------------------------------------------------------------
 
     def _global_index(self, sigma: float) -> int:
-        sigmas = self.target.sigmas
+        sigmas = self._target_sigmas
         for index in range(self.target.start_step, len(sigmas) - 1):
-            if math.isclose(float(sigmas[index]), sigma, rel_tol=1e-4, abs_tol=1e-6):
+            if math.isclose(sigmas[index], sigma, rel_tol=1e-4, abs_tol=1e-6):
                 return index
         raise InputError(
             "sigmas: the sampler's schedule does not follow the target inversion's; connect the target "
             "DDIMInvert's SIGMAS output to the sampler"
         )
 
+    def _first_sample_sigma(self, sample_sigmas: torch.Tensor) -> float:
+        """``sample_sigmas[0]``, read to the host once per sampling run (every call of a run gets the
+        same tensor) instead of once per UNet call."""
+        if sample_sigmas is not self._run_sigmas:
+            self._run_sigmas, self._run_first_sigma = sample_sigmas, sample_sigmas[0].item()
+        return self._run_first_sigma
+
+    def _uploaded(self, name: str, tensors: list[torch.Tensor], device) -> torch.Tensor:
+        """``[t[0] for t in tensors]`` stacked on ``device``: uploaded on first use in a sampling run,
+        then indexed there, so no step blocks on a host-to-device copy."""
+        key = (name, str(device))
+        if key not in self._uploads:
+            self._uploads[key] = torch.stack([t[0] for t in tensors]).to(device)
+        return self._uploads[key]
+
     def _branch_latents(self, step: int, device, dtype) -> torch.Tensor:
         if step not in self._branches:
             if step >= len(self.target.latents) - 1:
                 raise InputError("sigmas: the sampler went past the target inversion's schedule")
-            self._branches[step] = torch.stack([self.reference.latents[step][0], self.target.latents[step][0]])
+            pair = torch.stack([self.reference.latents[step][0], self.target.latents[step][0]])
+            self._branches[step] = pair.to(device)  # one upload per run; later steps are made on the device
         return self._branches[step].to(device=device, dtype=dtype)
 
     # --- 1. apply-model wrapper: append the reference and structure branches to every chunk ----
@@ -96,9 +117,12 @@ class AppearanceTransferPatch:
         cond_or_uncond = list(transformer_options["cond_or_uncond"])
         chunks = len(cond_or_uncond)
         rows = x.shape[0] // chunks
-        step = self._global_index(float(sigma[0])) - self.target.start_step
+        sigma_value = sigma[0].item()  # the call's only host read
+        step = self._global_index(sigma_value) - self.target.start_step
         sample_sigmas = transformer_options.get("sample_sigmas")
-        if sample_sigmas is not None and math.isclose(float(sample_sigmas[0]), float(sigma[0]), rel_tol=1e-6):
+        first = sample_sigmas is not None and math.isclose(self._first_sample_sigma(sample_sigmas), sigma_value,
+                                                           rel_tol=1e-6)
+        if first:
             if self._step != step:
                 self._reset()
         elif self._awaiting_step_hook and step != self._step:
@@ -152,6 +176,18 @@ class AppearanceTransferPatch:
                                       for t, r in self.masks]
         return self._token_masks[key]
 
+    def _adain_masks(self, hw: tuple[int, int], device) -> list[tuple]:
+        """``(target_mask, reference_mask, target_pixels, reference_pixels)`` per pair on the latent grid,
+        made once per grid and device: the pixel counts (and their at-least-2 check) are read back
+        here, so masked AdaIN at each step needs no host read."""
+        key = (hw, str(device))
+        if key not in self._adain_masks_cache:
+            self._adain_masks_cache[key] = [
+                (t.view(hw), r.view(hw), corr.pixel_selection(t), corr.pixel_selection(r))
+                for t, r in self._layer_masks(hw, device)
+            ]
+        return self._adain_masks_cache[key]
+
     def attn1_patch(self, n, context, value, extra_options):
         rows = extra_options.get(_LAYOUT_KEY)
         block = extra_options.get("block")
@@ -183,12 +219,14 @@ class AppearanceTransferPatch:
         return new, new, new
 
     def _rearranged(self, out_feat, ref_feat, masks):
+        # fp16 cosines on CUDA (core casts after normalising): a near-tie may flip an argmax. CPU: unchanged.
+        dtype = torch.float16 if out_feat.is_cuda else None
         if len(masks) > 1:
-            indices, valid = corr.semantic_nearest_neighbours_pairs(out_feat, ref_feat, masks, self.chunk_size)
+            indices, valid = corr.semantic_nearest_neighbours_pairs(out_feat, ref_feat, masks, self.chunk_size, dtype)
         else:
             out_mask, ref_mask = masks[0] if masks else (None, None)
             indices, valid = corr.semantic_nearest_neighbours(
-                out_feat, ref_feat, out_mask, ref_mask, chunk_size=self.chunk_size,
+                out_feat, ref_feat, out_mask, ref_mask, chunk_size=self.chunk_size, dtype=dtype,
                 restrict_to_ref_mask=self.restrict_to_reference_mask,
             )
         return corr.rearrange_features(out_feat, ref_feat, indices, valid, self.strength)
@@ -208,13 +246,14 @@ class AppearanceTransferPatch:
         scale = float(args["cond_scale"])
         x0 = cond if uncond is None else uncond + scale * (cond - uncond)
         index = self.target.start_step + step
-        sigma_t, sigma_s = float(self.target.sigmas[index]), float(self.target.sigmas[index + 1])
+        sigma_t, sigma_s = self._target_sigmas[index], self._target_sigmas[index + 1]
         current = self._branch_latents(step, x0.device, x0.dtype)
         stepped = []
         for b, inversion in enumerate((self.reference, self.target)):
             noise_map = None
             if inversion.noise_maps is not None:
-                noise_map = inversion.noise_maps[index - inversion.start_step][0].to(x0.device, x0.dtype)
+                noise_maps = self._uploaded(f"noise_maps_{b}", inversion.noise_maps, x0.device)
+                noise_map = noise_maps[index - inversion.start_step].to(x0.dtype)
             stepped.append(inv.replay_step(current[b], x0[b], sigma_t, sigma_s, noise_map, True))
         self._branches[step + 1] = torch.stack(stepped)
         self._predictions = {}
@@ -226,7 +265,8 @@ class AppearanceTransferPatch:
         if self._step is None or not self.schedule.aligns_colour(self._step):
             return x
         if self.feature_source == FROM_INVERSION:
-            reference = self.reference.latents[min(self._step + 1, len(self.reference.latents) - 1)][0]
+            latents = self._uploaded("reference_latents", self.reference.latents, x.device)
+            reference = latents[min(self._step + 1, len(self.reference.latents) - 1)]
         else:
             reference = self._branches.get(self._step + 1)
             if reference is None:
@@ -239,8 +279,9 @@ class AppearanceTransferPatch:
             if not self.masks:
                 aligned.append(corr.adain(latent, reference))
                 continue
-            for target_mask, reference_mask in self._layer_masks(hw, x.device):
-                latent = corr.masked_adain(latent, reference, target_mask.view(hw), reference_mask.view(hw))
+            for target_mask, reference_mask, target_pixels, reference_pixels in self._adain_masks(hw, x.device):
+                latent = corr.masked_adain(latent, reference, target_mask, reference_mask,
+                                           content_selection=target_pixels, style_selection=reference_pixels)
             aligned.append(latent)
         return torch.stack(aligned)
 

@@ -197,13 +197,17 @@ class InversionReplaySampler(io.ComfyNode):
                     "LATENT output of the same DDIMInvert"
                 )
             start = _align_schedule(inversion, sigmas)
-            maps = inversion.noise_maps
-            for k in range(len(sigmas) - 1):
-                sigma_t, sigma_s = float(sigmas[k]), float(sigmas[k + 1])
+            # read the schedule and move this run's noise maps to the device once, not in every step
+            levels = sigmas.tolist()
+            maps = None
+            if inversion.noise_maps is not None:
+                first = start - inversion.start_step
+                maps = [m.to(device=x.device, dtype=x.dtype)
+                        for m in inversion.noise_maps[first:first + len(levels) - 1]]
+            for k in range(len(levels) - 1):
+                sigma_t, sigma_s = levels[k], levels[k + 1]
                 x0_hat = denoise(x, sigmas[k] * x.new_ones(x.shape[0]))
-                noise_map = None
-                if maps is not None:
-                    noise_map = maps[start - inversion.start_step + k].to(device=x.device, dtype=x.dtype)
+                noise_map = None if maps is None else maps[k]
                 x = inv.replay_step(x, x0_hat, sigma_t, sigma_s, noise_map, exact_final_step)
                 x = context.after_step(k, x, sigmas[k + 1])
                 on_step(k, x, x0_hat)

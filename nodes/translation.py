@@ -245,9 +245,10 @@ class _SelfAttentionOutputProbe:
         layer = _layer_key(extra_options)
         ids = state.store.patch_ids(state.step, layer)
         if state.mode == RECORD:
-            if ids is None:
+            if ids is None:  # drawn with the CPU generator (reproducible), kept on the features' device
                 ids = tr.draw_patch_ids(grid, PATCH_SIZES, state.num_patches, state.generator)
-                state.store.put_patch_ids(state.step, layer, ids)
+                state.store.put_patch_ids(state.step, layer, ids, n.device)
+                ids = state.store.patch_ids(state.step, layer)
             for role, rows in _roles(extra_options, n.shape[0]):
                 if state.share_rows and role != "positive":
                     continue
@@ -282,6 +283,15 @@ class TranslationProgram:
         self.settings = settings
         self.seed_offset = seed_offset
         self.last_losses: list[dict] = []
+        self._sigma_values: Optional[tuple[weakref.ref, list[float]]] = None
+
+    def sigma_values(self, steps) -> list[float]:
+        """``steps.sigmas`` as Python floats, read from the device once per schedule tensor."""
+        cached = self._sigma_values
+        if cached is None or cached[0]() is not steps.sigmas:
+            cached = (weakref.ref(steps.sigmas), steps.sigmas.tolist())
+            self._sigma_values = cached
+        return cached[1]
 
     def __call__(self, steps, x_start: torch.Tensor) -> torch.Tensor:
         state, settings = self.state, self.settings
@@ -293,12 +303,14 @@ class TranslationProgram:
         try:
             self.reference_pass(steps, x_start, (max(guided) + 1) if guided else 0)
             x = x_start
+            losses_per_step = []
             for k in range(steps.steps):
                 offset = None
                 if k in guided:
                     x, offset, losses = self.guidance_step(steps, x, k)
-                    self.last_losses.append(losses)
+                    losses_per_step.append(losses)
                 x = steps.sample_step(x, k, "positive", "negative", offset)
+            self.last_losses = _loss_floats(losses_per_step)
             return x
         finally:
             state.mode = None
@@ -323,7 +335,7 @@ class TranslationProgram:
     def loss_at(self, steps, x: torch.Tensor, k: int, role: str, grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """(combined loss of one CFG row at sigma-space latent ``x`` and step ``k``, its VP leaf)."""
         state, settings = self.state, self.settings
-        sigma = float(steps.sigmas[k])
+        sigma = self.sigma_values(steps)[k]
         with host.gradient_mode():
             x_vp = tr.vp_latent(x.detach().clone(), sigma).requires_grad_(grad)
             state.mode, state.step, state.role = GUIDE, k, role
@@ -342,8 +354,9 @@ class TranslationProgram:
     def guidance_step(self, steps, x: torch.Tensor, k: int):
         """One SGD step per CFG row on x_t (pix2pix-zero ``edit_pipeline.py``: the loss is averaged
         over the CFG batch, each row moves by its own gradient, the uncond row is kept as x_t and
-        the cond row is evaluated at its own updated latent). Returns (x_t, cond offset, losses)."""
-        sigma = float(steps.sigmas[k])
+        the cond row is evaluated at its own updated latent). Returns (x_t, cond offset, losses), the
+        losses per CFG row as detached 0-d tensors (read on the host once per run, not per step)."""
+        sigma = self.sigma_values(steps)[k]
         rows = self.rows(steps)
         updated, losses = {}, {}
         for role in rows:
@@ -353,10 +366,18 @@ class TranslationProgram:
                 grad = torch.autograd.grad(scaled, x_vp)[0] if scaled.requires_grad else torch.zeros_like(x_vp)
                 step = tr.latent_guidance_step(x_vp.detach(), grad, self.settings.step_size)
                 updated[role] = tr.sigma_space_latent(step, sigma).to(x.dtype)
-            losses[role] = float(loss.detach())
+            losses[role] = loss.detach()
         if rows == ["positive"]:
             return updated["positive"], None, losses
         return updated["negative"], updated["positive"] - updated["negative"], losses
+
+
+def _loss_floats(losses_per_step: list[dict]) -> list[dict]:
+    """Per-step ``{role: loss tensor}`` to ``{role: float}`` with a single device-to-host copy."""
+    if not losses_per_step:
+        return []
+    values = iter(torch.stack([v.float() for step in losses_per_step for v in step.values()]).tolist())
+    return [{role: next(values) for role in step} for step in losses_per_step]
 
 
 def _check_conditioning(conditioning, name: str, width: Optional[int]) -> None:

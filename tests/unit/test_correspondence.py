@@ -291,6 +291,85 @@ def test_masked_adain_refuses_empty_selection():
     corr.masked_adain(content, style, content_mask * 0.9, style_mask, stats_threshold=0.5)
 
 
+def _gathered_masked_adain(content, style, content_mask, style_mask, eps=1e-5, threshold=1.0):
+    """The former boolean-gather form: statistics of ``flat[:, mask >= threshold]`` with
+    ``Tensor.mean`` / ``Tensor.var``, then the soft-mask blend."""
+    def stats(feat, mask):
+        flat = feat.reshape(feat.shape[0], -1)[:, mask.reshape(-1) >= threshold]
+        return flat.mean(dim=1).view(-1, 1, 1), (flat.var(dim=1) + eps).sqrt().view(-1, 1, 1)
+
+    s_mean, s_std = stats(style, style_mask)
+    c_mean, c_std = stats(content, content_mask)
+    stylized = (content - c_mean) / c_std * s_std + s_mean
+    return content * (1 - content_mask) + stylized * content_mask
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_weighted_statistics_match_the_boolean_gather(seed):
+    g = torch.Generator().manual_seed(seed)
+    content = torch.randn(4, 24, 20, generator=g) * 1.7 + 0.3
+    style = torch.randn(4, 24, 20, generator=g) * 0.5 - 0.8
+    masks = []
+    for keep in (0.3, 0.6):  # random fully selected pixels among random soft values
+        mask = torch.rand(24, 20, generator=g)
+        mask[torch.rand(24, 20, generator=g) < keep] = 1.0
+        masks.append(mask)
+    content_mask, style_mask = masks
+    old = _gathered_masked_adain(content, style, content_mask, style_mask)
+    selections = {"content_selection": corr.pixel_selection(content_mask),
+                  "style_selection": corr.pixel_selection(style_mask)}
+    torch.testing.assert_close(corr.masked_adain(content, style, content_mask, style_mask, **selections), old,
+                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(corr.masked_adain(content, style, content_mask, style_mask), old, rtol=1e-5, atol=1e-5)
+    flat = content.reshape(4, -1)[:, content_mask.reshape(-1) >= 1]
+    mean, std = corr.channel_mean_std(content, selection=selections["content_selection"])
+    torch.testing.assert_close(mean.view(-1), flat.mean(dim=1), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(std.view(-1), (flat.var(dim=1) + 1e-5).sqrt(), rtol=1e-5, atol=1e-5)
+
+
+class _HostReads(TorchFunctionMode):
+    """Records the calls that copy a tensor value back to the host (or gather by a boolean mask,
+    whose output size needs one)."""
+
+    READS = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__bool__, torch.Tensor.__int__,
+             torch.Tensor.__float__, torch.Tensor.__index__, torch.Tensor.nonzero, torch.nonzero,
+             torch.Tensor.masked_select, torch.masked_select}
+
+    def __init__(self):
+        super().__init__()
+        self.reads = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        boolean_index = func is torch.Tensor.__getitem__ and any(
+            isinstance(i, torch.Tensor) and i.dtype == torch.bool
+            for i in (args[1] if isinstance(args[1], tuple) else (args[1],)))
+        if func in self.READS or boolean_index:
+            self.reads.append(getattr(func, "__name__", str(func)))
+        return func(*args, **(kwargs or {}))
+
+
+def test_masked_adain_with_selections_reads_nothing_back():
+    content, style, content_mask, style_mask = _latents(5)
+    with _HostReads() as probe:
+        corr.masked_adain(content, style, content_mask, style_mask)
+    assert probe.reads  # the probe sees the reads of selecting from the masks
+    selections = {"content_selection": corr.pixel_selection(content_mask),
+                  "style_selection": corr.pixel_selection(style_mask)}
+    with _HostReads() as probe:
+        corr.masked_adain(content, style, content_mask, style_mask, **selections)
+    assert probe.reads == []
+
+
+def test_pixel_selection_needs_two_pixels():
+    mask = torch.zeros(8, 8)
+    mask[2, 3] = 1.0
+    with pytest.raises(ValueError, match="selects 1 pixel"):
+        corr.pixel_selection(mask)
+    mask[5, 5] = 1.0
+    assert corr.pixel_selection(mask).count == 2
+    assert corr.pixel_selection(mask * 0.6, stats_threshold=0.5).count == 2
+
+
 # --- multi-object ----------------------------------------------------------------------------
 
 

@@ -67,6 +67,17 @@ def test_ddim_step_runs_both_ways(latent):
     assert torch.allclose(inv.predicted_noise(up, up - 3.0 * eps, 3.0), eps)
 
 
+def test_predicted_noise_takes_a_python_sigma_as_is_with_the_tensor_result():
+    """A Python sigma broadcasts without being made a device tensor; float32 results are bit-equal."""
+    g = torch.Generator().manual_seed(4)
+    x, x0 = torch.randn(2, 4, 9, 7, generator=g), torch.randn(2, 4, 9, 7, generator=g)
+    for sigma in (0.0291675, 1.7, 14.614641):
+        assert isinstance(inv._per_sample(sigma, x), float)
+        assert torch.equal(inv.predicted_noise(x, x0, sigma), inv.predicted_noise(x, x0, torch.tensor(sigma)))
+    per_row = torch.tensor([1.0, 2.0])
+    assert torch.equal(inv.predicted_noise(x, x0, per_row)[1], (x[1] - x0[1]) / 2.0)
+
+
 def test_ddpm_posterior_matches_vp_formula():
     # DDPM posterior variance in VP coordinates (Ho et al. Eq. 7), rescaled by 1/alpha_bar_s.
     for t, s in [(981, 961), (501, 481), (41, 21), (21, 1)]:

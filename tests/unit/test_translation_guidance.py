@@ -77,3 +77,27 @@ def test_reference_store_keeps_half_precision_copies():
     assert torch.equal(store.patch_ids(0, "l")[0], ids[0]) and store.layers(0, "positive") == (1, 1)
     store.clear()
     assert store.nbytes() == 0 and store.patch_ids(0, "l") is None
+
+
+def test_reference_store_keeps_patch_ids_as_long_once_and_owns_half_precision_copies():
+    """Locations are converted at put time (int64, on the features' device) and handed back without
+    a copy per read; the stored maps never alias the caller's tensor, also when no cast is needed."""
+    store = tr.ReferenceStore(torch.float16, offload=True)
+    store.put_patch_ids(0, "l", [torch.arange(5, dtype=torch.int32)], torch.device("cpu"))
+    first, again = store.patch_ids(0, "l")[0], store.patch_ids(0, "l")[0]
+    assert first.dtype == torch.long and first is again and torch.equal(first, torch.arange(5))
+    feat = torch.randn(1, 16, 3)
+    direct = tr.sample_patch_features(feat, (4, 4), (1,), [torch.arange(5)])[0]
+    assert torch.equal(tr.sample_patch_features(feat, (4, 4), (1,), [first])[0], direct)
+    with torch.inference_mode():  # the recording pass runs in inference mode, the guided pass does not
+        store.put_patch_ids(1, "l", tr.draw_patch_ids((4, 4), (1,), 5, torch.Generator().manual_seed(0)))
+    leaf = feat.clone().requires_grad_(True)
+    tr.sample_patch_features(leaf, (4, 4), (1,), store.patch_ids(1, "l"))[0].sum().backward()
+    assert leaf.grad is not None
+    for offload in (True, False):
+        half = torch.rand(4, 6).half()
+        original = half.clone()
+        store = tr.ReferenceStore(torch.float16, offload=offload)
+        store.put_maps(0, "positive", "l", half)
+        half.add_(1.0)
+        assert torch.equal(store.maps(0, "positive", "l", half), original)
