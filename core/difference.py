@@ -320,7 +320,12 @@ def keep_best(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(best_loss, best_tokens) after seeing ``loss`` reached with ``tokens``: VISII keeps the
     prompt with the lowest MSE (visii.py:949-952). Done with ``torch.where`` so the loop needs no
-    device-to-host copy to decide."""
-    better = (loss.detach() < best_loss) & torch.as_tensor(eligible, device=loss.device)
+    device-to-host copy to decide; a Python ``eligible`` needs no upload either."""
+    better = loss.detach() < best_loss
+    if not isinstance(eligible, torch.Tensor):
+        if not eligible:
+            return best_loss, best_tokens
+    else:
+        better = better & eligible.to(device=loss.device, dtype=torch.bool)
     return (torch.where(better, loss.detach(), best_loss),
             torch.where(better, tokens.detach(), best_tokens))

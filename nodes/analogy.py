@@ -73,23 +73,6 @@ def _check_images(image_before: torch.Tensor, image_after: torch.Tensor) -> None
         raise InputError(f"image_before: {image_before.shape[2]}x{image_before.shape[1]} px is too small")
 
 
-def _batched_conditioning(first: list, second: list, copies: int) -> Optional[list]:
-    """One CONDITIONING of batch 2 * copies: ``first`` for the first half, ``second`` for the rest,
-    so both loss terms run in one UNet call. None when the two cannot be stacked (prompt lengths)."""
-    (cond_a, extra_a), (cond_b, extra_b) = first[0], second[0]
-    if cond_a.shape[1:] != cond_b.shape[1:] or set(extra_a) != set(extra_b):
-        return None
-    extra = dict(extra_a)
-    for key, value in extra_a.items():
-        if torch.is_tensor(value) and torch.is_tensor(extra_b[key]) and value.shape[1:] == extra_b[key].shape[1:]:
-            extra[key] = torch.cat([value.expand(copies, *value.shape[1:]),
-                                    extra_b[key].expand(copies, *extra_b[key].shape[1:])])
-        elif not (value is extra_b[key] or value == extra_b[key]):
-            return None
-    cond = torch.cat([cond_a.expand(copies, *cond_a.shape[1:]), cond_b.expand(copies, *cond_b.shape[1:])])
-    return [[cond, extra]]
-
-
 def _encode_pair(model, clip, tokens_a: dict, tokens_b: dict) -> tuple[list, list]:
     """The CONDITIONINGs of two token lists. For a model without a pooled text input (SD1.x, SD2.x)
     and single-chunk prompts they run as one text-encoder batch: the encoder sees each chunk alone
@@ -104,6 +87,27 @@ def _encode_pair(model, clip, tokens_a: dict, tokens_b: dict) -> tuple[list, lis
     return host.encode_tokens(clip, tokens_a), host.encode_tokens(clip, tokens_b)
 
 
+def difference_prompts(model, clip, prompt_tokens_before: dict, prompt_tokens_after: dict,
+                       rows: dict[str, torch.Tensor]) -> tuple[list, list]:
+    """The CONDITIONINGs [P(A); +D] and [P(A'); -D] of the token consistency loss (Sec. 4.3),
+    differentiable with respect to ``rows`` when ``clip`` is a ``differentiable_clip``."""
+    return _encode_pair(
+        model, clip, host.append_embedding_rows(clip, prompt_tokens_before, rows),
+        host.append_embedding_rows(clip, prompt_tokens_after, {k: -v for k, v in rows.items()}))
+
+
+def term_error(model, conditioning: list, latent: torch.Tensor, sigma: torch.Tensor,
+               noise: torch.Tensor) -> torch.Tensor:
+    """|| target - pred(z_{X,t}, t, conditioning) ||^2 (mean) for one term of the token consistency
+    loss, in the model's own target (eps or v): ``(D_hat - x0) / output_scale``, with
+    z_{X,t} = x0 + sigma * noise. ``latent`` is in model space ``[N, C, h, w]``; ``sigma`` a scalar tensor."""
+    x = dif.noised_latent(latent, sigma, noise)
+    sigmas = sigma.reshape(1).to(x.device, x.dtype).expand(x.shape[0])
+    prepared = host.prepare_conditioning(model, conditioning, x)
+    error = (host.denoise_with(model, x, sigmas, prepared) - latent) / host.output_scale(model, sigmas, x)
+    return error.float().pow(2).mean()
+
+
 def consistency_errors(model, clip, prompt_tokens_before: dict, prompt_tokens_after: dict,
                        rows: dict[str, torch.Tensor], latent_before: torch.Tensor, latent_after: torch.Tensor,
                        sigma: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,32 +116,62 @@ def consistency_errors(model, clip, prompt_tokens_before: dict, prompt_tokens_af
         L_after  = || target - pred(z_{A',t}, t, [P(A) ; +D]) ||^2
         L_before = || target - pred(z_{A,t},  t, [P(A'); -D]) ||^2
 
-    in the model's own target (eps or v): ``(D_hat - x0) / output_scale``. ``latent_*`` are in model
-    space ``[N, C, h, w]``; ``noise`` is the shared eps ``[N, C, h, w]``; ``sigma`` is a scalar tensor.
-    Both terms run as one batch of 2N through the UNet when the prompts stack. Call it inside
-    ``host.gradient_mode`` and ``host.model_session`` with differentiable clones for gradients.
+    ``noise`` is the shared eps ``[N, C, h, w]``. Call it inside ``host.gradient_mode`` and
+    ``host.model_session`` with differentiable clones for gradients (the trainer itself runs the
+    two terms with a backward pass each, see ``_consistency_step``).
     """
-    copies = latent_after.shape[0]
-    cond_after, cond_before = _encode_pair(
-        model, clip, host.append_embedding_rows(clip, prompt_tokens_before, rows),
-        host.append_embedding_rows(clip, prompt_tokens_after, {k: -v for k, v in rows.items()}))
-    x0 = torch.cat([latent_after, latent_before])
-    x = dif.noised_latent(x0, sigma, torch.cat([noise, noise]))
-    batched = _batched_conditioning(cond_after, cond_before, copies)
-    if batched is not None:
-        sigmas = sigma.reshape(1).to(x.device, x.dtype).expand(x.shape[0])
-        prepared = host.prepare_conditioning(model, batched, x)
-        errors = (host.denoise_with(model, x, sigmas, prepared) - x0) / host.output_scale(model, sigmas, x)
-        err_after, err_before = errors[:copies], errors[copies:]
-    else:  # prompts of different lengths (over 75 tokens): two UNet calls
-        halves = []
-        for cond, part, clean in ((cond_after, x[:copies], latent_after), (cond_before, x[copies:], latent_before)):
-            sigmas = sigma.reshape(1).to(part.device, part.dtype).expand(part.shape[0])
-            prepared = host.prepare_conditioning(model, cond, part)
-            halves.append((host.denoise_with(model, part, sigmas, prepared) - clean)
-                          / host.output_scale(model, sigmas, part))
-        err_after, err_before = halves
-    return err_after.float().pow(2).mean(), err_before.float().pow(2).mean()
+    cond_after, cond_before = difference_prompts(model, clip, prompt_tokens_before, prompt_tokens_after, rows)
+    return (term_error(model, cond_after, latent_after, sigma, noise),
+            term_error(model, cond_before, latent_before, sigma, noise))
+
+
+def _gradient_boundary(conditioning: list) -> tuple[list, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """A copy of ``conditioning`` whose differentiable tensors are fresh leaves, and the
+    (original, leaf) pairs: the UNet part of the graph can then be freed term by term, and the
+    leaves' gradients carried through the text encoder afterwards."""
+    out, pairs = [], []
+    for cond, extra in conditioning:
+        extra = dict(extra)
+        if cond.requires_grad:
+            leaf = cond.detach().requires_grad_(True)
+            pairs.append((cond, leaf))
+            cond = leaf
+        for key, value in list(extra.items()):
+            if torch.is_tensor(value) and value.requires_grad:
+                extra[key] = value.detach().requires_grad_(True)
+                pairs.append((value, extra[key]))
+        out.append([cond, extra])
+    return out, pairs
+
+
+def _consistency_step(model, clip, prompt_tokens_before: dict, prompt_tokens_after: dict,
+                      rows: dict[str, torch.Tensor], latent_before: torch.Tensor, latent_after: torch.Tensor,
+                      sigma: torch.Tensor, noise: torch.Tensor, weight: float,
+                      extra_loss: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Accumulates into ``rows[*].grad`` the gradient of ``weight * (L_after + L_before) + extra_loss``
+    and returns the detached (L_after, L_before).
+
+    The two UNet terms run one after the other, each followed by its own backward pass up to a
+    gradient boundary at the conditioning, so only one term's UNet activations are alive at a time
+    (half the memory of one batch of both); the text encoders' small graph is then backpropagated
+    once with the summed conditioning gradients (and ``extra_loss``, the CLIP term)."""
+    cond_after, cond_before = difference_prompts(model, clip, prompt_tokens_before, prompt_tokens_after, rows)
+    values, boundary = [], []
+    for conditioning, latent in ((cond_after, latent_after), (cond_before, latent_before)):
+        leaves, pairs = _gradient_boundary(conditioning)
+        error = term_error(model, leaves, latent, sigma, noise)
+        if error.requires_grad and weight != 0:
+            (weight * error).backward()
+        values.append(error.detach())
+        boundary += pairs
+    outputs = [original for original, leaf in boundary if leaf.grad is not None]
+    grads = [leaf.grad for _, leaf in boundary if leaf.grad is not None]
+    if extra_loss is not None and extra_loss.requires_grad:
+        outputs.append(extra_loss)
+        grads.append(torch.ones_like(extra_loss))
+    if outputs:
+        torch.autograd.backward(outputs, grads)
+    return values[0], values[1]
 
 
 class DeltaInterpolationTrainer(io.ComfyNode):
@@ -290,15 +324,16 @@ def _train(model, clip, alignment, slots, target_slot, projection, d_interp, lat
         best_loss = torch.tensor(float("inf"), device=device)
         best_rows = {k: v.detach().clone() for k, v in rows.items()}
         losses = torch.zeros(steps, device=device)
-        batch_shape = (2 * clean_after.shape[0],) + tuple(clean_after.shape[1:])
-        with host.model_session(unet, batch_shape):
+        step_sigmas = train_sigmas[timesteps].to(device)
+        # noise is drawn by the CPU generator (the seed's values on every device); page-locked on
+        # CUDA so that its upload does not block the loop
+        pin_noise = torch.device(device).type == "cuda"
+        with host.model_session(unet, tuple(clean_after.shape)):
             for step in range(steps):
                 host.check_interrupted()
-                sigma = train_sigmas[timesteps[step]].to(device)
-                noise = torch.randn(clean_after.shape, generator=generator).to(device)
-                loss_after, loss_before = consistency_errors(
-                    unet, text_encoder, tokens_before, tokens_after, rows, clean_before, clean_after, sigma, noise)
-                mse = loss_after + loss_before
+                sigma = step_sigmas[step]
+                noise = torch.randn(clean_after.shape, generator=generator, pin_memory=pin_noise).to(
+                    device, non_blocking=True)
                 if lambda_clip > 0:
                     hidden, _ = host.last_hidden_and_pooled(
                         align_encoder, host.append_embedding_rows(align_encoder, empty_alignment_tokens,
@@ -308,21 +343,27 @@ def _train(model, clip, alignment, slots, target_slot, projection, d_interp, lat
                     clip_loss = dif.clip_direction_loss(feature, target)
                 else:  # no CLIP term: skip the alignment encoder's pass
                     clip_loss = torch.zeros((), device=device)
-                loss = lambda_mse * mse + lambda_clip * clip_loss
+                optimizer.zero_grad(set_to_none=True)
+                loss_after, loss_before = _consistency_step(
+                    unet, text_encoder, tokens_before, tokens_after, rows, clean_before, clean_after, sigma, noise,
+                    lambda_mse, lambda_clip * clip_loss if lambda_clip > 0 else None)
+                mse = loss_after + loss_before
+                loss = lambda_mse * mse + lambda_clip * clip_loss.detach()
                 # the tokens before this step's update are the ones that reached this loss; the zero
                 # initialisation (step 0) is no difference at all and is never kept
-                for key in rows:
-                    best_loss_k, best_rows[key] = dif.keep_best(best_loss, best_rows[key], mse, rows[key], step > 0)
-                best_loss = best_loss_k
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                if step > 0:
+                    for key in rows:
+                        best_loss_k, best_rows[key] = dif.keep_best(best_loss, best_rows[key], mse, rows[key])
+                    best_loss = best_loss_k
                 for key, value in rows.items():  # VISII visii.py:937; keeps AdamW's moments finite
                     torch.nn.utils.clip_grad_value_([value], grad_limits[key])
                 optimizer.step()
                 losses[step] = loss.detach()
                 if (step + 1) % display_every == 0 or step + 1 == steps:
-                    progress.update(step + 1, f"step {step + 1}/{steps}  loss {float(loss.detach()):.4f}  "
-                                              f"(consistency {float(mse.detach()):.4f}, clip {float(clip_loss.detach()):.3f})")
+                    shown, shown_mse, shown_clip = torch.stack(
+                        [t.detach().to(loss.device, torch.float32) for t in (loss, mse, clip_loss)]).tolist()
+                    progress.update(step + 1, f"step {step + 1}/{steps}  loss {shown:.4f}  "
+                                              f"(consistency {shown_mse:.4f}, clip {shown_clip:.3f})")
                 else:
                     progress.update(step + 1)
         if steps == 1 or not bool(torch.isfinite(best_loss)):
@@ -331,7 +372,7 @@ def _train(model, clip, alignment, slots, target_slot, projection, d_interp, lat
         else:
             best_value = float(best_loss)
     result = {k: v.detach().float().cpu() for k, v in best_rows.items()}
-    return result, best_value, [float(v) for v in losses.cpu()]
+    return result, best_value, losses.cpu().tolist()
 
 
 class TokenInjector(io.ComfyNode):

@@ -7,6 +7,7 @@ which exist unchanged in ComfyUI 0.3.75 and in current ComfyUI.
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -163,8 +164,69 @@ def run_sampler(
 # input. Both are documented patch points on the clone; the shared model is never changed.
 
 
-def _identity_weight(weight: torch.Tensor) -> torch.Tensor:
-    return weight
+class _SavedWeights:
+    """Keeps the per-forward weight copies out of the autograd graph.
+
+    With a weight wrapper on a layer, ``comfy.ops.cast_bias_weight`` hands the forward a fresh copy
+    of the weight; autograd would keep every layer's copy alive until the backward pass (one whole
+    extra model in memory). The wrapper records which module each copy came from, and the
+    ``saved_tensors_hooks`` of ``gradient_mode`` store a small reference instead of the copy; the
+    backward pass reads the module's own weight again (a zero-copy alias when dtype and device match).
+    A copy is only replaced when the wrapper is the layer's only weight function, so on-the-fly
+    patches (LoRA in low-VRAM mode, quantised weights) keep the exact tensor they produced."""
+
+    def __init__(self):
+        self._copies: dict[int, tuple] = {}
+
+    def record(self, copy: torch.Tensor, module: torch.nn.Module, param: str) -> None:
+        source = getattr(module, param, None)
+        if (not isinstance(source, torch.Tensor) or type(source) not in (torch.Tensor, torch.nn.Parameter)
+                or len(getattr(module, f"{param}_function", ())) != 1 or source.shape != copy.shape):
+            return
+        key = id(copy)
+        self._copies[key] = (weakref.ref(copy), module, param, copy.dtype, copy.device)
+        weakref.finalize(copy, self._copies.pop, key, None)
+
+    def pack(self, tensor: torch.Tensor):
+        entry = self._copies.get(id(tensor))
+        if entry is None or entry[0]() is not tensor:
+            return tensor
+        return _WeightReference(*entry[1:])
+
+    @staticmethod
+    def unpack(packed):
+        return packed.materialise() if isinstance(packed, _WeightReference) else packed
+
+
+class _WeightReference:
+    __slots__ = ("module", "param", "dtype", "device")
+
+    def __init__(self, module, param, dtype, device):
+        self.module, self.param, self.dtype, self.device = module, param, dtype, device
+
+    def materialise(self) -> torch.Tensor:
+        source = getattr(self.module, self.param)
+        if source.dtype != self.dtype or source.device != self.device:
+            return source.detach().to(device=self.device, dtype=self.dtype)
+        alias = torch.empty(0, dtype=source.dtype, device=source.device)  # an ordinary tensor on the same storage
+        return alias.set_(source.untyped_storage(), source.storage_offset(), source.size(), source.stride())
+
+
+_SAVED_WEIGHTS = _SavedWeights()
+
+
+class _WeightWrapper:
+    """Identity weight wrapper of one layer parameter (see ``_SavedWeights``)."""
+
+    def __init__(self, module: torch.nn.Module, param: str):
+        self.module, self.param = module, param
+
+    def __call__(self, weight: torch.Tensor) -> torch.Tensor:
+        _SAVED_WEIGHTS.record(weight, self.module, self.param)
+        return weight
+
+    def __deepcopy__(self, memo):  # holds a module of the shared model: never copy it
+        return self
 
 
 def _add_identity_weight_wrappers(patcher) -> None:
@@ -173,7 +235,7 @@ def _add_identity_weight_wrappers(patcher) -> None:
             continue
         for param in ("weight", "bias"):
             if getattr(module, param, None) is not None:
-                patcher.add_weight_wrapper(f"{name}.{param}" if name else param, _identity_weight)
+                patcher.add_weight_wrapper(f"{name}.{param}" if name else param, _WeightWrapper(module, param))
 
 
 class _NormalizeCopy:
@@ -193,7 +255,8 @@ class _NormalizeCopy:
 def differentiable_model(model):
     """A clone of a MODEL whose UNet builds an autograd graph (use it inside ``gradient_mode``).
 
-    The loaded model and its weights are untouched; the clone costs one weight copy per forward.
+    The loaded model and its weights are untouched; each forward copies every weight once, and
+    the copies are not kept for the backward pass (``_SavedWeights``).
     """
     clone = model.clone()
     _add_identity_weight_wrappers(clone)
@@ -220,11 +283,14 @@ class gradient_mode:
     def __enter__(self):
         self._inference = torch.inference_mode(False)
         self._grad = torch.enable_grad()
+        self._saved = torch.autograd.graph.saved_tensors_hooks(_SAVED_WEIGHTS.pack, _SAVED_WEIGHTS.unpack)
         self._inference.__enter__()
         self._grad.__enter__()
+        self._saved.__enter__()
         return self
 
     def __exit__(self, *exc):
+        self._saved.__exit__(*exc)
         self._grad.__exit__(*exc)
         self._inference.__exit__(*exc)
         return False

@@ -39,3 +39,14 @@ def test_keep_best_does_not_keep_the_graph():
     best_loss, best = dif.keep_best(torch.tensor(float("inf")), torch.zeros(2, 3), loss, tokens)
     assert not best.requires_grad and not best_loss.requires_grad
     assert torch.equal(best, torch.ones(2, 3)) and float(best_loss) == 6.0
+
+
+def test_keep_best_with_a_python_eligible_needs_no_tensor_and_matches_a_tensor_eligible():
+    best_loss, best = torch.tensor(float("inf")), torch.zeros(2, 3)
+    loss, tokens = torch.tensor(1.0), torch.ones(2, 3)
+    kept_loss, kept = dif.keep_best(best_loss, best, loss, tokens, False)
+    assert kept_loss is best_loss and kept is best
+    for eligible in (True, False):
+        got = dif.keep_best(best_loss, best, loss, tokens, eligible)
+        expected = dif.keep_best(best_loss, best, loss, tokens, torch.tensor(eligible))
+        assert all(torch.equal(a, b) for a, b in zip(got, expected))
