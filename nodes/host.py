@@ -222,6 +222,10 @@ class _WeightWrapper:
         self.module, self.param = module, param
 
     def __call__(self, weight: torch.Tensor) -> torch.Tensor:
+        # The copy is made with autograd on, from a parameter that requires grad: without the detach
+        # every backward pass would also compute weight gradients and accumulate them into the
+        # shared model's parameters.
+        weight = weight.detach()
         _SAVED_WEIGHTS.record(weight, self.module, self.param)
         return weight
 

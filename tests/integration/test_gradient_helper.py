@@ -1,7 +1,7 @@
 """The shared way to run ComfyUI's UNet with gradients (nodes/host.py): on a model loaded the way
 ComfyUI loads it (inference tensors), a differentiable clone gives the same gradients as the same
 checkpoint loaded as ordinary PyTorch modules, and the per-forward weight copies are not kept for
-the backward pass."""
+the backward pass, nor differentiated."""
 from __future__ import annotations
 
 import pytest
@@ -65,3 +65,5 @@ def test_differentiable_clone_gradients_match_plain_autograd_without_keeping_wei
                           if getattr(m, "weight", None) is not None and hasattr(m, "weight_function"))
     # every layer whose backward needs its weight got a reference instead of a kept copy
     assert len(references) >= weighted_layers // 2
+    # only the input was differentiated: no weight gradients computed, none left on the shared model
+    assert all(p.grad is None for p in loaded.model.diffusion_model.parameters())
