@@ -31,10 +31,18 @@ class Profile:
     appearance_steps: int      # the official 100
     appearance_skip: int       # the official 32
     repeats: int
+    training_steps: int        # DeltaInterpolationTrainer: steps of the long run ...
+    training_short_steps: int  # ... and of the short one (per-step time from the difference)
+    training_repeats: int
 
 
-CUDA_PROFILE = Profile(steps=50, appearance_steps=100, appearance_skip=32, repeats=3)
-CPU_PROFILE = Profile(steps=6, appearance_steps=8, appearance_skip=3, repeats=3)
+CUDA_PROFILE = Profile(steps=50, appearance_steps=100, appearance_skip=32, repeats=3,
+                       training_steps=25, training_short_steps=5, training_repeats=3)
+CPU_PROFILE = Profile(steps=6, appearance_steps=8, appearance_skip=3, repeats=3,
+                      training_steps=4, training_short_steps=1, training_repeats=1)
+# real architecture sizes on a CPU (--full --device cpu): only the training comparison is practical
+CPU_FULL_PROFILE = Profile(steps=6, appearance_steps=8, appearance_skip=3, repeats=1,
+                           training_steps=3, training_short_steps=1, training_repeats=1)
 
 
 @dataclass
@@ -43,18 +51,22 @@ class Context:
     ckpt: str       # checkpoint file name (in a registered checkpoints folder)
     size: int       # px
     profile: Profile
+    threads: int | None = None  # torch CPU threads of subprocesses (None: their default)
 
 
 @dataclass
 class Case:
     name: str
     title: str
-    build: Callable[[Context, int], dict]       # (ctx, run) -> API prompt with a Capture "out"
+    build: Callable[[Context, int], dict] | None  # (ctx, run) -> API prompt with a Capture "out"
     steps: Callable[[Context], int]             # sampler steps the result is normalised by
     baseline: Callable[[Context], tuple[int, float]] | None  # (steps, cfg) of its plain sampling
     requires: tuple[str, ...] = ()              # node classes that must be registered
     notes: str = ""
     small_default: bool = True                  # run on the small CPU profile unless named in --cases
+    small_models: tuple[str, ...] = ("sd15", "sdxl")  # models it runs on in the small profile by default
+    # a case measured outside the graph loop: (ctx, checkpoint folder, device, log) -> result rows
+    compare: Callable | None = None
 
 
 def workflow_inputs(workflow: str, class_type: str, index: int = 0) -> dict:
@@ -227,6 +239,17 @@ def translation_baseline(ctx: Context) -> tuple[int, float]:
     return ctx.profile.steps, float(translation_settings(ctx)[1]["cfg"])
 
 
+# --- (5) image analogy (Difference Inversion): training steps, node vs a plain PyTorch loop -----
+
+
+def compare_analogy(ctx: Context, folder, device: str, log) -> list[dict]:
+    import analogy
+
+    p = ctx.profile
+    return analogy.compare(folder, ctx.ckpt, ctx.size, p.training_steps, p.training_short_steps, device,
+                           p.training_repeats, ctx.threads, log)
+
+
 # --- the registry ----------------------------------------------------------------------------
 
 CASES: list[Case] = [
@@ -249,8 +272,11 @@ CASES: list[Case] = [
          steps=lambda ctx: ctx.profile.steps, baseline=translation_baseline,
          requires=("EditDirection", "CutLossGuidance"), small_default=False,
          notes="on the CPU profile only with --cases translation: its backward passes take minutes there"),
-    # analogy (DeltaInterpolationTrainer): not yet a case: its target compares with a plain PyTorch
-    # training loop of the same loss, which has to be written with it.
+    Case("analogy_trainer", "DeltaInterpolationTrainer vs a plain PyTorch loop of the same loss", None,
+         steps=lambda ctx: ctx.profile.training_steps - ctx.profile.training_short_steps, baseline=None,
+         requires=("DeltaInterpolationTrainer",), small_models=("sd15",), compare=compare_analogy,
+         notes="each side in its own process (bench/analogy.py); on the small profile SDXL only with --cases "
+               "(its full-size CLIP-G text encoder makes a CPU step slow)"),
 ]
 
 

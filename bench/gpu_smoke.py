@@ -56,6 +56,13 @@ def prepare(workflow: dict, ckpt: str, size: int, small: bool, max_steps: int | 
             for name in ("width", "height"):
                 if isinstance(node.get("inputs", {}).get(name), int):
                     node["inputs"][name] = size
+    for node in wf.values():  # the random-weight CLIP ViT-L/14 (full size) stands in for the user's CLIP files
+        inputs = node.get("inputs", {})
+        for name in ("clip_name", "alignment_text_encoder"):
+            if isinstance(inputs.get(name), str) and node.get("class_type") != "CLIPLoader":
+                inputs[name] = demo.TEST_CLIP
+        if inputs.get("overwrite") is False:
+            inputs["overwrite"] = True  # a scratch embeddings folder, new every run
     for node_id, path in demo.synthetic_inputs(wf, images_dir, min(size, 512)).items():
         wf[node_id]["inputs"]["image"] = path.name
     captures = {}
@@ -120,6 +127,11 @@ def main(argv=None) -> int:
         (scratch / "output").mkdir()
         folder_paths.set_input_directory(str(scratch / "input"))
         folder_paths.set_output_directory(str(scratch / "output"))
+        (scratch / "embeddings").mkdir()
+        folder_paths.add_model_folder_path("embeddings", str(scratch / "embeddings"), is_default=True)
+        test_clip = harness.REPO / ".cache" / "clip"
+        for kind in ("clip_vision", "text_encoders"):
+            folder_paths.add_model_folder_path(kind, str(test_clip), is_default=True)
         for model, ck in ckpts.items():
             for path in files:
                 row = {"workflow": path.stem, "model": model, "checkpoint": ck["ckpt"], "size": ck["size"],

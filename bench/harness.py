@@ -192,24 +192,45 @@ class Sample:
     start_bytes: int         # CUDA: allocated at start; CPU: RSS at start
 
 
+class measure_block:
+    """``with measure_block(device) as m: ...``; afterwards ``m.sample`` holds the block's wall time
+    (synchronised on CUDA) and peak memory."""
+
+    def __init__(self, device: str):
+        self.device = device
+        self.sample: Sample | None = None
+
+    def __enter__(self):
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self._start = torch.cuda.memory_allocated()
+        else:
+            self._peak = _CpuPeak().__enter__()
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.synchronize()
+            seconds = time.perf_counter() - self._t0
+            self.sample = Sample(seconds, torch.cuda.max_memory_allocated(), self._start)
+        else:
+            seconds = time.perf_counter() - self._t0
+            self._peak.__exit__(*exc)
+            self.sample = Sample(seconds, self._peak.growth, self._peak.start)
+        return False
+
+
 def measure(fn, device: str) -> Sample:
     """Runs ``fn()`` once; wall time (synchronised) and peak memory."""
-    if device == "cuda":
-        import torch
-
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        start = torch.cuda.memory_allocated()
-        t0 = time.perf_counter()
+    with measure_block(device) as block:
         fn()
-        torch.cuda.synchronize()
-        seconds = time.perf_counter() - t0
-        return Sample(seconds, torch.cuda.max_memory_allocated(), start)
-    with _CpuPeak() as peak:
-        t0 = time.perf_counter()
-        fn()
-        seconds = time.perf_counter() - t0
-    return Sample(seconds, peak.growth, peak.start)
+    return block.sample
 
 
 def cpu_memory_method() -> str:

@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+from cases import CPU_FULL_PROFILE as CPU_FULL, CPU_PROFILE as CPU, CUDA_PROFILE as CUDA  # noqa: E402
 RESULTS = BENCH / "results"
 README = BENCH / "README.md"
 
@@ -39,16 +41,21 @@ CAUSES = {
         "UNet batch carries the output, reference and structure branches (up to 3× the rows of a cfg-1 "
         "step). Measured on CPU (cProfile, bench/profile_appearance.py, SD1.5 64 px): the UNet is 98.6 % of the "
         "run; matching + rearrangement + AdaIN 0.06 %, everything else 1.3 % (see PROFILE.md). Matching grows "
-        "with tokens², so it must be re-profiled at 512² on a GPU."),
+        "with tokens², so it must be re-profiled at 512² on a GPU; on CUDA the cosine similarities run in fp16, "
+        "1024 rows at a time, and nothing in a step reads a value back to the host except the one sigma per "
+        "UNet call that tells the patch which step it is in."),
     "translation": (
         "Each guided step runs a forward and a backward pass of the UNet for the PatchNCE + cross-attention "
-        "losses, then the CFG prediction: about 3 UNet-forward equivalents per step plus the backward."),
+        "losses, then the CFG prediction: about 3 UNet-forward equivalents per step plus the backward. "
+        "Expected on a GPU, not measured: every pass of the guider runs on the differentiable clone, so each "
+        "UNet forward also copies the weights once (ComfyUI's weight-wrapper path; the copies are no longer "
+        "kept for the backward pass), including the reference and CFG passes that need no gradient."),
     "analogy_trainer": "Not benchmarked yet: the plain PyTorch training loop of the same loss is not written.",
 }
 
 
-def load_runs() -> list[tuple[str, dict]]:
-    """(file stem, latest run) per results file, newest file first."""
+def load_runs() -> list[tuple[str, list[dict]]]:
+    """(file stem, its runs newest first) per results file, newest file first."""
     out = []
     for path in sorted(RESULTS.glob("*.json"), reverse=True):
         try:
@@ -56,7 +63,27 @@ def load_runs() -> list[tuple[str, dict]]:
         except (OSError, ValueError, KeyError):
             continue
         if runs:
-            out.append((path.stem, runs[-1]))
+            out.append((path.stem, list(reversed(runs))))
+    return out
+
+
+def latest_rows(runs: list[dict]) -> list[tuple[dict, dict[str, list[dict]]]]:
+    """The newest row of every (model, case) across ``runs`` (newest first), grouped by the run it
+    comes from; a method row brings its own run's baseline row along (its ratios are against it)."""
+    seen: set = set()
+    out = []
+    for run in runs:
+        picked: dict[str, list[dict]] = {}
+        for model, data in run["models"].items():
+            rows = data["rows"]
+            keep = [r for r in rows if r.get("kind") == "method" and (model, r["case"]) not in seen]
+            names = {r["case"] for r in keep} | {r.get("baseline") for r in keep}
+            keep = [r for r in rows if r["case"] in names]
+            seen.update((model, r["case"]) for r in keep if r.get("kind") == "method")
+            if keep:
+                picked[model] = keep
+        if picked:
+            out.append((run, picked))
     return out
 
 
@@ -68,82 +95,114 @@ def _gib(b) -> str:
     return "-" if b is None else f"{b / 2**30:.2f}"
 
 
-def run_table(stem: str, run: dict) -> list[str]:
+def run_table(stem: str, run: dict, picked: dict[str, list[dict]]) -> list[str]:
     m = run["machine"]
     cuda = m["device"] == "cuda"
+    full = run["profile"].get("full_size")
     where = f"{m['gpu']} ({m.get('gpu_memory_gb')} GB), CUDA {m.get('cuda')}" if cuda else \
         f"CPU {m['cpu']}, {m['cpu_cores']} cores ({m['torch_threads']} torch threads)"
     p = run["profile"]
-    lines = [f"### {stem} — {'GPU, full-size models' if cuda else 'CPU only, small test models'}", "",
+    kind = "GPU" if cuda else "CPU only"
+    lines = [f"### {stem}, run {run['time']} — {kind}, {'full-size' if full else 'small test'} models", "",
              f"Measured {run['time']} on {where}; torch {m['torch']}, ComfyUI {m['comfyui']}, pack {m['pack_commit']}, "
              f"Python {m['python']}. Steps {p['steps']} (appearance {p['appearance_steps']}, skip "
-             f"{p['appearance_skip']}), median of {p['repeats']} repeats; whole run {run.get('seconds_total', '?')} s."
+             f"{p['appearance_skip']}), median of {p['repeats']} repeats"
+             + (f"; training {p['training_short_steps']} and {p['training_steps']} steps, "
+                f"{p['training_repeats']} repeat(s)" if "training_steps" in p else "")
+             + f"; whole run {run.get('seconds_total', '?')} s."
              + (f" Load average at start {m['load_average']} (shared machine: timings are noisy)."
                 if not cuda and m.get("load_average") else ""),
              f"Memory: {run['memory_method']}.", ""]
     mem_head = "peak GiB" if cuda else "peak RSS growth MiB"
     lines.append(f"| model | case | steps | s / image | ms / step | {mem_head} | time × plain | memory × plain |")
     lines.append("|---|---|---:|---:|---:|---:|---:|---:|")
-    for model, data in run["models"].items():
-        for r in data["rows"]:
+    for model, rows in picked.items():
+        data = run["models"][model]
+        for r in rows:
             label = f"{model} {data['size']}px"
             if r.get("error"):
                 lines.append(f"| {label} | {r['case']} | {r['steps']} | FAILED | | | | |")
                 continue
             mem = _gib(r["peak_bytes_median"]) if cuda else _mib(r["peak_bytes_median"])
             ratio_t = f"{r['time_ratio']:.2f}" if "time_ratio" in r else "1 (baseline)"
-            ratio_m = f"{r['memory_ratio']:.2f}" if "memory_ratio" in r else ""
+            ratio_m = f"{r['memory_ratio']:.2f}" if r.get("memory_ratio") else ""
             name = r["case"] + (f" (vs {r['baseline']})" if r.get("baseline") else "")
-            lines.append(f"| {label} | {name} | {r['steps']} | {r['seconds_median']:.3f} | {r.get('ms_per_step', 0):.1f} "
+            if r.get("steps_per_second"):  # a training comparison: per-step figures
+                steps, speed = f"{r['steps']} training", f"{r['steps_per_second']:.3f} steps/s"
+            else:
+                steps, speed = str(r["steps"]), f"{r['seconds_median']:.3f}"
+            lines.append(f"| {label} | {name} | {steps} | {speed} | {r.get('ms_per_step', 0):.1f} "
                          f"| {mem} | {ratio_t} | {ratio_m} |")
     if run.get("skipped_cases"):
         lines += ["", "Skipped: " + "; ".join(f"{k} ({v})" for k, v in run["skipped_cases"].items()) + "."]
     return lines + [""]
 
 
-def target_lines(runs: list[tuple[str, dict]]) -> list[str]:
-    gpu = next((r for _, r in runs if r["machine"]["device"] == "cuda" and r["profile"].get("full_size")), None)
-    cpu = next((r for _, r in runs if r["machine"]["device"] == "cpu"), None)
+def _newest_row(runs, case: str, model: str, device: str, full: bool):
+    """The newest error-free row of ``case`` on ``model`` among runs on ``device`` at that size."""
+    for _, file_runs in runs:
+        for run in file_runs:
+            if run["machine"]["device"] != device or bool(run["profile"].get("full_size")) != full:
+                continue
+            rows = run["models"].get(model, {}).get("rows", [])
+            r = next((x for x in rows if x["case"] == case and not x.get("error") and "time_ratio" in x), None)
+            if r is not None:
+                return r, run
+    return None, None
 
-    def row(run, case, model):
-        if not run or model not in run["models"]:
-            return None
-        return next((r for r in run["models"][model]["rows"] if r["case"] == case and not r.get("error")), None)
 
-    lines = ["| target | GPU SD1.5 512² | GPU SDXL 1024² | status | CPU-only figure (small models, 64 px) |",
-             "|---|---|---|---|---|"]
+def _cell(r, limit_t, limit_gb, cuda: bool) -> tuple[str, bool]:
+    if r.get("steps_per_second"):  # training: faster and leaner than the plain loop, per step
+        ok = r["time_ratio"] < 1.0 and (r.get("memory_ratio") or 9) < 1.0
+        mem = f"{r['peak_bytes_median'] / 1e9:.1f} GB" if cuda else f"{r['peak_bytes_median'] / 2**20:,.0f} MiB growth"
+        return (f"{r['steps_per_second']:.3f} steps/s, {mem}; × plain loop: time {r['time_ratio']:.2f}, "
+                f"memory {r.get('memory_ratio') or '-'}"), ok
+    cell = f"{r['time_ratio']:.2f}×"
+    ok = limit_t is None or r["time_ratio"] <= limit_t
+    if limit_gb is not None:
+        gb = r["peak_bytes_median"] / 1e9
+        cell += f", {gb:.1f} GB" if cuda else ""
+        ok = ok and (gb <= limit_gb if cuda else ok)
+    return cell, ok
+
+
+def target_lines(runs) -> list[str]:
+    has_gpu = any(r["machine"]["device"] == "cuda" and r["profile"].get("full_size") for _, rs in runs for r in rs)
+    lines = ["| target | GPU SD1.5 512² | GPU SDXL 1024² | status | CPU, real-size SD1.5 512² | CPU, small test models (64 px) |",
+             "|---|---|---|---|---|---|"]
     for text, case, limit_t, limit_gb in TARGETS:
         cells, verdicts = [], []
         for model in ("sd15", "sdxl"):
-            r = row(gpu, case, model)
+            r, _ = _newest_row(runs, case, model, "cuda", True)
             if r is None:
                 cells.append("pending")
                 continue
-            cell = f"{r['time_ratio']:.2f}×"
-            ok = limit_t is None or r["time_ratio"] <= limit_t
-            if limit_gb is not None:
-                gb = r["peak_bytes_median"] / 1e9
-                cell += f", {gb:.1f} GB"
-                ok = ok and gb <= limit_gb
+            cell, ok = _cell(r, limit_t, limit_gb, True)
             cells.append(cell)
             if model == "sd15":
                 verdicts.append(ok)
-        if gpu is None or not verdicts:
+        if not has_gpu or not verdicts:
             status = "pending: no GPU run yet"
         else:
             status = "met" if all(verdicts) else "gap: " + CAUSES.get(case, "cause not yet measured")
-        cpu_cells = []
+        cpu_full = []
         for model in ("sd15", "sdxl"):
-            r = row(cpu, case, model)
-            if r is not None and "time_ratio" in r:
-                cpu_cells.append(f"{model} {r['time_ratio']:.2f}×")
-        lines.append(f"| {text} | {cells[0]} | {cells[1]} | {status} | {', '.join(cpu_cells) or 'not measured'} |")
+            r, _ = _newest_row(runs, case, model, "cpu", True)
+            if r is not None:
+                cpu_full.append(f"{model}: {_cell(r, limit_t, limit_gb, False)[0]}")
+        cpu_small = []
+        for model in ("sd15", "sdxl"):
+            r, _ = _newest_row(runs, case, model, "cpu", False)
+            if r is not None:
+                cpu_small.append(f"{model}: {_cell(r, limit_t, limit_gb, False)[0]}")
+        lines.append(f"| {text} | {cells[0]} | {cells[1]} | {status} | {'; '.join(cpu_full) or 'not measured'} "
+                     f"| {'; '.join(cpu_small) or 'not measured'} |")
     return lines
 
 
 def render() -> str:
     runs = load_runs()
-    has_gpu = any(r["machine"]["device"] == "cuda" and r["profile"].get("full_size") for _, r in runs)
+    has_gpu = any(r["machine"]["device"] == "cuda" and r["profile"].get("full_size") for _, rs in runs for r in rs)
     out = [
         "# Benchmarks",
         "",
@@ -160,11 +219,21 @@ def render() -> str:
         "built once (`bench/models.py`, from tools/make_test_checkpoints.py's recipe; cached in "
         "`.cache/bench_checkpoints`); 50 steps, appearance transfer 100 steps skip 32. Peak memory is "
         "`torch.cuda.max_memory_allocated` (reset before each run, loaded weights included).",
-        "- **CPU**: the small test checkpoints at 64 px, 12 steps (appearance 12 skip 4), a few minutes. "
+        f"- **CPU**: the small test checkpoints at 64 px, {CPU.steps} steps (appearance {CPU.appearance_steps} skip "
+        f"{CPU.appearance_skip}), a few minutes. "
         "Peak memory is the growth of the process's peak resident set during the run (freed heap returned with "
         "`malloc_trim`, the kernel's high-water mark reset with `/proc/self/clear_refs`, then "
         "`VmHWM` − RSS at start). CPU ratios say little about a GPU: the small models are dominated by "
         "per-call overhead, and the machine the CPU figures come from is shared (noisy).",
+        "- **DeltaInterpolationTrainer** is compared with a plain PyTorch training loop of the same loss on the same "
+        "checkpoint (`bench/analogy.py`): the loss written out directly on the checkpoint's own UNet and text-encoder "
+        "modules, loaded outside ComfyUI's inference mode, one UNet forward per loss term and one backward, AdamW. "
+        "Each side runs in its own process; both report their first losses, which agree (same objective). "
+        "Per-step time of the node is (T(N) − T(n)) / (N − n) from whole-node runs, so loading and the one-off "
+        "encodes cancel out; peak memory covers the whole run of each side (the one-off encodes included). "
+        f"Steps: CUDA {CUDA.training_short_steps} and {CUDA.training_steps}; CPU small models "
+        f"{CPU.training_short_steps} and {CPU.training_steps}; `--full` on a CPU builds the real-size checkpoints "
+        f"and runs only this comparison ({CPU_FULL.training_short_steps} and {CPU_FULL.training_steps} steps at 512²).",
         "- Results append to `bench/results/<date>-<device>.json` (machine, torch, ComfyUI version, pack commit, "
         "every repeat); `.venv/bin/python bench/report.py` regenerates this file.",
         "- `bench/gpu_smoke.py` runs every shipped workflow (`workflows/api/*.json`) at full architecture size on "
@@ -174,15 +243,16 @@ def render() -> str:
         "",
     ]
     if not has_gpu:
-        out += ["**No GPU run yet: every figure below is CPU-only (small test models); the GPU table is pending.**", ""]
+        out += ["**No GPU run yet: every figure below is CPU-only; the GPU columns are pending.**", ""]
     out += target_lines(runs)
     out += ["", "Causes (measured or, where marked, expected):", ""]
     out += [f"- `{case}`: {text}" for case, text in CAUSES.items()]
-    out += ["", "## Results (latest run per file)", ""]
+    out += ["", "## Results (the newest figure of every case and model, per results file)", ""]
     if not runs:
         out += ["No results yet: run `make bench`.", ""]
-    for stem, run in runs:
-        out += run_table(stem, run)
+    for stem, file_runs in runs:
+        for run, picked in latest_rows(file_runs):
+            out += run_table(stem, run, picked)
     profile = BENCH / "PROFILE.md"
     if profile.exists():
         out += ["## Profile", "", f"See [PROFILE.md](PROFILE.md) (`bench/profile_appearance.py`).", ""]

@@ -7,7 +7,8 @@
 On CUDA it builds random-weight SD1.5 (512 px) and SDXL (1024 px) checkpoints at the real
 architecture sizes (bench/models.py; cached in .cache/bench_checkpoints) and runs 50 steps
 (appearance transfer: 100 steps, skip 32). On a CPU it uses the small test checkpoints from
-``make setup`` at 64 px and 12 steps, and finishes in a few minutes.
+``make setup`` at 64 px and 6 steps, and finishes in a few minutes; ``--full`` builds the real-size
+checkpoints on a CPU too (only the training comparison is practical there).
 
 Each graph runs in-process through ComfyUI's own validator and executor (tests/pack_testing.py's
 GraphRunner), once to warm up (load the model, fill caches), then ``--repeats`` times interleaved
@@ -38,6 +39,8 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, help="measured runs per graph (default 3)")
     p.add_argument("--small", action="store_true", help="on CUDA, use the small test checkpoints and the CPU "
                    "profile (a quick check of the bench itself)")
+    p.add_argument("--full", action="store_true", help="on a CPU, build and use the real-size SD1.5/SDXL "
+                   "checkpoints (512/1024 px; practical only for --cases analogy_trainer)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default on CPU: 1, stable on a shared machine; "
                    "2 threads on a 2-core machine with other work running measured 5x slower)")
     p.add_argument("--no-save", action="store_true", help="print only; do not append to bench/results")
@@ -48,9 +51,11 @@ def log(msg: str) -> None:
     print(f"[bench] {msg}", flush=True)
 
 
-def run_model(runner, ctx, cases, repeats: int, device: str) -> list[dict]:
+def run_model(runner, ctx, cases, repeats: int, device: str, folder) -> list[dict]:
     import cases as case_mod
 
+    compared = [c for c in cases if c.compare is not None]
+    cases = [c for c in cases if c.compare is None]
     baselines: dict[str, tuple[int, float]] = {}
     plan: list[tuple[str, object]] = []   # (name, prompt builder run -> prompt)
     for case in cases:
@@ -122,6 +127,17 @@ def run_model(runner, ctx, cases, repeats: int, device: str) -> list[dict]:
                     (row["peak_bytes_median"] - row["start_bytes_median"])
                     / (b["peak_bytes_median"] - b["start_bytes_median"]), 3)
         rows.append(row)
+    for case in compared:  # measured in their own processes; free this one's models first
+        import comfy.model_management
+
+        comfy.model_management.unload_all_models()
+        comfy.model_management.soft_empty_cache()
+        try:
+            rows.extend(case.compare(ctx, folder, device, log))
+        except Exception as exc:
+            log(f"{ctx.model} {case.name}: FAILED: {exc}")
+            rows.append({"case": case.name, "title": case.title, "kind": "method", "steps": case.steps(ctx),
+                         "error": f"{type(exc).__name__}: {exc}"[:2000]})
     return rows
 
 
@@ -144,6 +160,11 @@ def print_rows(model: str, ctx, rows: list[dict], device: str) -> None:
         if r.get("error"):
             print(f"  {r['case']:34} FAILED: {r['error'][:120]}")
             continue
+        if r.get("steps_per_second"):
+            print(f"  {r['case']:34} {r['steps']:>5} {'training:':>9} {r['ms_per_step']:>9.1f} "
+                  f"{r['peak_bytes_median'] / 2**20:>15.0f} {r.get('time_ratio', ''):>7} {r.get('memory_ratio', ''):>7}"
+                  f"  ({r['steps_per_second']} steps/s)")
+            continue
         print(f"  {r['case']:34} {r['steps']:>5} {r['seconds_median']:>9.3f} {r.get('ms_per_step', 0):>9.1f} "
               f"{r['peak_bytes_median'] / 2**20:>15.0f} {r.get('time_ratio', ''):>7} {r.get('memory_ratio', ''):>7}")
 
@@ -158,10 +179,11 @@ def main(argv=None) -> int:
     import cases as case_mod
     import models
 
-    full = device == "cuda" and not args.small
+    full = (device == "cuda" and not args.small) or args.full
     if args.threads or device == "cpu":
         torch.set_num_threads(args.threads or 1)
-    profile = case_mod.CUDA_PROFILE if full else case_mod.CPU_PROFILE
+    profile = case_mod.CUDA_PROFILE if device == "cuda" and full else (
+        case_mod.CPU_FULL_PROFILE if full else case_mod.CPU_PROFILE)
     if args.repeats:
         profile.repeats = args.repeats
     wanted_models = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -177,6 +199,9 @@ def main(argv=None) -> int:
     for case in case_mod.CASES:
         if wanted_cases and case.name not in wanted_cases:
             continue
+        if not wanted_cases and full and device == "cpu" and case.compare is None:
+            skipped[case.name] = "real-size models on a CPU: only the training comparison is practical"
+            continue
         if not wanted_cases and not full and not case.small_default:
             skipped[case.name] = "not in the default small profile (" + case.notes + ")"
             log(f"case {case.name} skipped: {skipped[case.name]}")
@@ -191,7 +216,10 @@ def main(argv=None) -> int:
     info = harness.machine(device)
     record = {"date": harness.today(), "time": harness.now(), "machine": info,
               "profile": {"full_size": full, "steps": profile.steps, "appearance_steps": profile.appearance_steps,
-                          "appearance_skip": profile.appearance_skip, "repeats": profile.repeats},
+                          "appearance_skip": profile.appearance_skip, "repeats": profile.repeats,
+                          "training_steps": profile.training_steps,
+                          "training_short_steps": profile.training_short_steps,
+                          "training_repeats": profile.training_repeats},
               "memory_method": ("torch.cuda.max_memory_allocated (weights included)" if device == "cuda"
                                 else harness.cpu_memory_method()),
               "skipped_cases": skipped, "models": {}}
@@ -199,9 +227,10 @@ def main(argv=None) -> int:
         f"{'full-size' if full else 'small test'} models, {profile.repeats} repeats")
     failed = False
     for model, ck in ckpts.items():
-        ctx = case_mod.Context(model=model, ckpt=ck["ckpt"], size=ck["size"], profile=profile)
+        ctx = case_mod.Context(model=model, ckpt=ck["ckpt"], size=ck["size"], profile=profile, threads=args.threads)
         t = harness.Timer(model)
-        rows = run_model(runner, ctx, selected, profile.repeats, device)
+        model_cases = [c for c in selected if wanted_cases or full or model in c.small_models]
+        rows = run_model(runner, ctx, model_cases, profile.repeats, device, ck["folder"])
         failed |= any(r.get("error") for r in rows)
         record["models"][model] = {"checkpoint": ck["ckpt"], "family": ck["family"], "size": ck["size"],
                                    "seconds_total": round(t.done(), 1), "rows": rows}
