@@ -1,0 +1,46 @@
+"""bench/report.py: which figures the generated bench/README.md shows, and the target verdicts."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+
+import report  # noqa: E402
+
+
+def _run(time: str, rows: dict[str, list[dict]], device: str = "cpu", full: bool = False) -> dict:
+    return {"time": time, "machine": {"device": device}, "profile": {"full_size": full},
+            "models": {m: {"size": 64, "rows": r} for m, r in rows.items()}}
+
+
+def _method(case: str, baseline: str, ratio: float, **extra) -> dict:
+    return {"case": case, "kind": "method", "baseline": baseline, "time_ratio": ratio, "steps": 6,
+            "seconds_median": 1.0, "peak_bytes_median": 2**20, **extra}
+
+
+def _base(case: str) -> dict:
+    return {"case": case, "kind": "baseline", "steps": 6, "seconds_median": 1.0, "peak_bytes_median": 2**20}
+
+
+def test_latest_rows_keep_the_newest_figure_of_each_case_with_its_own_baseline():
+    old = _run("t1", {"sd15": [_base("plain_a"), _method("ddim_invert", "plain_a", 0.8),
+                               _method("appearance_transfer", "plain_a", 2.4)]})
+    new = _run("t2", {"sd15": [_base("plain_b"), _method("appearance_transfer", "plain_b", 2.1)]})
+    picked = report.latest_rows([new, old])  # newest first
+    assert [run["time"] for run, _ in picked] == ["t2", "t1"]
+    assert [r["case"] for r in picked[0][1]["sd15"]] == ["plain_b", "appearance_transfer"]
+    assert [r["case"] for r in picked[1][1]["sd15"]] == ["plain_a", "ddim_invert"]  # the older appearance row is gone
+
+
+def test_newest_row_and_training_verdict():
+    slower = _method("analogy_trainer", "analogy_plain_loop", 1.5, steps_per_second=0.01, memory_ratio=0.8,
+                     ms_per_step=100.0)
+    faster = dict(slower, time_ratio=0.9, memory_ratio=0.7)
+    runs = [("2026-11-23-cpu", [_run("t2", {"sd15": [faster]}, full=True), _run("t1", {"sd15": [slower]}, full=True)])]
+    row, run = report._newest_row(runs, "analogy_trainer", "sd15", "cpu", True)
+    assert run["time"] == "t2" and row["time_ratio"] == 0.9
+    assert report._newest_row(runs, "analogy_trainer", "sd15", "cpu", False) == (None, None)
+    assert report._cell(faster, None, None, False)[1] is True
+    assert report._cell(slower, None, None, False)[1] is False  # slower than the plain loop: not met
+    assert report._cell(dict(faster, memory_ratio=1.2), None, None, False)[1] is False
