@@ -211,8 +211,11 @@ def run_plain(args, device: str) -> dict:
         def predict(latent, sigma, cond, pooled):
             x_in = sampling.calculate_input(sigma, latent).to(model_dtype)
             extra = {}
-            if base.adm_channels:  # SDXL: the pooled text and size vector, as ComfyUI builds it
-                extra["y"] = base.encode_adm(pooled_output=pooled, device=dev).to(dev, model_dtype)
+            if base.adm_channels:  # SDXL: the pooled text and the size vector, which ComfyUI's
+                # encode_model_conds fills in from the latent's size
+                height, width = latent.shape[-2] * 8, latent.shape[-1] * 8
+                extra["y"] = base.encode_adm(pooled_output=pooled, width=width, height=height,
+                                             device=dev).to(dev, model_dtype)
             return unet(x_in, sampling.timestep(sigma).float(), context=cond.to(model_dtype), **extra).float()
 
         losses, marks = [], {}

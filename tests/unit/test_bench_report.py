@@ -35,7 +35,7 @@ def test_latest_rows_keep_the_newest_figure_of_each_case_with_its_own_baseline()
 
 def test_newest_row_and_training_verdict():
     slower = _method("analogy_trainer", "analogy_plain_loop", 1.5, steps_per_second=0.01, memory_ratio=0.8,
-                     ms_per_step=100.0)
+                     ms_per_step=100.0, losses_match=True)
     faster = dict(slower, time_ratio=0.9, memory_ratio=0.7)
     runs = [("2026-11-23-cpu", [_run("t2", {"sd15": [faster]}, full=True), _run("t1", {"sd15": [slower]}, full=True)])]
     row, run = report._newest_row(runs, "analogy_trainer", "sd15", "cpu", True)
@@ -44,3 +44,4 @@ def test_newest_row_and_training_verdict():
     assert report._cell(faster, None, None, False)[1] is True
     assert report._cell(slower, None, None, False)[1] is False  # slower than the plain loop: not met
     assert report._cell(dict(faster, memory_ratio=1.2), None, None, False)[1] is False
+    assert report._cell(dict(faster, losses_match=False), None, None, False)[1] is False  # not the same loss
