@@ -34,8 +34,9 @@ TARGETS = [
 CAUSES = {
     "ddim_invert": (
         "DDIMInvert makes the same UNet calls as plain sampling (one per step at cfg 1); what remains is "
-        "per-step bookkeeping (the inversion record keeps every latent). CPU figures are within the noise "
-        "of a shared 2-core machine."),
+        "per-step bookkeeping (the inversion record keeps every latent) and the one-off copy of that record to "
+        "the CPU. On the CPU at 64 px the ratio moved between 0.82× and 1.16× across runs with the same per-step "
+        "work (a 130 ms step, ±20 ms): the small models cannot resolve a 5 % target; the GPU run decides."),
     "appearance_transfer": (
         "Floor: 2 inversions × (steps − skip) batched cond+uncond evaluations (cfg 3.5) plus a replay whose "
         "UNet batch carries the output, reference and structure branches (up to 3× the rows of a cfg-1 "
