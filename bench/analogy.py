@@ -200,8 +200,7 @@ def run_plain(args, device: str) -> dict:
         align_stage.reset_clip_options()
         align_stage.set_clip_options({"layer": -(10 ** 6)})
         slots = host.text_encoder_slots(clip)
-        grad_limits = {s.key: float(getattr(stage, f"clip_{s.key}").transformer.get_input_embeddings()
-                                    .weight.detach().float().abs().max()) for s in slots}
+        grad_limits = {s.key: host.token_embedding_scale(clip, s.key) for s in slots}
         sigmas = sampling.sigmas.detach().float().cpu()
         generator = torch.Generator(device="cpu").manual_seed(SEED)
         timesteps = dif.shuffled_timesteps(args.steps, len(sigmas), generator)

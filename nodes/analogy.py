@@ -108,23 +108,6 @@ def term_error(model, conditioning: list, latent: torch.Tensor, sigma: torch.Ten
     return error.float().pow(2).mean()
 
 
-def consistency_errors(model, clip, prompt_tokens_before: dict, prompt_tokens_after: dict,
-                       rows: dict[str, torch.Tensor], latent_before: torch.Tensor, latent_after: torch.Tensor,
-                       sigma: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(L_after, L_before) of the token consistency loss (Sec. 4.3, see ``core.difference``):
-
-        L_after  = || target - pred(z_{A',t}, t, [P(A) ; +D]) ||^2
-        L_before = || target - pred(z_{A,t},  t, [P(A'); -D]) ||^2
-
-    ``noise`` is the shared eps ``[N, C, h, w]``. Call it inside ``host.gradient_mode`` and
-    ``host.model_session`` with differentiable clones for gradients (the trainer itself runs the
-    two terms with a backward pass each, see ``_consistency_step``).
-    """
-    cond_after, cond_before = difference_prompts(model, clip, prompt_tokens_before, prompt_tokens_after, rows)
-    return (term_error(model, cond_after, latent_after, sigma, noise),
-            term_error(model, cond_before, latent_before, sigma, noise))
-
-
 def _gradient_boundary(conditioning: list) -> tuple[list, list[tuple[torch.Tensor, torch.Tensor]]]:
     """A copy of ``conditioning`` whose differentiable tensors are fresh leaves, and the
     (original, leaf) pairs: the UNet part of the graph can then be freed term by term, and the
@@ -144,12 +127,18 @@ def _gradient_boundary(conditioning: list) -> tuple[list, list[tuple[torch.Tenso
     return out, pairs
 
 
-def _consistency_step(model, clip, prompt_tokens_before: dict, prompt_tokens_after: dict,
-                      rows: dict[str, torch.Tensor], latent_before: torch.Tensor, latent_after: torch.Tensor,
-                      sigma: torch.Tensor, noise: torch.Tensor, weight: float,
-                      extra_loss: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Accumulates into ``rows[*].grad`` the gradient of ``weight * (L_after + L_before) + extra_loss``
-    and returns the detached (L_after, L_before).
+def consistency_step(model, clip, prompt_tokens_before: dict, prompt_tokens_after: dict,
+                     rows: dict[str, torch.Tensor], latent_before: torch.Tensor, latent_after: torch.Tensor,
+                     sigma: torch.Tensor, noise: torch.Tensor, weight: float = 1.0,
+                     extra_loss: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The token consistency loss (Sec. 4.3, see ``core.difference``), detached:
+
+        L_after  = || target - pred(z_{A',t}, t, [P(A) ; +D]) ||^2
+        L_before = || target - pred(z_{A,t},  t, [P(A'); -D]) ||^2
+
+    with ``noise`` the shared eps ``[N, C, h, w]``. Inside ``host.gradient_mode`` with differentiable
+    clones it also accumulates into ``rows[*].grad`` the gradient of
+    ``weight * (L_after + L_before) + extra_loss``; without gradients it only evaluates.
 
     The two UNet terms run one after the other, each followed by its own backward pass up to a
     gradient boundary at the conditioning, so only one term's UNet activations are alive at a time
@@ -344,7 +333,7 @@ def _train(model, clip, alignment, slots, target_slot, projection, d_interp, lat
                 else:  # no CLIP term: skip the alignment encoder's pass
                     clip_loss = torch.zeros((), device=device)
                 optimizer.zero_grad(set_to_none=True)
-                loss_after, loss_before = _consistency_step(
+                loss_after, loss_before = consistency_step(
                     unet, text_encoder, tokens_before, tokens_after, rows, clean_before, clean_after, sigma, noise,
                     lambda_mse, lambda_clip * clip_loss if lambda_clip > 0 else None)
                 mse = loss_after + loss_before

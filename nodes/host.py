@@ -226,7 +226,8 @@ class _WeightWrapper:
         # every backward pass would also compute weight gradients and accumulate them into the
         # shared model's parameters.
         weight = weight.detach()
-        _SAVED_WEIGHTS.record(weight, self.module, self.param)
+        if torch.is_grad_enabled():  # otherwise nothing is saved for a backward pass
+            _SAVED_WEIGHTS.record(weight, self.module, self.param)
         return weight
 
     def __deepcopy__(self, memo):  # holds a module of the shared model: never copy it
@@ -725,12 +726,13 @@ class GuidedSteps:
         self.callback = callback
         self.seed = seed
         self.steps = len(sigmas) - 1
+        self.levels: list[float] = sigmas.tolist()  # the schedule on the host, read once per run
         self.cfg = float(guider.cfg)
 
     def start(self, noise: torch.Tensor, latent_image: torch.Tensor) -> torch.Tensor:
         """The latent at ``sigmas[0]``: the noise added as the stock samplers add it."""
         sampling = self.guider.inner_model.model_sampling
-        max_sigma, first = float(sampling.sigma_max), float(self.sigmas[0])
+        max_sigma, first = float(sampling.sigma_max), self.levels[0]
         max_denoise = math.isclose(max_sigma, first, rel_tol=1e-05) or first > max_sigma
         return sampling.noise_scaling(self.sigmas[0], noise, latent_image, max_denoise)
 

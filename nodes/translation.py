@@ -283,15 +283,6 @@ class TranslationProgram:
         self.settings = settings
         self.seed_offset = seed_offset
         self.last_losses: list[dict] = []
-        self._sigma_values: Optional[tuple[weakref.ref, list[float]]] = None
-
-    def sigma_values(self, steps) -> list[float]:
-        """``steps.sigmas`` as Python floats, read from the device once per schedule tensor."""
-        cached = self._sigma_values
-        if cached is None or cached[0]() is not steps.sigmas:
-            cached = (weakref.ref(steps.sigmas), steps.sigmas.tolist())
-            self._sigma_values = cached
-        return cached[1]
 
     def __call__(self, steps, x_start: torch.Tensor) -> torch.Tensor:
         state, settings = self.state, self.settings
@@ -335,7 +326,7 @@ class TranslationProgram:
     def loss_at(self, steps, x: torch.Tensor, k: int, role: str, grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """(combined loss of one CFG row at sigma-space latent ``x`` and step ``k``, its VP leaf)."""
         state, settings = self.state, self.settings
-        sigma = self.sigma_values(steps)[k]
+        sigma = steps.levels[k]
         with host.gradient_mode():
             x_vp = tr.vp_latent(x.detach().clone(), sigma).requires_grad_(grad)
             state.mode, state.step, state.role = GUIDE, k, role
@@ -356,7 +347,7 @@ class TranslationProgram:
         over the CFG batch, each row moves by its own gradient, the uncond row is kept as x_t and
         the cond row is evaluated at its own updated latent). Returns (x_t, cond offset, losses), the
         losses per CFG row as detached 0-d tensors (read on the host once per run, not per step)."""
-        sigma = self.sigma_values(steps)[k]
+        sigma = steps.levels[k]
         rows = self.rows(steps)
         updated, losses = {}, {}
         for role in rows:

@@ -49,6 +49,11 @@ def checkpoint_path(name: str) -> Path:
     return path
 
 
+def relative_error(a, b) -> float:
+    """mean |a - b| / mean |b| of two tensors."""
+    return float((a - b).abs().mean() / b.abs().mean())
+
+
 # --- running API-format graphs through ComfyUI's own validator and executor, in-process -------
 
 CAPTURED: dict[str, tuple] = {}

@@ -254,7 +254,7 @@ def test_training_lowers_the_consistency_loss(sd15_runs):
         totals = {}
         with _host.model_session(model, (2,) + tuple(z_after.shape[1:])):
             for label, rows in (("zero", zero), ("trained", trained)):
-                totals[label] = sum(float(sum(analogy.consistency_errors(
+                totals[label] = sum(float(sum(analogy.consistency_step(
                     model, clip, tokens_before, tokens_after, rows, z_before, z_after, sigma, noise)))
                     for sigma, noise in draws)
     assert totals["trained"] < totals["zero"], totals

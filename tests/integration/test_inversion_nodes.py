@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pack_testing import GraphError, checkpoint_path
+from pack_testing import GraphError, checkpoint_path, relative_error
 
 pytestmark = pytest.mark.integration
 
@@ -60,10 +60,6 @@ def roundtrip_prompt(ckpt: str, mode: str, steps: int, cfg: float, skip: int = 0
     prompt["11"] = {"class_type": "Capture", "inputs": {"key": "inversion", "value": ["6", 1]}}
     prompt["12"] = {"class_type": "Capture", "inputs": {"key": "inverted", "value": ["6", 0]}}
     return prompt
-
-
-def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).abs().mean() / b.abs().mean())
 
 
 @pytest.fixture(scope="module", params=[SD15, SDXL])

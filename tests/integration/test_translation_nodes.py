@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pack_testing import GraphError, checkpoint_path
+from pack_testing import GraphError, checkpoint_path, relative_error
 
 pytestmark = pytest.mark.integration
 
@@ -55,10 +55,6 @@ def add_edit(prompt: dict, name: str, node: int, *, multiplier: float = 1.0, **g
         "latent_image": ["6", 0]}}
     prompt[str(node + 3)] = {"class_type": "Capture", "inputs": {"key": name, "value": [str(node + 2), 0]}}
     prompt[str(node + 4)] = {"class_type": "Capture", "inputs": {"key": name + "_guider", "value": [str(node + 1), 0]}}
-
-
-def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).abs().mean() / b.abs().mean())
 
 
 @pytest.fixture(scope="module", params=[SD15, SDXL])
