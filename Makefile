@@ -6,7 +6,7 @@ PORT ?= 8188
 CKPT ?=
 export CKPT
 
-.PHONY: setup test test-unit test-browser demo serve bench clean
+.PHONY: setup test test-unit test-browser test-hosts demo serve bench clean
 
 setup:
 	@bash tools/setup.sh
@@ -19,6 +19,12 @@ test: setup
 test-browser:
 	@bash tools/setup.sh --browser
 	EXEMPLAR_BROWSER_REQUIRED=1 $(PY) -m pytest -q tests/browser
+
+# The whole suite (unit, in-process graphs, real server, browser) once per ComfyUI host: the pinned
+# one and each of $(COMFYUI_HOSTS) (default: the v0.33.0 release tree from ../shared/hosts), each in
+# its own environment with the requirements that host names (tools/test_hosts.sh).
+test-hosts:
+	@bash tools/test_hosts.sh
 
 test-unit: setup
 	$(PY) -m pytest -q tests/unit

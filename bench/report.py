@@ -48,9 +48,12 @@ CAUSES = {
     "translation": (
         "Each guided step runs a forward and a backward pass of the UNet for the PatchNCE + cross-attention "
         "losses, then the CFG prediction: about 3 UNet-forward equivalents per step plus the backward. "
-        "Expected on a GPU, not measured: every pass of the guider runs on the differentiable clone, so each "
-        "UNet forward also copies the weights once (ComfyUI's weight-wrapper path; the copies are no longer "
-        "kept for the backward pass), including the reference and CFG passes that need no gradient."),
+        "On hosts before Dynamic VRAM (the pinned 0.3.75, where these CPU figures come from) every pass of the "
+        "guider runs on the differentiable clone, so each UNet forward also copies the weights once (the copies "
+        "are not kept for the backward pass), including the reference and CFG passes that need no gradient. On "
+        "hosts with `ModelPatcher.clone(force_deepcopy=...)` (v0.16+) the guider samples a private copy of the "
+        "model reloaded with ordinary weights instead, as ComfyUI's training node does: no per-forward copies, "
+        "one model load per run (not measured on a GPU)."),
     "analogy_trainer": (
         "Measured on a CPU at real SD1.5 size (512², 2 threads, bench/results 2026-11-23-cpu): 0.85× the plain "
         "loop's time per step and 0.67× its peak memory growth, same losses. Why it is leaner: the two "
@@ -213,6 +216,27 @@ def target_lines(runs) -> list[str]:
     return lines
 
 
+def gpu_check_lines() -> list[str]:
+    """The Dynamic VRAM gradient check (bench/gpu_dynamic_vram.py): its recorded runs, or pending."""
+    out = ["## GPU check: gradients under Dynamic VRAM (issue 12)", "",
+           "`bench/gpu_dynamic_vram.py` starts ComfyUI (v0.16+, e.g. the v0.33.0 tree) through `main.py` with "
+           "default flags (Dynamic VRAM on NVIDIA) and with `--disable-dynamic-vram`, on a random-weight checkpoint of "
+           "the real SD1.5 architecture at 512 px, without and with a random LoRA, and compares the first losses and "
+           "gradients of both gradient paths (DeltaInterpolationTrainer's token consistency loss in the tokens, "
+           "CutLossGuidance's attention loss in the latent) between the two modes. One command on a GPU machine "
+           "(`bash bench/gpu_carry.sh` prepares what it carries; see the script's docstring).", ""]
+    records = sorted(RESULTS.glob("*gpu_dynamic_vram*.json"))
+    if not records:
+        return out + ["**Pending: no GPU has been lent to this project yet, so this check has not run.** "
+                      "`--dry-run` (the small model on the CPU, where both modes are the same) checks the script.", ""]
+    for path in records:
+        record = json.loads(path.read_text())
+        out.append(f"- {path.name}: {'passed' if record.get('passed') else 'FAILED'} on {record.get('gpu')}, "
+                   f"torch {record.get('torch')}, {record.get('seconds')} s; report: "
+                   f"`{json.dumps(record.get('report'), default=str)[:400]}`")
+    return out + [""]
+
+
 def render() -> str:
     runs = load_runs()
     has_gpu = any(r["machine"]["device"] == "cuda" and r["profile"].get("full_size") for _, rs in runs for r in rs)
@@ -266,6 +290,7 @@ def render() -> str:
     for stem, file_runs in runs:
         for run, picked in latest_rows(file_runs):
             out += run_table(stem, run, picked)
+    out += gpu_check_lines()
     profile = BENCH / "PROFILE.md"
     if profile.exists():
         out += ["## Profile", "", f"See [PROFILE.md](PROFILE.md) (`bench/profile_appearance.py`).", ""]

@@ -96,15 +96,15 @@ def difference_prompts(model, clip, prompt_tokens_before: dict, prompt_tokens_af
         host.append_embedding_rows(clip, prompt_tokens_after, {k: -v for k, v in rows.items()}))
 
 
-def term_error(model, conditioning: list, latent: torch.Tensor, sigma: torch.Tensor,
+def term_error(run: host.ModelRun, conditioning: list, latent: torch.Tensor, sigma: torch.Tensor,
                noise: torch.Tensor) -> torch.Tensor:
     """|| target - pred(z_{X,t}, t, conditioning) ||^2 (mean) for one term of the token consistency
     loss, in the model's own target (eps or v): ``(D_hat - x0) / output_scale``, with
     z_{X,t} = x0 + sigma * noise. ``latent`` is in model space ``[N, C, h, w]``; ``sigma`` a scalar tensor."""
     x = dif.noised_latent(latent, sigma, noise)
     sigmas = sigma.reshape(1).to(x.device, x.dtype).expand(x.shape[0])
-    prepared = host.prepare_conditioning(model, conditioning, x)
-    error = (host.denoise_with(model, x, sigmas, prepared) - latent) / host.output_scale(model, sigmas, x)
+    prepared = run.prepare_conditioning(conditioning, x)
+    error = (run.denoise(x, sigmas, prepared) - latent) / run.output_scale(sigmas, x)
     return error.float().pow(2).mean()
 
 
@@ -127,7 +127,7 @@ def _gradient_boundary(conditioning: list) -> tuple[list, list[tuple[torch.Tenso
     return out, pairs
 
 
-def consistency_step(model, clip, prompt_tokens_before: dict, prompt_tokens_after: dict,
+def consistency_step(run: host.ModelRun, clip, prompt_tokens_before: dict, prompt_tokens_after: dict,
                      rows: dict[str, torch.Tensor], latent_before: torch.Tensor, latent_after: torch.Tensor,
                      sigma: torch.Tensor, noise: torch.Tensor, weight: float = 1.0,
                      extra_loss: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -144,11 +144,11 @@ def consistency_step(model, clip, prompt_tokens_before: dict, prompt_tokens_afte
     gradient boundary at the conditioning, so only one term's UNet activations are alive at a time
     (half the memory of one batch of both); the text encoders' small graph is then backpropagated
     once with the summed conditioning gradients (and ``extra_loss``, the CLIP term)."""
-    cond_after, cond_before = difference_prompts(model, clip, prompt_tokens_before, prompt_tokens_after, rows)
+    cond_after, cond_before = difference_prompts(run.patcher, clip, prompt_tokens_before, prompt_tokens_after, rows)
     values, boundary = [], []
     for conditioning, latent in ((cond_after, latent_after), (cond_before, latent_before)):
         leaves, pairs = _gradient_boundary(conditioning)
-        error = term_error(model, leaves, latent, sigma, noise)
+        error = term_error(run, leaves, latent, sigma, noise)
         if error.requires_grad and weight != 0:
             (weight * error).backward()
         values.append(error.detach())
@@ -317,44 +317,50 @@ def _train(model, clip, alignment, slots, target_slot, projection, d_interp, lat
         # noise is drawn by the CPU generator (the seed's values on every device); page-locked on
         # CUDA so that its upload does not block the loop
         pin_noise = torch.device(device).type == "cuda"
-        with host.model_session(unet, tuple(clean_after.shape)):
-            for step in range(steps):
-                host.check_interrupted()
-                sigma = step_sigmas[step]
-                noise = torch.randn(clean_after.shape, generator=generator, pin_memory=pin_noise).to(
-                    device, non_blocking=True)
-                if lambda_clip > 0:
-                    hidden, _ = host.last_hidden_and_pooled(
-                        align_encoder, host.append_embedding_rows(align_encoder, empty_alignment_tokens,
-                                                                  {target_slot.key: rows[target_slot.key]}))
-                    feature = dif.difference_token_feature(hidden[0, 1:1 + num_tokens].to(device),
-                                                           lambda h: h @ projection_t.T)
-                    clip_loss = dif.clip_direction_loss(feature, target)
-                else:  # no CLIP term: skip the alignment encoder's pass
-                    clip_loss = torch.zeros((), device=device)
-                optimizer.zero_grad(set_to_none=True)
-                loss_after, loss_before = consistency_step(
-                    unet, text_encoder, tokens_before, tokens_after, rows, clean_before, clean_after, sigma, noise,
-                    lambda_mse, lambda_clip * clip_loss if lambda_clip > 0 else None)
-                mse = loss_after + loss_before
-                loss = lambda_mse * mse + lambda_clip * clip_loss.detach()
-                # the tokens before this step's update are the ones that reached this loss; the zero
-                # initialisation (step 0) is no difference at all and is never kept
-                if step > 0:
-                    for key in rows:
-                        best_loss_k, best_rows[key] = dif.keep_best(best_loss, best_rows[key], mse, rows[key])
-                    best_loss = best_loss_k
-                for key, value in rows.items():  # VISII visii.py:937; keeps AdamW's moments finite
-                    torch.nn.utils.clip_grad_value_([value], grad_limits[key])
-                optimizer.step()
-                losses[step] = loss.detach()
-                if (step + 1) % display_every == 0 or step + 1 == steps:
-                    shown, shown_mse, shown_clip = torch.stack(
-                        [t.detach().to(loss.device, torch.float32) for t in (loss, mse, clip_loss)]).tolist()
-                    progress.update(step + 1, f"step {step + 1}/{steps}  loss {shown:.4f}  "
-                                              f"(consistency {shown_mse:.4f}, clip {shown_clip:.3f})")
-                else:
-                    progress.update(step + 1)
+        best = {"loss": best_loss, "rows": best_rows}
+
+        def train_steps(run: host.ModelRun) -> None:
+            with host.gradient_mode():
+                for step in range(steps):
+                    host.check_interrupted()
+                    sigma = step_sigmas[step]
+                    noise = torch.randn(clean_after.shape, generator=generator, pin_memory=pin_noise).to(
+                        device, non_blocking=True)
+                    if lambda_clip > 0:
+                        hidden, _ = host.last_hidden_and_pooled(
+                            align_encoder, host.append_embedding_rows(align_encoder, empty_alignment_tokens,
+                                                                      {target_slot.key: rows[target_slot.key]}))
+                        feature = dif.difference_token_feature(hidden[0, 1:1 + num_tokens].to(device),
+                                                               lambda h: h @ projection_t.T)
+                        clip_loss = dif.clip_direction_loss(feature, target)
+                    else:  # no CLIP term: skip the alignment encoder's pass
+                        clip_loss = torch.zeros((), device=device)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss_after, loss_before = consistency_step(
+                        run, text_encoder, tokens_before, tokens_after, rows, clean_before, clean_after, sigma, noise,
+                        lambda_mse, lambda_clip * clip_loss if lambda_clip > 0 else None)
+                    mse = loss_after + loss_before
+                    loss = lambda_mse * mse + lambda_clip * clip_loss.detach()
+                    # the tokens before this step's update are the ones that reached this loss; the zero
+                    # initialisation (step 0) is no difference at all and is never kept
+                    if step > 0:
+                        for key in rows:
+                            best_loss_k, best["rows"][key] = dif.keep_best(best["loss"], best["rows"][key], mse, rows[key])
+                        best["loss"] = best_loss_k
+                    for key, value in rows.items():  # VISII visii.py:937; keeps AdamW's moments finite
+                        torch.nn.utils.clip_grad_value_([value], grad_limits[key])
+                    optimizer.step()
+                    losses[step] = loss.detach()
+                    if (step + 1) % display_every == 0 or step + 1 == steps:
+                        shown, shown_mse, shown_clip = torch.stack(
+                            [t.detach().to(loss.device, torch.float32) for t in (loss, mse, clip_loss)]).tolist()
+                        progress.update(step + 1, f"step {step + 1}/{steps}  loss {shown:.4f}  "
+                                                  f"(consistency {shown_mse:.4f}, clip {shown_clip:.3f})")
+                    else:
+                        progress.update(step + 1)
+
+        host.run_with_model(unet, tuple(clean_after.shape), train_steps)
+        best_loss, best_rows = best["loss"], best["rows"]
         if steps == 1 or not bool(torch.isfinite(best_loss)):
             best_rows = {k: v.detach().clone() for k, v in rows.items()}
             best_value = float(losses[-1])

@@ -311,16 +311,19 @@ def collect_features(model, patch: AppearanceTransferPatch, positive) -> None:
     recorder = model.clone()
     recorder.set_model_attn1_patch(record)
     latent = patch.target.latents[0]
-    with host.model_session(recorder, tuple(latent.shape)):
-        device = host.compute_device()
-        prepared = host.prepare_conditioning(recorder, positive, latent.to(device))
+
+    def collect(run: host.ModelRun) -> None:
+        device = run.device
+        prepared = run.prepare_conditioning(positive, latent.to(device))
         for step in steps:
             host.check_interrupted()
             source = patch.target if patch.schedule.takes_structure(step) else patch.reference
             x = source.latents[step][:1].to(device)
             sigma = patch.target.sigmas[patch.target.start_step + step].reshape(1).to(device)
             recording["step"] = step
-            host.denoise_with(recorder, x, sigma, prepared)
+            run.denoise(x, sigma, prepared)
+
+    host.run_with_model(recorder, tuple(latent.shape), collect)
 
 
 def _check_inversion(inversion, name: str) -> inv.Inversion:

@@ -84,6 +84,37 @@ class _Capture:
         return {}
 
 
+WRAPPER_CALLS: dict[str, int] = {}
+
+
+class _OtherPacksSamplerWrapper:
+    """Test-only node: what another pack does to a model, a SAMPLER_SAMPLE wrapper (pass-through,
+    counting its calls in WRAPPER_CALLS[key])."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": ("MODEL",), "key": ("STRING", {"default": "other_pack"})}}
+
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "patch"
+    CATEGORY = "testing"
+
+    @classmethod
+    def IS_CHANGED(cls, **kwargs):
+        return float("nan")
+
+    def patch(self, model, key):
+        import comfy.patcher_extension
+
+        def wrapper(executor, *args, **kwargs):
+            WRAPPER_CALLS[key] = WRAPPER_CALLS.get(key, 0) + 1
+            return executor(*args, **kwargs)
+
+        patched = model.clone()
+        patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.SAMPLER_SAMPLE, key, wrapper)
+        return (patched,)
+
+
 class GraphError(RuntimeError):
     """A graph failed validation or execution; the message is ComfyUI's."""
 
@@ -112,7 +143,7 @@ class GraphRunner:
         # ComfyUI's default (classic) cache, as the server uses: unchanged loader nodes are not
         # re-run between graphs, so each checkpoint loads once.
         self.executor = execution.PromptExecutor(self.server, cache_type=execution.CacheType.CLASSIC,
-                                                 cache_args={"lru": 0, "ram": 0})
+                                                 cache_args={"lru": 0, "ram": 0, "ram_inactive": 0})
         self._count = 0
 
     def validate(self, prompt: dict) -> tuple[bool, dict, list, dict]:
@@ -151,4 +182,5 @@ def make_graph_runner() -> GraphRunner:
     for node_cls in asyncio.run(ExemplarEditExtension().get_node_list()):
         nodes.NODE_CLASS_MAPPINGS[node_cls.GET_SCHEMA().node_id] = node_cls
     nodes.NODE_CLASS_MAPPINGS["Capture"] = _Capture
+    nodes.NODE_CLASS_MAPPINGS["OtherPacksSamplerWrapper"] = _OtherPacksSamplerWrapper
     return GraphRunner()

@@ -89,6 +89,10 @@ def host_dir() -> Path:
 
 
 def python_exe() -> str:
+    """The Python that runs ComfyUI: this one when it is a virtual environment's (the test matrix runs
+    each host with its own), else the project's ``.venv``."""
+    if sys.prefix != sys.base_prefix:
+        return sys.executable
     venv = REPO / ".venv" / "bin" / "python"
     return str(venv) if venv.exists() else sys.executable
 
@@ -201,8 +205,9 @@ def _has_frontend_package(python: str) -> bool:
 
 
 def server_command(port: int, base: Path, *, host: Path | None = None, frontend_root: str | None = "auto",
-                   extra_args: Sequence[str] = ()) -> list[str]:
-    """The argv for ComfyUI's main.py; flags this host's cli_args.py lacks are dropped."""
+                   extra_args: Sequence[str] = (), gpu: bool = False) -> list[str]:
+    """The argv for ComfyUI's main.py; flags this host's cli_args.py lacks are dropped. ``gpu``: leave
+    out ``--cpu``, so ComfyUI picks its device and memory mode by itself (Dynamic VRAM on NVIDIA)."""
     host = host or host_dir()
     python = python_exe()
     flags = _host_flags(host)
@@ -215,8 +220,8 @@ def server_command(port: int, base: Path, *, host: Path | None = None, frontend_
                 fe.mkdir(parents=True, exist_ok=True)
                 (fe / "index.html").write_text("<!doctype html><title>headless ComfyUI</title>\n")
             frontend_root = str(fe)
-    wanted: list[tuple[str, str | None]] = [
-        ("--cpu", None),
+    wanted: list[tuple[str, str | None]] = [] if gpu else [("--cpu", None)]
+    wanted += [
         ("--listen", "127.0.0.1"),
         ("--port", str(port)),
         ("--disable-auto-launch", None),
@@ -349,7 +354,7 @@ def _stop(proc: subprocess.Popen, grace: float = 10.0) -> None:
 @contextlib.contextmanager
 def running_server(port: int | None = None, ckpts: Iterable[str | os.PathLike] = (), base: str | os.PathLike | None = None,
                    *, timeout: float = 180.0, extra_args: Sequence[str] = (), require_pack: bool = True,
-                   use_env: bool = True) -> Iterator[ServerURL]:
+                   use_env: bool = True, gpu: bool = False) -> Iterator[ServerURL]:
     """Starts the host in the background, waits until it answers, yields its URL, stops it on exit.
 
     ``base`` defaults to a fresh temporary directory (removed afterwards). The server log is
@@ -365,7 +370,7 @@ def running_server(port: int | None = None, ckpts: Iterable[str | os.PathLike] =
         if port and port_in_use(port):
             raise ServerError(f"port {port} on 127.0.0.1 is already in use")
         port = port or free_port()
-        cmd = server_command(port, base_path, extra_args=extra_args)
+        cmd = server_command(port, base_path, extra_args=extra_args, gpu=gpu)
         log = base_path / "server.log"
         url = ServerURL(f"http://127.0.0.1:{port}")
         with open(log, "wb") as log_file:

@@ -252,11 +252,14 @@ def test_training_lowers_the_consistency_loss(sd15_runs):
         trained = out["difference"].rows
         zero = {k: torch.zeros_like(v) for k, v in trained.items()}
         totals = {}
-        with _host.model_session(model, (2,) + tuple(z_after.shape[1:])):
+
+        def evaluate(run):
             for label, rows in (("zero", zero), ("trained", trained)):
                 totals[label] = sum(float(sum(analogy.consistency_step(
-                    model, clip, tokens_before, tokens_after, rows, z_before, z_after, sigma, noise)))
+                    run, clip, tokens_before, tokens_after, rows, z_before, z_after, sigma, noise)))
                     for sigma, noise in draws)
+
+        _host.run_with_model(model, (2,) + tuple(z_after.shape[1:]), evaluate)
     assert totals["trained"] < totals["zero"], totals
 
 

@@ -221,3 +221,16 @@ def test_inversion_from_another_model_family_is_refused(graph):
     checkpoint_path(SDXL)
     with pytest.raises(GraphError, match="inversion: made with a SD15 model but the sampler's model is SDXL"):
         graph.run(roundtrip_prompt(SD15, "edit_friendly_ddpm", steps=4, cfg=1.0, replay_ckpt=SDXL))
+
+
+@pytest.mark.parametrize("sampling", ["x0", "lcm"])
+def test_prediction_types_other_than_eps_and_v_are_refused(graph, sampling):
+    """Every ComfyUI prediction class derives from EPS, so an isinstance check lets X0, LCM, EDM
+    and the image-to-image types through; the check names the prediction type instead."""
+    prompt = roundtrip_prompt(SD15, "ddim", 3, 1.0)
+    prompt["20"] = {"class_type": "ModelSamplingDiscrete", "inputs": {"model": ["1", 0], "sampling": sampling,
+                                                                       "zsnr": False}}
+    prompt["6"]["inputs"]["model"] = ["20", 0]
+    with pytest.raises(GraphError, match=f"model: this model predicts with {sampling.upper()}; this node supports"):
+        graph.run(prompt)
+

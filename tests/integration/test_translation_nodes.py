@@ -90,6 +90,22 @@ def test_end_to_end_zero_edit_reproduces_the_reconstruction_and_guidance_edits(g
     assert all(v > 0 and v == v for step in losses for v in step.values())
 
 
+def test_another_packs_sampler_wrapper_still_runs_under_the_guidance(graph):
+    """CutLossGuidance runs inside the stock CFGGuider through wrappers: a SAMPLER_SAMPLE wrapper of
+    another pack on the same model still runs, and being a pass-through it changes nothing."""
+    import pack_testing
+
+    prompt = base_prompt(SD15)
+    add_edit(prompt, "edit", 20)
+    add_edit(prompt, "wrapped", 40)
+    prompt["60"] = {"class_type": "OtherPacksSamplerWrapper", "inputs": {"model": ["1", 0], "key": "other_pack"}}
+    prompt["41"]["inputs"]["model"] = ["60", 0]
+    pack_testing.WRAPPER_CALLS.clear()
+    out = graph.run(prompt)
+    assert pack_testing.WRAPPER_CALLS.get("other_pack", 0) >= 1
+    assert torch.allclose(out["wrapped"]["samples"], out["edit"]["samples"], atol=1e-6)
+
+
 def test_shared_model_is_unchanged_by_guidance(graph):
     """A plain sampler run on the loaded model gives the same output before and after CutLossGuidance."""
     from exemplar_edit.nodes import host

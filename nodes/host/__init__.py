@@ -1,0 +1,26 @@
+"""Everything this pack touches in ComfyUI, in one place: one module per job.
+
+The node modules and ``core`` never import ``comfy`` themselves: when a ComfyUI update moves a
+symbol, this package is the one edit. Only documented patch points are used (``ModelPatcher.clone``
+and its ``set_model_*`` / wrapper APIs, ``KSAMPLER`` and ``comfy.samplers.Sampler`` objects run by
+the stock ``CFGGuider``, ``comfy.sample``); what changed between hosts is chosen by feature
+detection, never by version number. ``selfcheck`` reports a moved convention at load.
+
+- ``facts``: model facts (family, prediction type, schedule, UNet layout) and ``InputError``
+- ``sampling``: the pack's samplers and guiders, direct UNet evaluations (``run_with_model``)
+- ``gradients``: the UNet and text encoders with gradients (the host training node's way)
+- ``text``: tokens, embeddings, text and image encoders, the VAE
+- ``files``: the embeddings folder, atomic writes, progress
+"""
+from __future__ import annotations
+
+from comfy_api.latest import ComfyExtension, io  # noqa: F401  (re-exported for the node modules)
+
+from .facts import *  # noqa: F401,F403
+from .files import *  # noqa: F401,F403
+from .gradients import differentiable_clip, differentiable_model, gradient_mode, gradient_strategy  # noqa: F401
+from .sampling import *  # noqa: F401,F403
+from .text import *  # noqa: F401,F403
+from . import selfcheck
+
+selfcheck.report()

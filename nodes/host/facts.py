@@ -1,0 +1,151 @@
+"""Model facts: what kind of model a MODEL is, its schedule and its UNet layout."""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+
+import comfy.model_management
+import comfy.model_sampling
+import comfy.samplers
+
+SCHEDULER_NAMES: list[str] = list(comfy.samplers.SCHEDULER_NAMES)
+ROOT_CATEGORY = "Exemplar Edit"
+
+
+class InputError(ValueError):
+    """A bad node input. The message names the input and says how to fix it."""
+
+
+def model_family(model) -> str:
+    """A name for the latent space a model works in (e.g. ``SD15``, ``SDXL``)."""
+    return type(model.model.latent_format).__name__
+
+
+def model_sampling(model):
+    """The model's sampling object, with object patches (e.g. ModelSamplingDiscrete) applied."""
+    return model.get_model_object("model_sampling")
+
+
+SUPPORTED_PREDICTIONS = ("EPS", "V_PREDICTION")
+"""The parameterisations the pack's inversion and guidance math is written for (SD1.x, SD2.x, SDXL)."""
+
+
+def prediction_type(model) -> str:
+    """The name of the model's prediction class (``EPS``, ``V_PREDICTION``, ``X0``, ``EDM``, ...).
+
+    ComfyUI builds a model's sampling object as ``class ModelSampling(<schedule>, <prediction>)``;
+    every prediction class derives from ``EPS`` (``V_PREDICTION``, ``EDM(V_PREDICTION)``, ``X0``,
+    ``IMG_TO_IMG``, ``LCM``...), so an ``isinstance`` test would accept them all. The first class
+    in the method resolution order below the object's own that is an ``EPS`` is its prediction."""
+    sampling = model_sampling(model)
+    for cls in type(sampling).__mro__:
+        if cls is not type(sampling) and issubclass(cls, comfy.model_sampling.EPS):
+            return cls.__name__
+    return type(sampling).__name__
+
+
+def check_sigma_space_model(model, input_name: str = "model") -> None:
+    """The pack's math is written for eps- and v-prediction models (SD1.x, SD2.x, SDXL)."""
+    kind = prediction_type(model)
+    if kind not in SUPPORTED_PREDICTIONS:
+        raise InputError(
+            f"{input_name}: this model predicts with {kind}; this node supports eps- and v-prediction models "
+            "(SD1.x, SD2.x, SDXL). Use one of those checkpoints, or remove the ModelSamplingDiscrete/"
+            "ModelSamplingContinuousEDM node that switched it to another prediction type."
+        )
+
+
+def schedule(model, scheduler: str, steps: int) -> torch.Tensor:
+    """The descending sigma schedule ``[s_0, ..., 0]`` ComfyUI samples with for these settings.
+
+    Like the stock samplers, it is used as the scheduler makes it: ``ddim_uniform`` gives a step
+    or two more than ``steps`` when 1000 is not a multiple of it.
+    """
+    if scheduler not in SCHEDULER_NAMES:
+        raise InputError(f"scheduler: unknown scheduler {scheduler!r}; choose one of {SCHEDULER_NAMES}")
+    return comfy.samplers.calculate_sigmas(model_sampling(model), scheduler, steps).cpu().float()
+
+
+def input_scale(model) -> Callable[[float], float]:
+    """c_in(sigma): how the model scales a latent at level sigma before the UNet sees it."""
+    sampling = model_sampling(model)
+
+    def c_in(sigma: float) -> float:
+        return float(sampling.calculate_input(torch.tensor([sigma]), torch.ones(1))[0])
+
+    return c_in
+
+
+def output_scale(model, sigma: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """dD/d(output): how the model's raw output (eps, v, ...) enters its x0 prediction.
+
+    Every ComfyUI parameterisation is affine in the network output, D = a(x, sigma) + b(sigma) *
+    output, so ``(D_hat - x0) / b`` is the error in the model's own prediction target
+    (eps - eps_hat for eps models, v - v_hat for v models): the quantity it was trained on.
+    """
+    sampling = model_sampling(model)
+    sigma = sigma.to(like.device, like.dtype)
+    zero = torch.zeros_like(like)
+    return sampling.calculate_denoised(sigma, torch.ones_like(like), zero) - sampling.calculate_denoised(sigma, zero, zero)
+
+
+def training_sigmas(model) -> torch.Tensor:
+    """sigma(t) for the model's training timesteps t = 0..T-1 (ascending, T = 1000 for SD)."""
+    return model_sampling(model).sigmas.detach().float().cpu().clone()
+
+
+def check_interrupted() -> None:
+    """Raises ComfyUI's interruption exception when the user pressed cancel."""
+    comfy.model_management.throw_exception_if_processing_interrupted()
+
+
+def compute_device() -> torch.device:
+    return comfy.model_management.get_torch_device()
+
+
+def latent_channels(model) -> int:
+    return int(model.model.latent_format.latent_channels)
+
+
+def context_width(model) -> Optional[int]:
+    """Width of the text conditioning the model's UNet cross-attends to (768 SD1.x, 2048 SDXL)."""
+    width = model.model.model_config.unet_config.get("context_dim")
+    return int(width) if width is not None else None
+
+
+def uses_pooled_text(model) -> bool:
+    """Whether the model also takes a pooled text embedding (SDXL's ``y`` vector)."""
+    return model.model.model_config.unet_config.get("adm_in_channels") is not None
+
+
+def attention_block_ids(model) -> list[tuple[str, int]]:
+    """The UNet blocks holding transformer (attention) layers, as the ``(block_name, number)`` keys
+    ``set_model_attn*_replace`` takes: ``("input", i)``, ``("middle", 0)``, ``("output", i)``."""
+    from comfy.ldm.modules.attention import SpatialTransformer
+
+    unet = model.model.diffusion_model
+    ids: list[tuple[str, int]] = []
+    for name, blocks in (("input", unet.input_blocks), ("output", unet.output_blocks)):
+        for i, block in enumerate(blocks):
+            if any(isinstance(m, SpatialTransformer) for m in block.modules()):
+                ids.append((name, i))
+    if any(isinstance(m, SpatialTransformer) for m in unet.middle_block.modules()):
+        ids.append(("middle", 0))
+    return ids
+
+
+def decoder_attention_downscales(model) -> dict[int, int]:
+    """``{output_block_index: downscale}`` for the UNet decoder blocks that have attention, where
+    downscale is latent size / token grid size (1 = full latent resolution)."""
+    config = model.model.model_config.unet_config
+    channel_mult = list(config["channel_mult"])
+    num_res_blocks = config["num_res_blocks"]
+    if isinstance(num_res_blocks, int):
+        num_res_blocks = [num_res_blocks] * len(channel_mult)
+    depth_output = list(config.get("transformer_depth_output") or [])
+    levels = []
+    for level in reversed(range(len(channel_mult))):
+        levels += [level] * (num_res_blocks[level] + 1)
+    depths = list(reversed(depth_output)) if depth_output else [1] * len(levels)
+    return {index: 2 ** level for index, (level, depth) in enumerate(zip(levels, depths)) if depth > 0}

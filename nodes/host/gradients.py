@@ -1,0 +1,261 @@
+"""Running the UNet and the text encoders with gradients, without touching the shared model.
+
+ComfyUI executes every node under ``torch.inference_mode()``: loaded weights are inference
+tensors, which autograd refuses to save for a backward pass. The pack gets gradients the way the
+host's own training node (``comfy_extras/nodes_train.py``, ``TrainLoraNode``) does, chosen by what
+the host offers, not by its version:
+
+- ``reload`` (ComfyUI with ``ModelPatcher.clone(force_deepcopy=...)``, Dynamic VRAM era): the
+  model is loaded again from its file by the loader's own factory (``cached_patcher_init``), with
+  ``disable_dynamic=True`` and outside inference mode, so its weights are ordinary tensors that no
+  other model shares; it is loaded in full (``force_full_load``), LoRA and other weight patches are
+  merged into it the standard way, and autograd differentiates through those merged weights
+  directly. Nothing depends on how the host casts weights (Dynamic VRAM's reused GPU buffers,
+  ``weight_lowvram_function`` LoRA patches). The copy lives for one sampling run.
+- ``copy_per_forward`` (hosts before Dynamic VRAM, e.g. the pinned 0.3.75): identity weight
+  wrappers make ``comfy.ops.cast_bias_weight`` hand each forward a fresh ordinary copy of every
+  weight (the recipe of 0.3.75's training node); the copies are not kept for the backward pass.
+
+A model whose patcher is dynamic but that cannot be reloaded is refused with the fix named.
+In both cases the text encoder's LayerNorms normalise a copy of their input (an object patch), as
+ComfyUI's CLIP layers add in place (``x += ...``) onto tensors a LayerNorm saved.
+"""
+from __future__ import annotations
+
+import inspect
+import weakref
+
+import torch
+
+import comfy.model_management
+import comfy.patcher_extension
+import comfy.sampler_helpers
+
+from .facts import InputError
+
+RELOAD = "reload"
+COPY_PER_FORWARD = "copy_per_forward"
+WRAPPER_KEY = "exemplar_edit_gradients"
+
+
+def _accepts(function, *names: str) -> bool:
+    try:
+        parameters = inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return False
+    return all(name in parameters for name in names)
+
+
+def _is_dynamic(patcher) -> bool:
+    is_dynamic = getattr(patcher, "is_dynamic", None)
+    return bool(is_dynamic()) if callable(is_dynamic) else False
+
+
+def gradient_strategy(patcher) -> str:
+    """How gradients are obtained for models of this patcher (see the module docstring)."""
+    if _accepts(type(patcher).clone, "force_deepcopy", "disable_dynamic") and \
+            getattr(patcher, "cached_patcher_init", None) is not None:
+        return RELOAD
+    if _is_dynamic(patcher):
+        raise InputError(
+            "model: ComfyUI holds this model under Dynamic VRAM and the loader that made it cannot load it again, "
+            "which gradients through the model need (as ComfyUI's own training node does). Load it with a core "
+            "loader (Load Checkpoint, Load Diffusion Model, Load CLIP), or start ComfyUI with --disable-dynamic-vram."
+        )
+    return COPY_PER_FORWARD
+
+
+def reloaded_patcher(patcher):
+    """A private, non-dynamic copy of ``patcher`` loaded again from its file, outside inference mode
+    (``TrainLoraNode``: ``model.clone(force_deepcopy=True)`` under ``inference_mode(False)``). Its
+    patches, wrappers and options are the clone's; its weights require no gradient."""
+    with torch.inference_mode(False):
+        private = patcher.clone(disable_dynamic=True, force_deepcopy=True)
+    private.model.requires_grad_(False)
+    return private
+
+
+# --- copy_per_forward: identity weight wrappers (hosts before Dynamic VRAM) ----------------------
+
+
+class _SavedWeights:
+    """Keeps the per-forward weight copies out of the autograd graph.
+
+    With a weight wrapper on a layer, ``comfy.ops.cast_bias_weight`` hands the forward a fresh copy
+    of the weight; autograd would keep every layer's copy alive until the backward pass (one whole
+    extra model in memory). The wrapper records which module each copy came from, and the
+    ``saved_tensors_hooks`` of ``gradient_mode`` store a small reference instead of the copy; the
+    backward pass reads the module's own weight again (a zero-copy alias when dtype and device match).
+    A copy is only replaced when the wrapper is the layer's only weight function, so on-the-fly
+    patches (LoRA in low-VRAM mode, quantised weights) keep the exact tensor they produced."""
+
+    def __init__(self):
+        self._copies: dict[int, tuple] = {}
+
+    def record(self, copy: torch.Tensor, module: torch.nn.Module, param: str) -> None:
+        source = getattr(module, param, None)
+        if (not isinstance(source, torch.Tensor) or type(source) not in (torch.Tensor, torch.nn.Parameter)
+                or len(getattr(module, f"{param}_function", ())) != 1 or source.shape != copy.shape):
+            return
+        key = id(copy)
+        self._copies[key] = (weakref.ref(copy), module, param, copy.dtype, copy.device)
+        weakref.finalize(copy, self._copies.pop, key, None)
+
+    def pack(self, tensor: torch.Tensor):
+        entry = self._copies.get(id(tensor))
+        if entry is None or entry[0]() is not tensor:
+            return tensor
+        return _WeightReference(*entry[1:])
+
+    @staticmethod
+    def unpack(packed):
+        return packed.materialise() if isinstance(packed, _WeightReference) else packed
+
+
+class _WeightReference:
+    __slots__ = ("module", "param", "dtype", "device")
+
+    def __init__(self, module, param, dtype, device):
+        self.module, self.param, self.dtype, self.device = module, param, dtype, device
+
+    def materialise(self) -> torch.Tensor:
+        source = getattr(self.module, self.param)
+        if source.dtype != self.dtype or source.device != self.device:
+            return source.detach().to(device=self.device, dtype=self.dtype)
+        alias = torch.empty(0, dtype=source.dtype, device=source.device)  # an ordinary tensor on the same storage
+        return alias.set_(source.untyped_storage(), source.storage_offset(), source.size(), source.stride())
+
+
+_SAVED_WEIGHTS = _SavedWeights()
+
+
+class _WeightWrapper:
+    """Identity weight wrapper of one layer parameter (see ``_SavedWeights``)."""
+
+    def __init__(self, module: torch.nn.Module, param: str):
+        self.module, self.param = module, param
+
+    def __call__(self, weight: torch.Tensor) -> torch.Tensor:
+        # The copy is made with autograd on, from a parameter that requires grad: without the detach
+        # every backward pass would also compute weight gradients and accumulate them into the
+        # shared model's parameters.
+        weight = weight.detach()
+        if torch.is_grad_enabled():  # otherwise nothing is saved for a backward pass
+            _SAVED_WEIGHTS.record(weight, self.module, self.param)
+        return weight
+
+    def __deepcopy__(self, memo):  # holds a module of the shared model: never copy it
+        return self
+
+
+def _add_identity_weight_wrappers(patcher) -> None:
+    for name, module in patcher.model.named_modules():
+        if not hasattr(module, "weight_function"):
+            continue
+        for param in ("weight", "bias"):
+            if getattr(module, param, None) is not None:
+                patcher.add_weight_wrapper(f"{name}.{param}" if name else param, _WeightWrapper(module, param))
+
+
+class _NormalizeCopy:
+    """``forward`` for a LayerNorm that normalises a copy of its input, so the caller's later
+    in-place ``x += ...`` does not clobber the tensor autograd saved."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.module = module
+
+    def __call__(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        return type(self.module).forward(self.module, x.clone(), *args, **kwargs)
+
+    def __deepcopy__(self, memo):  # holds a module of the model: never copy it
+        return self
+
+
+# --- the wrappers a differentiable model samples with -------------------------------------------
+
+
+def _load_in_full(executor, model, noise_shape, conds, model_options=None, **kwargs):
+    """PREPARE_SAMPLING wrapper: where the host can, the gradient model is loaded in full, so that no
+    layer is cast into a reused buffer per forward (as TrainLoraNode's ``force_full_load``)."""
+    if _accepts(comfy.sampler_helpers.prepare_sampling, "force_full_load"):
+        kwargs["force_full_load"] = True
+    return executor(model, noise_shape, conds, model_options=model_options, **kwargs)
+
+
+def _sample_outside_inference_mode(executor, *args, **kwargs):
+    """OUTER_SAMPLE wrapper (copy_per_forward): model loading and sampling outside inference mode."""
+    with torch.inference_mode(False):
+        return executor(*args, **kwargs)
+
+
+def _sample_with_reloaded_weights(executor, *args, **kwargs):
+    """OUTER_SAMPLE wrapper (reload): for this run the guider samples a private copy of its model
+    with ordinary weights, loaded outside inference mode; afterwards the copy is dropped."""
+    guider = executor.class_obj
+    source = guider.model_patcher
+    with torch.inference_mode(False):
+        guider.model_patcher = reloaded_patcher(source)
+        try:
+            return executor(*args, **kwargs)
+        finally:
+            guider.model_patcher = source
+
+
+def differentiable_model(model):
+    """A clone of a MODEL whose UNet builds an autograd graph when sampled by ComfyUI's own guider
+    (``run_with_model``, ``make_stepwise_guider``) inside ``gradient_mode``. The loaded model and
+    its weights are untouched, and no parameter gets a ``.grad`` (see the module docstring)."""
+    clone = model.clone()
+    strategy = gradient_strategy(clone)
+    outer = comfy.patcher_extension.WrappersMP.OUTER_SAMPLE
+    if strategy == RELOAD:
+        clone.add_wrapper_with_key(outer, WRAPPER_KEY, _sample_with_reloaded_weights)
+    else:
+        _add_identity_weight_wrappers(clone)
+        clone.add_wrapper_with_key(outer, WRAPPER_KEY, _sample_outside_inference_mode)
+    clone.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.PREPARE_SAMPLING, WRAPPER_KEY, _load_in_full)
+    return clone
+
+
+def differentiable_clip(clip):
+    """A clone of a CLIP whose text encoder builds an autograd graph back to its input embeddings
+    (inside ``gradient_mode``). ``reload``: the clone encodes with a private copy, loaded in full
+    outside inference mode here, with its weight patches (LoRA) merged into ordinary tensors."""
+    clone = clip.clone()
+    reload = gradient_strategy(clip.patcher) == RELOAD
+    if reload:
+        clone.patcher = reloaded_patcher(clip.patcher)
+        clone.cond_stage_model = clone.patcher.model
+    else:
+        _add_identity_weight_wrappers(clone.patcher)
+    for name, module in clone.patcher.model.named_modules():
+        if isinstance(module, torch.nn.LayerNorm):
+            clone.patcher.add_object_patch(f"{name}.forward", _NormalizeCopy(module))
+    if reload:
+        load = comfy.model_management.load_models_gpu
+        with torch.inference_mode(False):
+            load([clone.patcher], force_full_load=True) if _accepts(load, "force_full_load") else load([clone.patcher])
+    return clone
+
+
+class gradient_mode:
+    """``with host.gradient_mode():`` autograd on, inside ComfyUI's inference-mode execution.
+
+    Tensors made before (images, latents, conditioning) are inference tensors: ``.clone()`` them
+    inside the block before they take part in a graph that needs them saved.
+    """
+
+    def __enter__(self):
+        self._inference = torch.inference_mode(False)
+        self._grad = torch.enable_grad()
+        self._saved = torch.autograd.graph.saved_tensors_hooks(_SAVED_WEIGHTS.pack, _SAVED_WEIGHTS.unpack)
+        self._inference.__enter__()
+        self._grad.__enter__()
+        self._saved.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._saved.__exit__(*exc)
+        self._grad.__exit__(*exc)
+        self._inference.__exit__(*exc)
+        return False

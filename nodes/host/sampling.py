@@ -1,0 +1,324 @@
+"""Sampling: the pack's samplers, guiders and direct UNet evaluations, all run by ComfyUI's own
+sampling code (``CFGGuider.sample``) and extended only through its documented extension points:
+``KSAMPLER`` sampler functions, ``comfy.samplers.Sampler`` objects, and ``WrappersMP`` wrappers."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, TypeVar
+
+import torch
+
+import comfy.patcher_extension
+import comfy.sample
+import comfy.sampler_helpers
+import comfy.samplers
+import comfy.utils
+import latent_preview
+
+from .facts import InputError, check_interrupted, model_sampling
+
+WRAPPER_KEY = "exemplar_edit"
+STEP_HOOKS_KEY = "exemplar_edit_step_hooks"
+
+# --- a custom sampler loop (Inversion Replay Sampler, DDIMInvert) -------------------------------
+
+Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+OnStep = Callable[[int, torch.Tensor, torch.Tensor], None]
+
+
+@dataclass
+class LoopContext:
+    """What a sampler loop may know about the model it runs under."""
+
+    model_family: str
+    step_hooks: tuple = ()
+
+    def after_step(self, step_index: int, x: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
+        """Runs the model's step hooks (``add_step_hook``) on the latent a step produced."""
+        for hook in self.step_hooks:
+            x = hook(step_index, x, sigma_next)
+        return x
+
+
+SamplerLoop = Callable[[Denoise, torch.Tensor, torch.Tensor, LoopContext, OnStep], torch.Tensor]
+"""``loop(denoise, x, sigmas, context, on_step) -> x``, all in the sampler's internal latent space."""
+
+
+def make_sampler(loop: SamplerLoop) -> Any:
+    """A SAMPLER (for SamplerCustom / SamplerCustomAdvanced) that runs ``loop``.
+
+    ``denoise(x, sigma)`` is ComfyUI's guided x0 prediction: CFG, the model's patches and
+    wrappers, ControlNets and LoRAs all apply as with any stock sampler.
+    """
+
+    @torch.no_grad()
+    def sampler_function(model, x, sigmas, extra_args=None, callback=None, disable=None):
+        extra_args = {} if extra_args is None else extra_args
+        base_model = model.inner_model.inner_model
+        transformer_options = extra_args.get("model_options", {}).get("transformer_options", {})
+        context = LoopContext(model_family=type(base_model.latent_format).__name__,
+                              step_hooks=tuple(transformer_options.get(STEP_HOOKS_KEY, ())))
+
+        def denoise(x_in: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+            return model(x_in, sigma, **extra_args)
+
+        def on_step(i: int, x_now: torch.Tensor, x0_hat: torch.Tensor) -> None:
+            check_interrupted()
+            if callback is not None:
+                callback({"x": x_now, "i": i, "sigma": sigmas[min(i, len(sigmas) - 1)],
+                          "sigma_hat": sigmas[min(i, len(sigmas) - 1)], "denoised": x0_hat})
+
+        return loop(denoise, x, sigmas, context, on_step)
+
+    return comfy.samplers.KSAMPLER(sampler_function)
+
+
+def run_sampler(
+    model, sampler, sigmas: torch.Tensor, positive, negative, cfg: float, latent: dict, seed: int,
+    progress_steps: Optional[int] = None,
+) -> torch.Tensor:
+    """Runs ``sampler`` like SamplerCustom with add_noise off; returns the output latent samples.
+
+    The progress bar and latent previews are ComfyUI's own; the interrupt button is honoured.
+    """
+    samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
+    noise = torch.zeros(samples.size(), dtype=samples.dtype, layout=samples.layout, device="cpu")
+    steps = progress_steps if progress_steps is not None else len(sigmas) - 1
+    callback = latent_preview.prepare_callback(model, steps)
+    disable_pbar = not comfy.utils.PROGRESS_BAR_ENABLED
+    return comfy.sample.sample_custom(
+        model, noise, cfg, sampler, sigmas, positive, negative, samples,
+        noise_mask=latent.get("noise_mask"), callback=callback, disable_pbar=disable_pbar, seed=seed,
+    )
+
+
+# --- direct UNet evaluations inside ComfyUI's sampling set-up ----------------------------------
+
+T = TypeVar("T")
+
+
+class ModelRun:
+    """A model loaded and made active by ComfyUI's own sampler set-up (``CFGGuider.sample``: model
+    and ControlNet loading, hooks, wrappers, ``pre_run``/``cleanup``), for direct evaluations.
+
+    ``denoise`` evaluates the model the run actually loaded, which for a ``differentiable_model``
+    on a current host is a private copy with ordinary weights (``host.gradients``)."""
+
+    def __init__(self, guider, model_options: dict):
+        self._guider = guider
+        self.model_options = model_options
+
+    @property
+    def base_model(self):
+        """The loaded ``BaseModel`` the run evaluates."""
+        return self._guider.inner_model
+
+    @property
+    def patcher(self):
+        """The ModelPatcher the run loaded (for model facts: ``host.uses_pooled_text(run.patcher)``)."""
+        return self._guider.model_patcher
+
+    @property
+    def device(self) -> torch.device:
+        return self._guider.model_patcher.load_device
+
+    def prepare_conditioning(self, conditioning: list, x: torch.Tensor) -> list:
+        """A CONDITIONING made ready for ``denoise`` at latents shaped like ``x``, exactly as a
+        sampler prepares it (model-specific extra conds such as SDXL's size embedding included).
+        Differentiable with respect to the conditioning tensors."""
+        conds = comfy.samplers.process_conds(
+            self.base_model, x, {"positive": comfy.sampler_helpers.convert_cond(conditioning)}, x.device,
+            latent_image=x, seed=0,
+        )
+        return conds["positive"]
+
+    def denoise(self, x: torch.Tensor, sigma: torch.Tensor, prepared: list) -> torch.Tensor:
+        """D(x; sigma): the model's x0 prediction under one prepared conditioning, as the sampler
+        computes it (patches and attention hooks apply; no CFG). ``x`` is in sigma space
+        (``x0 + sigma * noise``), ``sigma`` has shape ``[batch]``. Differentiable inside
+        ``gradient_mode`` when the run's model is a ``differentiable_model``."""
+        return comfy.samplers.calc_cond_batch(self.base_model, [prepared], x, sigma, self.model_options)[0]
+
+    def output_scale(self, sigma: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        from .facts import output_scale
+
+        return output_scale(self.patcher, sigma, like)
+
+
+class _BodySampler(comfy.samplers.Sampler):
+    """A ``comfy.samplers.Sampler`` whose ``sample`` runs a body once (as ComfyUI's training node
+    runs its training loop), then hands the latent back unchanged."""
+
+    def __init__(self, body: Callable[[ModelRun], Any]):
+        self.body = body
+        self.result: Any = None
+
+    def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
+               disable_pbar=False):
+        self.result = self.body(ModelRun(model_wrap, extra_args.get("model_options", {})))
+        return latent_image if latent_image is not None else noise
+
+
+def run_with_model(model, latent_shape: tuple[int, ...], body: Callable[[ModelRun], T]) -> T:
+    """``body(run)`` with ``model`` set up by the stock ``CFGGuider.sample`` for latents of
+    ``latent_shape`` (model loading, wrappers and callbacks of every pack, cleanup afterwards);
+    returns what the body returns. Nothing is sampled."""
+    guider = comfy.samplers.CFGGuider(model)
+    sampler = _BodySampler(body)
+    zeros = torch.zeros(latent_shape)
+    guider.sample(zeros, zeros.clone(), sampler, torch.tensor([1.0, 0.0]), disable_pbar=True, seed=0)
+    return sampler.result
+
+
+# --- patch points used by attention-editing methods ---------------------------------------------
+
+
+def add_apply_model_wrapper(model, key: str, wrapper: Callable) -> None:
+    """Wraps ``BaseModel.apply_model`` on the clone ``model``:
+    ``wrapper(executor, x, sigma, c_concat, c_crossattn, control, transformer_options, **extra_conds)``."""
+    model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, key, wrapper)
+
+
+def add_post_cfg_function(model, function: Callable) -> None:
+    """``function(args) -> denoised`` after CFG; args carry cond_scale, cond/uncond_denoised, sigma."""
+    model.set_model_sampler_post_cfg_function(function)
+
+
+def add_step_hook(model, hook: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+    """``hook(step_index, x_next, sigma_next) -> x_next`` runs after every step of the pack's own
+    samplers (Inversion Replay Sampler), e.g. to align the colour statistics of the new latent."""
+    options = model.model_options.setdefault("transformer_options", {})
+    options[STEP_HOOKS_KEY] = list(options.get(STEP_HOOKS_KEY, [])) + [hook]
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+    """ComfyUI's optimised attention on projected ``[B, tokens, heads*dim]`` q/k/v (for replaces)."""
+    import comfy.ldm.modules.attention
+
+    return comfy.ldm.modules.attention.optimized_attention(q, k, v, heads)
+
+
+# --- a guider whose sampling is a step-by-step program (pix2pix-zeroCon) --------------------------
+
+
+class GuidedSteps:
+    """What a :func:`make_stepwise_guider` program sees: the user's sampler, one step at a time.
+
+    - ``sample_step(x, k, positive, negative, cond_offset=None)``: the user's sampler from
+      ``sigmas[k]`` to ``sigmas[k+1]`` with CFG of the named conditionings (keys of the guider's
+      conds). ``cond_offset``: the positive row is evaluated at ``x + cond_offset`` (its own,
+      separately guided latent, as pix2pix-zero's CFG batch), combined in eps space.
+    - ``denoise(x, sigma, key)``: x0 prediction under one conditioning, no CFG; differentiable
+      inside ``gradient_mode`` (the guider's model is a ``differentiable_model``).
+    """
+
+    def __init__(self, guider, sample, passes: "_Passes", sigmas, extra_args: dict, callback):
+        self.guider = guider
+        self._sample = sample  # the rest of the SAMPLER_SAMPLE chain: other packs' wrappers, then the sampler
+        self._passes = passes
+        self.sigmas = sigmas
+        self.model_options = extra_args.get("model_options", {})
+        self.seed = extra_args.get("seed")
+        self._extra_args = extra_args
+        self.callback = callback
+        self.steps = len(sigmas) - 1
+        self.levels: list[float] = sigmas.tolist()  # the schedule on the host, read once per run
+        self.cfg = float(guider.cfg)
+
+    def start(self, noise: torch.Tensor, latent_image: torch.Tensor) -> torch.Tensor:
+        """The latent at ``sigmas[0]``: the noise added as the stock samplers add it."""
+        sampling = self.guider.inner_model.model_sampling
+        max_sigma, first = float(sampling.sigma_max), self.levels[0]
+        max_denoise = math.isclose(max_sigma, first, rel_tol=1e-05) or first > max_sigma
+        return sampling.noise_scaling(self.sigmas[0], noise, latent_image, max_denoise)
+
+    def sample_step(self, x: torch.Tensor, k: int, positive: str, negative: str,
+                    cond_offset: Optional[torch.Tensor] = None) -> torch.Tensor:
+        check_interrupted()
+        self._passes.current = (positive, negative, cond_offset)
+        try:
+            callback = None
+            if self.callback is not None:
+                callback = lambda i, denoised, x_now, _total: self.callback(k + i, denoised, x_now, self.steps)  # noqa: E731
+            extra_args = dict(self._extra_args, seed=None if self.seed is None else self.seed + k)
+            return self._sample(self.guider, self.sigmas[k:k + 2], extra_args, callback, torch.zeros_like(x), x,
+                                None, True)
+        finally:
+            self._passes.current = _Passes.DEFAULT
+
+    def denoise(self, x: torch.Tensor, sigma: torch.Tensor, key: str) -> torch.Tensor:
+        return comfy.samplers.calc_cond_batch(self.guider.inner_model, [self.guider.conds[key]], x, sigma,
+                                              self.model_options)[0]
+
+    def input_scale(self, sigma: float) -> float:
+        """c_in(sigma): the model input is ``c_in * x`` (``1/sqrt(1+sigma^2)`` for eps/v models)."""
+        sampling = self.guider.inner_model.model_sampling
+        return float(sampling.calculate_input(torch.tensor([sigma]), torch.ones(1))[0])
+
+
+StepProgram = Callable[[GuidedSteps, torch.Tensor], torch.Tensor]
+
+
+class _Passes:
+    """Which conditionings the sampler's CFG combines in the current pass (PREDICT_NOISE wrapper)."""
+
+    DEFAULT = ("positive", "negative", None)
+
+    def __init__(self):
+        self.current: tuple = self.DEFAULT
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def predict_noise(self, executor, x, timestep, model_options={}, seed=None, **kwargs):  # noqa: B006 (host signature)
+        positive, negative, offset = self.current
+        if self.current == self.DEFAULT:
+            return executor(x, timestep, model_options, seed, **kwargs)
+        guider = executor.class_obj
+        cond, uncond = guider.conds.get(positive), guider.conds.get(negative)
+        if offset is None or math.isclose(guider.cfg, 1.0):
+            return comfy.samplers.sampling_function(guider.inner_model, x, timestep, uncond, cond, guider.cfg,
+                                                    model_options=model_options, seed=seed)
+        offset = offset.to(x)
+        cond_pred = comfy.samplers.calc_cond_batch(guider.inner_model, [cond], x + offset, timestep, model_options)[0] - offset
+        uncond_pred = comfy.samplers.calc_cond_batch(guider.inner_model, [uncond], x, timestep, model_options)[0]
+        return comfy.samplers.cfg_function(guider.inner_model, cond_pred, uncond_pred, guider.cfg, x, timestep,
+                                           model_options=model_options, cond=cond, uncond=uncond)
+
+
+class _ProgramRunner:
+    """SAMPLER_SAMPLE wrapper that hands the run to a step program (see ``GuidedSteps``)."""
+
+    def __init__(self, program: StepProgram, passes: _Passes):
+        self.program = program
+        self.passes = passes
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __call__(self, executor, guider, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
+                 disable_pbar=False, *args, **kwargs):
+        if denoise_mask is not None:
+            raise InputError("latent_image: a noise mask is not supported by this guider; remove it (SetLatentNoiseMask)")
+        steps = GuidedSteps(guider, executor, self.passes, sigmas, extra_args, callback)
+        return self.program(steps, steps.start(noise, latent_image))
+
+
+def make_stepwise_guider(model, conds: dict, cfg: float, program: StepProgram):
+    """A GUIDER (for SamplerCustomAdvanced): ComfyUI's own ``CFGGuider`` over a clone of ``model``
+    with named conditionings ``conds`` (``"positive"`` and ``"negative"`` plus any others the
+    program uses), whose sampling is ``program(steps, x_start) -> x_final`` (see :class:`GuidedSteps`).
+
+    The stock guider prepares everything (model loading, conditioning, hooks, latent scaling); the
+    program takes over at the ``SAMPLER_SAMPLE`` wrapper and selects conditionings per pass at the
+    ``PREDICT_NOISE`` wrapper, so other packs' wrappers of either kind still run."""
+    patched = model.clone()
+    passes = _Passes()
+    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.SAMPLER_SAMPLE, WRAPPER_KEY,
+                                 _ProgramRunner(program, passes))
+    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.PREDICT_NOISE, WRAPPER_KEY, passes.predict_noise)
+    guider = comfy.samplers.CFGGuider(patched)
+    guider.inner_set_conds(conds)
+    guider.set_cfg(cfg)
+    return guider

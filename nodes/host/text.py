@@ -1,0 +1,241 @@
+"""Text encoders, embeddings, CLIP vision and the VAE: tokens, ``embedding:`` files, encodes."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+
+import comfy.sample
+
+from .facts import InputError
+
+# --- text tokens, embeddings, CLIP vision (Difference Inversion, nodes/analogy.py) ---------------
+#
+# A Difference embedding is a few vectors per text encoder of the CLIP, in the encoder's *input*
+# token-embedding space, stored as ComfyUI's ``embedding:`` files read them
+# (``comfy/sd1_clip.py load_embed``): ``{"clip_l": [K, 768]}`` for SD1.x, plus ``"clip_g": [K, 1280]``
+# for SDXL. Vectors enter a prompt as ``(tensor_row, 1.0)`` entries of ``clip.tokenize(...)``, exactly
+# as the tokenizer inserts an ``embedding:NAME`` it loaded.
+
+
+@dataclass(frozen=True)
+class TextEncoderSlot:
+    """One text encoder of a CLIP: its key in ``clip.tokenize(...)`` ("l", "g", "h"), the key its
+    vectors have in an embedding file ("clip_l", ...), and its token-embedding width."""
+
+    key: str
+    embedding_key: str
+    width: int
+
+
+def _sub_tokenizer(clip, key: str):
+    tokenizer = clip.tokenizer
+    sub = getattr(tokenizer, f"clip_{key}", None)
+    if sub is None and getattr(tokenizer, "clip_name", None) == key:
+        sub = getattr(tokenizer, tokenizer.clip, None)
+    return sub
+
+
+def text_encoder_slots(clip) -> list[TextEncoderSlot]:
+    """The text encoders of ``clip`` whose prompts take embedding vectors, in tokenize order."""
+    slots = []
+    for key in clip.tokenize(""):
+        sub = _sub_tokenizer(clip, key)
+        if sub is None or not hasattr(sub, "embedding_key"):
+            raise InputError(f"clip: text encoder {key!r} of this CLIP does not accept embeddings (not a CLIP tokenizer)")
+        slots.append(TextEncoderSlot(key=key, embedding_key=sub.embedding_key, width=int(sub.embedding_size)))
+    return slots
+
+
+def append_embedding_rows(clip, tokens: dict, rows_by_key: dict[str, torch.Tensor]) -> dict:
+    """``tokens`` (from ``clip.tokenize(prompt)``) with ``rows_by_key[key]`` appended as one group of
+    embedding vectors after the prompt's words, each at weight 1.0: the token lists ComfyUI's
+    tokenizer makes for ``prompt + " embedding:NAME"`` when the file holds these rows. The rows keep
+    their autograd graph. The tokenizer's chunking is reproduced (``sd1_clip.py``
+    ``tokenize_with_weights``): a group shorter than ``max_word_length`` that does not fit the last
+    75-token chunk opens a new chunk; a longer one is split across chunks."""
+    import numbers
+
+    out = {}
+    for key, chunks in tokens.items():
+        rows = rows_by_key.get(key)
+        if rows is None:
+            out[key] = chunks
+            continue
+        sub = _sub_tokenizer(clip, key)
+        if (sub is None or sub.start_token is None or sub.end_token is None or not sub.pad_to_max_length
+                or sub.pad_left or sub.min_length is not None or sub.min_padding is not None):
+            raise InputError(f"clip: the tokenizer of text encoder {key!r} is not a CLIP tokenizer this node supports")
+        end, start, pad = sub.end_token, sub.start_token, sub.pad_token
+        chunks = [list(chunk) for chunk in chunks]
+        last = chunks.pop()
+        eos = next(i for i in range(1, len(last))
+                   if isinstance(last[i][0], numbers.Integral) and int(last[i][0]) == end)
+        batch = [tuple(entry[:2]) for entry in last[:eos]]
+        chunks.append(batch)
+        group = [(rows[i], 1.0) for i in range(rows.shape[0])]
+        is_large = len(group) >= sub.max_word_length
+        while group:
+            if len(group) + len(batch) > sub.max_length - 1:
+                remaining = sub.max_length - len(batch) - 1
+                if is_large:
+                    batch.extend(group[:remaining])
+                    batch.append((end, 1.0))
+                    group = group[remaining:]
+                else:
+                    batch.append((end, 1.0))
+                    batch.extend([(pad, 1.0)] * remaining)
+                batch = [(start, 1.0)]
+                chunks.append(batch)
+            else:
+                batch.extend(group)
+                group = []
+        batch.append((end, 1.0))
+        batch.extend([(pad, 1.0)] * (sub.max_length - len(batch)))
+        out[key] = chunks
+    return out
+
+
+def encode_tokens(clip, tokens: dict) -> list:
+    """A CONDITIONING for ``tokens``, as CLIPTextEncode makes it (``encode_from_tokens_scheduled``)."""
+    return clip.encode_from_tokens_scheduled(tokens)
+
+
+def load_embedding_rows(clip, name: str) -> dict[str, torch.Tensor]:
+    """The vectors ``embedding:NAME`` inserts for each text encoder of ``clip``, read by ComfyUI's
+    own loader from the CLIP's embedding folders. Raises InputError when no encoder finds them."""
+    import comfy.sd1_clip
+
+    rows = {}
+    for slot in text_encoder_slots(clip):
+        sub = _sub_tokenizer(clip, slot.key)
+        embed = comfy.sd1_clip.load_embed(name, sub.embedding_directory, sub.embedding_size, sub.embedding_key)
+        if embed is None:
+            continue
+        if embed.ndim == 1:
+            embed = embed.unsqueeze(0)
+        if embed.shape[-1] != slot.width:
+            continue  # the tokenizer skips a width mismatch too (with a warning)
+        rows[slot.key] = embed.float()
+    if not rows:
+        raise InputError(
+            f"embedding_name: no embedding {name!r} with vectors for this CLIP in the embeddings folders "
+            f"{list(getattr(_sub_tokenizer(clip, text_encoder_slots(clip)[0].key), 'embedding_directory', []) or [])}; "
+            "train one with Delta Interpolation Trainer or check the name"
+        )
+    return rows
+
+
+
+
+def image_embeds(clip_vision, image: torch.Tensor) -> torch.Tensor:
+    """Projected CLIP image embeddings ``[batch, D]`` (``CLIPVisionEncode``'s ``image_embeds``)."""
+    return clip_vision.encode_image(image, crop=True)["image_embeds"].float()
+
+
+def vae_encode(vae, image: torch.Tensor) -> torch.Tensor:
+    """VAE Encode: raw latents of an IMAGE batch, as the stock node computes them."""
+    return vae.encode(image[:, :, :, :3])
+
+
+def model_space_latent(model, samples: torch.Tensor) -> torch.Tensor:
+    """A VAE latent scaled into the space the model denoises in (the sampler's ``process_latent_in``)."""
+    samples = comfy.sample.fix_empty_latent_channels(model, samples)
+    return model.model.process_latent_in(samples)
+
+
+
+@dataclass
+class AlignmentEncoder:
+    """A CLIP text encoder with a real text projection, loaded from a file (see
+    ``load_alignment_text_encoder``): the text side of the joint space the CLIP vision model embeds in."""
+
+    clip: Any
+    slot: TextEncoderSlot
+    projection: torch.Tensor  # [D, width]: feature = hidden @ projection.T (nn.Linear, no bias)
+
+
+_PROJECTION_KEYS = ("text_projection.weight", "text_projection", "transformer.text_projection.weight")
+
+
+def _tensor_names(path: str) -> set[str]:
+    """The tensor names in a model file, read without loading the tensors where the format allows."""
+    if path.endswith(".safetensors"):
+        import safetensors
+
+        with safetensors.safe_open(path, framework="pt") as f:
+            return set(f.keys())
+    import comfy.utils
+
+    return set(comfy.utils.load_torch_file(path, safe_load=True))
+
+
+def load_alignment_text_encoder(file_name: str, input_name: str) -> AlignmentEncoder:
+    """Loads a single CLIP text encoder file from ``models/text_encoders`` with ComfyUI's own loader
+    (what CLIPLoader does, type stable_diffusion), after checking that the file carries its
+    ``text_projection``. Checkpoint CLIPs are never used for this: SD1.x checkpoints do not store
+    CLIP-L's projection and ComfyUI leaves it uninitialised."""
+    import comfy.sd
+    import folder_paths
+
+    path = folder_paths.get_full_path(  # None when missing
+        "text_encoders", file_name) if file_name else None
+    if path is None:
+        raise InputError(f"{input_name}: text encoder file {file_name!r} not found in models/text_encoders")
+    if not any(k in _tensor_names(path) for k in _PROJECTION_KEYS):
+        raise InputError(
+            f"{input_name}: {file_name} has no text_projection, so its text features are not in CLIP's joint "
+            "image-text space; use the full CLIP text model that matches the CLIP vision model (for ViT-L/14: "
+            "OpenAI clip-vit-large-patch14's text encoder, e.g. a clip_l.safetensors that includes text_projection.weight)"
+        )
+    # the stock loader, as CLIPLoader calls it: on current hosts it also registers how to load the
+    # encoder again, which gradients through it use (host.gradients)
+    clip = comfy.sd.load_clip(ckpt_paths=[path], embedding_directory=folder_paths.get_folder_paths("embeddings"),
+                              clip_type=comfy.sd.CLIPType.STABLE_DIFFUSION)
+    slots = text_encoder_slots(clip)
+    if len(slots) != 1:
+        raise InputError(f"{input_name}: {file_name} holds {len(slots)} text encoders; give a single CLIP text encoder file")
+    slot = slots[0]
+    module = getattr(clip.cond_stage_model, f"clip_{slot.key}", None)
+    projection = getattr(getattr(module, "transformer", None), "text_projection", None)
+    if projection is None:
+        raise InputError(f"{input_name}: {file_name} is not a CLIP text encoder with a text projection")
+    # Read the encoder's last layer (final LayerNorm), as CLIP's own text features do, whatever the
+    # family's default layer for conditioning is: a layer index beyond the depth selects "last".
+    clip.clip_layer(-(10 ** 6))
+    weight = projection.weight.detach().float().clone()
+    return AlignmentEncoder(clip=clip, slot=slot, projection=weight)
+
+
+def last_hidden_and_pooled(clip, tokens: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """The encoder's final-LayerNorm hidden states ``[chunks, 77, width]`` and its *unprojected*
+    pooled state at the end token ``[1, width]``, for an ``AlignmentEncoder.clip``."""
+    out = clip.encode_from_tokens(tokens, return_pooled="unprojected", return_dict=True)
+    return out["cond"].float(), out["pooled_output"].float()
+
+
+def token_embedding_scale(clip, key: str) -> float:
+    """max |value| of the encoder's token-embedding table: the scale of real input vectors."""
+    module = getattr(clip.cond_stage_model, f"clip_{key}", None)
+    if module is None:
+        module = clip.cond_stage_model
+    table = module.transformer.get_input_embeddings().weight
+    return float(table.detach().float().abs().max())
+
+
+
+
+def encode_text(clip, text: str) -> tuple[torch.Tensor, Optional[torch.Tensor], tuple[str, ...]]:
+    """``(cond [1, 77*k, width], pooled or None, text-encoder keys)`` as CLIPTextEncode encodes
+    ``text`` (the CLIP's own layer setting and encoders: ``("l",)`` SD1.x, ``("g", "l")`` SDXL)."""
+    tokens = clip.tokenize(text)
+    cond, pooled = clip.encode_from_tokens(tokens, return_pooled=True)
+    return cond, pooled, tuple(sorted(tokens))
+
+
+def clip_identity(clip) -> object:
+    """The object that identifies a CLIP with its patches (LoRAs, layer setting): its patcher."""
+    return clip.patcher
+
+
