@@ -23,7 +23,6 @@ CATEGORY = f"{host.ROOT_CATEGORY}/analogy"
 DifferenceType = io.Custom("EXEMPLAR_DIFFERENCE")
 
 DEFAULT_TOKENS = 4
-_FORBIDDEN_NAME_CHARS = set('<>:"|?*')
 
 
 @dataclass
@@ -39,20 +38,7 @@ class DifferenceEmbedding:
 
 def check_embedding_name(name: str, input_name: str = "name") -> str:
     """The file stem for ``name``; refuses names that are not a plain file name ``embedding:NAME`` can use."""
-    stem = name.strip()
-    if stem.lower().endswith(".safetensors"):
-        stem = stem[: -len(".safetensors")]
-    if not stem:
-        raise InputError(f"{input_name}: give the embedding a name (a plain file name such as 'to_winter')")
-    if "/" in stem or "\\" in stem or os.sep in stem or (os.altsep and os.altsep in stem):
-        raise InputError(f"{input_name}: {name!r} contains a path separator; give a plain file name, it is saved "
-                         "in the embeddings folder")
-    if ".." in stem or stem.startswith("."):
-        raise InputError(f"{input_name}: {name!r} may not contain '..' or start with '.'; give a plain file name")
-    if any(c.isspace() for c in stem) or any(c in _FORBIDDEN_NAME_CHARS for c in stem) or not stem.isprintable():
-        raise InputError(f"{input_name}: {name!r} has spaces or characters that cannot be written as "
-                         "'embedding:NAME' or in a file name; use letters, digits, '-' and '_'")
-    return stem
+    return host.file_stem(name, input_name)
 
 
 def embedding_path(stem: str) -> str:
@@ -163,7 +149,7 @@ def consistency_step(run: host.ModelRun, clip, prompt_tokens_before: dict, promp
     return values[0], values[1]
 
 
-class DeltaInterpolationTrainer(io.ComfyNode):
+class DeltaInterpolationTrainer(host.PackNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -230,13 +216,22 @@ class DeltaInterpolationTrainer(io.ComfyNode):
         )
 
     @classmethod
+    def check_inputs(cls, values: dict) -> None:
+        # only the name itself: whether the file exists is checked when the node runs, so a prompt that
+        # ComfyUI answers from its cache (the same inputs again) is not refused for the file it saved
+        if values.get("name") is not None:
+            check_embedding_name(values["name"])
+
+    @classmethod
     def execute(cls, model, clip, vae, image_before, image_after, clip_vision, alignment_text_encoder,
                 caption_before, caption_after, prompt_before, prompt_after, name, overwrite, num_tokens, alpha,
                 steps, learning_rate, lambda_mse, lambda_clip, seed) -> io.NodeOutput:
+        cls.refuse_invalid(locals())
         stem = check_embedding_name(name)
         path = embedding_path(stem)
         if os.path.exists(path) and not overwrite:
-            raise InputError(f"name: {path} already exists; choose another name or turn on overwrite")
+            raise InputError(f"name: {host.model_relative_path(path)} already exists; choose another name or turn on "
+                             "overwrite")
         if steps < 1 or num_tokens < 1:
             raise InputError("steps and num_tokens: must be at least 1")
         _check_images(image_before, image_after)
@@ -282,7 +277,8 @@ class DeltaInterpolationTrainer(io.ComfyNode):
             num_tokens, learning_rate, lambda_mse, lambda_clip)
 
         if os.path.exists(path) and not overwrite:
-            raise InputError(f"name: {path} appeared during training; choose another name or turn on overwrite")
+            raise InputError(f"name: {host.model_relative_path(path)} appeared during training; choose another name or "
+                             "turn on overwrite")
         metadata = {"exemplar_edit": json.dumps({
             "method": "Difference Inversion (DeltaInterpolationTrainer)", "num_tokens": num_tokens, "steps": steps,
             "seed": seed, "alpha": alpha, "learning_rate": learning_rate, "lambda_mse": lambda_mse,
@@ -370,7 +366,7 @@ def _train(model, clip, alignment, slots, target_slot, projection, d_interp, lat
     return result, best_value, losses.cpu().tolist()
 
 
-class TokenInjector(io.ComfyNode):
+class TokenInjector(host.PackNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -401,7 +397,14 @@ class TokenInjector(io.ComfyNode):
         )
 
     @classmethod
+    def check_inputs(cls, values: dict) -> None:
+        name = values.get("embedding_name")
+        if name and name.strip():
+            check_embedding_name(name, "embedding_name")
+
+    @classmethod
     def execute(cls, clip, text, strength, difference=None, embedding_name="") -> io.NodeOutput:
+        cls.refuse_invalid(locals())
         if clip is None:
             raise InputError("clip: connect the model's CLIP (a checkpoint loader's CLIP output)")
         if difference is not None:

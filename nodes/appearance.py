@@ -364,12 +364,17 @@ def build_patch(model, reference, target, layers: str, strength: float, schedule
         if inversion.model_family != family:
             raise InputError(f"{name}: inverted with a {inversion.model_family} model but the model is {family}; "
                              "invert with the same model family")
+    ref_batch, tgt_batch = reference.latents[0].shape[0], target.latents[0].shape[0]
+    if ref_batch != tgt_batch:
+        raise InputError(f"reference: inverted from a batch of {ref_batch} images but the target from {tgt_batch}; "
+                         "invert as many reference images as target images (one each)")
     if reference.latents[0].shape != target.latents[0].shape:
         ref_hw = tuple(d * _IMAGE_DOWNSCALE for d in reference.latents[0].shape[-2:])
         tgt_hw = tuple(d * _IMAGE_DOWNSCALE for d in target.latents[0].shape[-2:])
-        raise InputError(f"reference: its image is {ref_hw[1]}x{ref_hw[0]} px but the target's is {tgt_hw[1]}x{tgt_hw[0]} px "
-                         "(or the batch sizes differ); scale both images to the same size, one image each")
-    if reference.start_step != target.start_step or not torch.allclose(reference.sigmas, target.sigmas):
+        raise InputError(f"reference: its image is {ref_hw[1]}x{ref_hw[0]} px but the target's is {tgt_hw[1]}x{tgt_hw[0]} px; "
+                         "scale both images to the same size")
+    if (reference.start_step != target.start_step or reference.sigmas.shape != target.sigmas.shape
+            or not torch.allclose(reference.sigmas, target.sigmas)):
         raise InputError("reference: inverted with another schedule than the target (steps, scheduler or skip_steps "
                          "differ); invert both images with the same DDIMInvert settings")
     if layers not in LAYER_CHOICES:
@@ -412,7 +417,7 @@ def apply_patch(model, patch: AppearanceTransferPatch):
     return patched
 
 
-class SemanticFeatureRearrange(io.ComfyNode):
+class SemanticFeatureRearrange(host.PackNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         defaults = TransferSchedule()
@@ -483,10 +488,18 @@ class SemanticFeatureRearrange(io.ComfyNode):
         )
 
     @classmethod
+    def check_inputs(cls, values: dict) -> None:
+        for start, end in (("injection_start_step", "injection_end_step"), ("adain_start_step", "adain_end_step")):
+            problem = host.step_window_problem(start, values.get(start), end, values.get(end))
+            if problem:
+                raise InputError(problem)
+
+    @classmethod
     def execute(cls, model, reference, target, layers, strength, injection_start_step, injection_end_step,
                 structure_interval, structure_end_step, adain_start_step, adain_end_step,
                 restrict_to_reference_mask, feature_source=REPLAYED, positive=None, reference_mask=None,
                 target_mask=None) -> io.NodeOutput:
+        cls.refuse_invalid(locals())
         host.check_sigma_space_model(model)
         schedule = TransferSchedule(injection_start_step, injection_end_step, structure_interval,
                                     structure_end_step, adain_start_step, adain_end_step)

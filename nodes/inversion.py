@@ -30,7 +30,7 @@ def _check_latent(model, latent: dict, input_name: str = "latent") -> torch.Tens
     return samples
 
 
-class DDIMInvert(io.ComfyNode):
+class DDIMInvert(host.PackNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -89,9 +89,18 @@ class DDIMInvert(io.ComfyNode):
         )
 
     @classmethod
+    def check_inputs(cls, values: dict) -> None:
+        steps, skip_steps = values.get("steps"), values.get("skip_steps")
+        if steps is not None and skip_steps is not None and not 0 <= skip_steps < steps:
+            raise InputError(f"skip_steps: {skip_steps} must be between 0 and steps - 1 = {steps - 1}")
+        if values.get("noise_regularization") and values.get("mode") not in (None, inv.DDIM):
+            raise InputError("noise_regularization: only applies to mode 'ddim'; turn it off for edit_friendly_ddpm")
+
+    @classmethod
     def execute(cls, model, positive, latent, mode, steps, cfg, scheduler, skip_steps, seed,
                 noise_regularization, lambda_ac, lambda_kl, regularization_steps, auto_correlation_rolls,
                 negative=None) -> io.NodeOutput:
+        cls.refuse_invalid(locals())
         if mode not in inv.MODES:
             raise InputError(f"mode: {mode!r} is not one of {list(inv.MODES)}")
         if steps < 1:
@@ -156,7 +165,29 @@ def _align_schedule(inversion: inv.Inversion, sigmas: torch.Tensor) -> int:
     )
 
 
-class InversionReplaySampler(io.ComfyNode):
+def _same_latent(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal up to the round trip through the model's latent scaling (process_latent_out, then in)."""
+    return a.shape == b.shape and bool(torch.allclose(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().mean()) + 1e-8))
+
+
+def _check_starting_latent(inversion: inv.Inversion, x: torch.Tensor, start: int) -> None:
+    """The latent the sampler starts from must be the inversion's latent at the step its sigmas start
+    at; any other one is replayed as if it were, and gives a wrong image."""
+    first = start - inversion.start_step
+    if _same_latent(x, inversion.latents[first].to(x.device, x.dtype)):
+        return
+    given = x.detach().cpu().float()
+    match = next((k for k, latent in enumerate(inversion.latents[:-1]) if _same_latent(given, latent.float())), None)
+    given = (f"the inversion's latent at step {inversion.start_step + match}" if match is not None
+             else "not a latent of this inversion (was noise added, or another image's LATENT connected?)")
+    raise InputError(
+        f"latent_image: it is {given}, but the sigmas start at step {start}; replay from the latent where the sigmas "
+        "start: DDIMInvert's LATENT with its whole SIGMAS output (to start later, raise DDIMInvert's skip_steps "
+        "instead of splitting the sigmas), and add_noise off"
+    )
+
+
+class InversionReplaySampler(host.PackNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -181,6 +212,7 @@ class InversionReplaySampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, inversion, exact_final_step) -> io.NodeOutput:
+        cls.refuse_invalid(locals())
         if not isinstance(inversion, inv.Inversion):
             raise InputError("inversion: expected the INVERSION output of DDIMInvert")
 
@@ -197,6 +229,7 @@ class InversionReplaySampler(io.ComfyNode):
                     "LATENT output of the same DDIMInvert"
                 )
             start = _align_schedule(inversion, sigmas)
+            _check_starting_latent(inversion, x, start)
             # read the schedule and move this run's noise maps to the device once, not in every step
             levels = sigmas.tolist()
             maps = None

@@ -96,7 +96,7 @@ def _sentences(concept: str, custom: str, caption: str, concept_input: str, sent
     return tuple(tr.sentence_templates(concept, caption or None))
 
 
-class EditDirectionNode(io.ComfyNode):
+class EditDirectionNode(host.PackNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -138,6 +138,7 @@ class EditDirectionNode(io.ComfyNode):
 
     @classmethod
     def execute(cls, clip, source, target, caption, multiplier, source_sentences, target_sentences) -> io.NodeOutput:
+        cls.refuse_invalid(locals())
         if clip is None:
             raise InputError("clip: no CLIP; connect the checkpoint's CLIP output")
         src = _sentences(source, source_sentences, caption, "source", "source_sentences")
@@ -427,7 +428,7 @@ def _same_conditioning(a: list, b: list) -> bool:
     return True
 
 
-class CutLossGuidance(io.ComfyNode):
+class CutLossGuidance(host.PackNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -479,8 +480,16 @@ class CutLossGuidance(io.ComfyNode):
         )
 
     @classmethod
+    def check_inputs(cls, values: dict) -> None:
+        problem = host.step_window_problem("guidance_start_step", values.get("guidance_start_step"),
+                                           "guidance_end_step", values.get("guidance_end_step"))
+        if problem:
+            raise InputError(problem)
+
+    @classmethod
     def execute(cls, model, positive, negative, direction, cfg, lambda_xa, lambda_cut, step_size,
                 guidance_start_step, guidance_end_step, num_patches, tau, offload_to_cpu) -> io.NodeOutput:
+        cls.refuse_invalid(locals())
         if not isinstance(direction, EditDirection):
             raise InputError("direction: expected the DIRECTION output of Edit Direction")
         host.check_sigma_space_model(model)
@@ -499,12 +508,6 @@ class CutLossGuidance(io.ComfyNode):
             )
         _check_conditioning(positive, "positive", width)
         _check_conditioning(negative, "negative", width)
-        if guidance_end_step < guidance_start_step:
-            raise InputError(
-                f"guidance_end_step: {guidance_end_step} is before guidance_start_step {guidance_start_step}"
-            )
-        if tau <= 0:
-            raise InputError("tau: must be positive")
 
         state = _GuidanceState(use_maps=lambda_xa > 0, use_features=lambda_cut > 0, num_patches=num_patches,
                                tau=tau, offload=offload_to_cpu)

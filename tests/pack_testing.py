@@ -155,7 +155,9 @@ class GraphRunner:
     def run(self, prompt: dict) -> dict:
         """Validates and executes ``prompt``; returns CAPTURED for its Capture nodes."""
         ok, error, outputs, node_errors = self.validate(prompt)
-        if not ok:
+        # ComfyUI runs the outputs that validate and drops the others (their node_errors): a test
+        # graph counts as refused when any node failed validation
+        if not ok or node_errors:
             raise GraphError(f"validation failed: {error} {node_errors}")
         CAPTURED.clear()
         self.server.messages.clear()

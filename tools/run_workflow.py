@@ -390,13 +390,13 @@ def format_rejection(workflow: Mapping, reply: Any, status: int) -> tuple[str, s
     parts = format_node_errors(workflow, node_errors)
     first_node = next(iter(node_errors), None)
     head = err.get("message") or "invalid prompt"
-    if err.get("type") == "invalid_prompt" and err.get("details"):
+    if err.get("type") in ("invalid_prompt", "missing_node_type") and err.get("details"):
         # e.g. "Cannot execute because node Foo does not exist." / "Node ID '#3'"
         nid = str(err["details"]).replace("Node ID", "").strip(" '#")
         if nid in workflow:
             first_node = nid
             head = f"{head.rstrip('.')} ({_node_label(workflow, nid)})"
-            if "does not exist" in head:
+            if "does not exist" in head or err.get("type") == "missing_node_type":
                 head += ". The custom node pack that provides it is probably not installed or failed to import"
         else:
             head = f"{head.rstrip('.')} ({err['details']})"

@@ -11,6 +11,7 @@ detection, never by version number. ``selfcheck`` reports a moved convention at 
 - ``gradients``: the UNet and text encoders with gradients (the host training node's way)
 - ``text``: tokens, embeddings, text and image encoders, the VAE
 - ``files``: the embeddings folder, atomic writes, progress
+- ``validation``: ``PackNode``, the base of every node (ranges, finite numbers, names, windows)
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from .files import *  # noqa: F401,F403
 from .gradients import differentiable_clip, differentiable_model, gradient_mode, gradient_strategy  # noqa: F401
 from .sampling import *  # noqa: F401,F403
 from .text import *  # noqa: F401,F403
+from .validation import PackNode, file_stem, number_problem, step_window_problem  # noqa: F401
 from . import selfcheck
 
 selfcheck.report()

@@ -27,6 +27,30 @@ def text_encoder_file_names() -> list[str]:
     return folder_paths.get_filename_list("text_encoders")
 
 
+def model_relative_path(path: str) -> str:
+    """``path`` as the user knows it, relative to ComfyUI's models folder (``embeddings/x.safetensors``):
+    error messages never show the server's absolute paths."""
+    import os
+
+    import folder_paths
+
+    for root in (folder_paths.models_dir, *folder_paths.get_folder_paths("embeddings")):
+        try:
+            relative = os.path.relpath(path, root)
+        except ValueError:  # another drive on Windows
+            continue
+        if not relative.startswith(".."):
+            return relative if root == folder_paths.models_dir else os.path.join("embeddings", relative)
+    return os.path.basename(path)
+
+
+def _default_file_mode() -> int:
+    """The mode a plain ``open(path, "w")`` gives a new file under the process's umask."""
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def save_tensors_atomically(path: str, tensors: dict[str, torch.Tensor], metadata: Optional[dict] = None) -> None:
@@ -43,6 +67,7 @@ def save_tensors_atomically(path: str, tensors: dict[str, torch.Tensor], metadat
     try:
         safetensors.torch.save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp,
                                     metadata=metadata)
+        os.chmod(tmp, _default_file_mode())  # mkstemp makes it 0600: readable by other services like any model file
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -322,3 +322,10 @@ def make_stepwise_guider(model, conds: dict, cfg: float, program: StepProgram):
     guider.inner_set_conds(conds)
     guider.set_cfg(cfg)
     return guider
+
+
+def stepwise_runner(guider) -> _ProgramRunner:
+    """The ``SAMPLER_SAMPLE`` runner of a :func:`make_stepwise_guider` guider; its ``program`` is the
+    step program (read by the node's tests, and swapped by them for a probe)."""
+    wrappers = guider.model_patcher.wrappers.get(comfy.patcher_extension.WrappersMP.SAMPLER_SAMPLE, {})
+    return next(w for w in wrappers.get(WRAPPER_KEY, []) if isinstance(w, _ProgramRunner))

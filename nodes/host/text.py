@@ -120,9 +120,8 @@ def load_embedding_rows(clip, name: str) -> dict[str, torch.Tensor]:
         rows[slot.key] = embed.float()
     if not rows:
         raise InputError(
-            f"embedding_name: no embedding {name!r} with vectors for this CLIP in the embeddings folders "
-            f"{list(getattr(_sub_tokenizer(clip, text_encoder_slots(clip)[0].key), 'embedding_directory', []) or [])}; "
-            "train one with Delta Interpolation Trainer or check the name"
+            f"embedding_name: no embedding {name!r} with vectors for this CLIP in models/embeddings; train one with "
+            "Delta Interpolation Trainer or check the name"
         )
     return rows
 

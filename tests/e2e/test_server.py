@@ -149,11 +149,22 @@ def test_missing_node_type_is_named(server, tmp_path):
 
 
 def test_execution_error_names_node(server, tmp_path):
+    prompt = _invert_prompt()
+    prompt["4"]["inputs"]["cfg"] = 3.0  # no negative connected: known only when the node runs
+    with pytest.raises(run_workflow.WorkflowError) as info:
+        run_workflow.submit_workflow(server, prompt, out_dir=tmp_path, timeout=120)
+    message = str(info.value)
+    assert info.value.node_id == "4"
+    assert "ComfyUI failed while running node 4 (DDIMInvert" in message and "negative: cfg is 3.0" in message, message
+
+
+def test_a_rule_of_the_node_is_checked_at_validation(server, tmp_path):
     with pytest.raises(run_workflow.WorkflowError) as info:
         run_workflow.submit_workflow(server, _invert_prompt(steps=2, skip_steps=2), out_dir=tmp_path, timeout=120)
     message = str(info.value)
     assert info.value.node_id == "4"
-    assert "node 4 (DDIMInvert" in message and "skip_steps" in message, message
+    assert "HTTP 400" in message and "node 4 (DDIMInvert" in message and "skip_steps: 2 must be between" in message, \
+        message
     assert not list(tmp_path.iterdir())
 
 
@@ -227,3 +238,110 @@ def test_every_api_workflow_has_ui_twin():
     missing = [p.name for p in API_WORKFLOWS if not (REPO / "workflows" / p.name).exists()]
     assert not missing, f"no UI-format workflows/{missing[0]} (and {len(missing) - 1} more): run " \
                         f"`python tools/workflow_ui.py --all`"
+
+
+# --- bad values a client can send: refused at POST /prompt, the input named (issue 15) ----------
+
+def _rejection(server, prompt: dict) -> str:
+    """POSTs ``prompt``; asserts ComfyUI refused it before running anything (HTTP 400); returns the message."""
+    with pytest.raises(run_workflow.WorkflowError) as info:
+        run_workflow.queue_prompt(server, prompt)
+    message = str(info.value)
+    assert "HTTP 400" in message, message
+    return message
+
+
+def _analogy_prompt(**trainer_inputs) -> dict:
+    workflow = demo.retarget(run_workflow.load_workflow(REPO / "workflows" / "api" / "image_analogy.json"),
+                             TEST_CKPTS[0])
+    workflow["9"]["inputs"].update(trainer_inputs)
+    return workflow
+
+
+def _assert_next_valid_prompt_runs(server, tmp_path):
+    entry = run_workflow.wait_for_prompt(server, run_workflow.queue_prompt(server, _invert_prompt()), timeout=120)
+    assert entry["status"]["status_str"] == "success"
+
+
+@pytest.mark.parametrize("node, field, value", [
+    ("4", "cfg", float("nan")),
+    ("4", "lambda_ac", float("inf")),
+])
+def test_non_finite_inversion_values_are_refused_before_work(server, tmp_path, node, field, value):
+    prompt = _invert_prompt()
+    prompt[node]["inputs"][field] = value
+    message = _rejection(server, prompt)
+    assert f"{field}: {value}" in message and "give a finite value" in message or "above the maximum" in message, message
+    _assert_next_valid_prompt_runs(server, tmp_path)
+
+
+def test_non_finite_values_of_the_other_nodes_are_refused(server, tmp_path):
+    translation = demo.retarget(run_workflow.load_workflow(REPO / "workflows" / "api" / "image_translation.json"),
+                                TEST_CKPTS[0])
+    direction = next(k for k, v in translation.items() if v["class_type"] == "EditDirection")
+    translation[direction]["inputs"]["multiplier"] = float("nan")
+    assert "multiplier: nan is not a number" in _rejection(server, translation)
+    message = _rejection(server, _analogy_prompt(learning_rate=float("nan")))
+    assert "learning_rate: nan is not a number" in message, message
+    _assert_next_valid_prompt_runs(server, tmp_path)
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("x" * 300, "name: the name is 300 bytes long"),
+    ("CON", "reserved device name on Windows"),
+    ("nul.backup", "reserved device name on Windows"),
+    ("../escape", "path separator"),
+])
+def test_bad_embedding_names_are_refused_at_post(server, tmp_path, name, expected):
+    message = _rejection(server, _analogy_prompt(name=name))
+    assert expected in message, message
+    _assert_next_valid_prompt_runs(server, tmp_path)
+
+
+def test_existing_embedding_is_named_relative_to_the_models_folder(server, tmp_path):
+    folder = server.base / "models" / "embeddings"
+    folder.mkdir(parents=True, exist_ok=True)
+    existing = folder / "e2e_taken.safetensors"
+    existing.write_bytes(b"a user's file")
+    try:
+        workflow = _analogy_prompt(name="e2e_taken", overwrite=False)
+        images = demo.synthetic_inputs(workflow, tmp_path / "inputs")
+        with pytest.raises(run_workflow.WorkflowError) as info:  # state, not a value: checked when the node runs
+            run_workflow.submit_workflow(server, workflow, images, None, tmp_path / "out", RUN_TIMEOUT)
+        message = str(info.value)
+        assert "name: embeddings/e2e_taken.safetensors already exists" in message, message
+        assert str(server.base) not in message
+        assert existing.read_bytes() == b"a user's file"
+    finally:
+        existing.unlink()
+
+
+def test_step_windows_that_end_before_they_start_are_refused(server):
+    translation = demo.retarget(run_workflow.load_workflow(REPO / "workflows" / "api" / "image_translation.json"),
+                                TEST_CKPTS[0])
+    guidance = next(k for k, v in translation.items() if v["class_type"] == "CutLossGuidance")
+    translation[guidance]["inputs"].update(guidance_start_step=3, guidance_end_step=1)
+    assert "guidance_end_step: 1 is before guidance_start_step 3" in _rejection(server, translation)
+    appearance = demo.retarget(run_workflow.load_workflow(REPO / "workflows" / "api" / "appearance_transfer.json"),
+                               TEST_CKPTS[0])
+    rearrange = next(k for k, v in appearance.items() if v["class_type"] == "SemanticFeatureRearrange")
+    appearance[rearrange]["inputs"].update(injection_start_step=3, injection_end_step=2)
+    assert "injection_end_step: 2 is before injection_start_step 3" in _rejection(server, appearance)
+
+
+def test_replay_from_a_latent_that_is_not_where_the_sigmas_start_is_refused(server, tmp_path):
+    """SplitSigmas' second half with DDIMInvert's own LATENT: the sampler knows which step's latent it
+    was given and refuses the mismatch, naming latent_image and the fix."""
+    prompt = _invert_prompt(steps=4)
+    prompt["7"] = {"class_type": "InversionReplaySampler", "inputs": {"inversion": ["4", 1], "exact_final_step": True}}
+    prompt["8"] = {"class_type": "SplitSigmas", "inputs": {"sigmas": ["4", 2], "step": 2}}
+    prompt["9"] = {"class_type": "SamplerCustom", "inputs": {
+        "model": ["1", 0], "add_noise": False, "noise_seed": 0, "cfg": 1.0, "positive": ["2", 0],
+        "negative": ["2", 0], "sampler": ["7", 0], "sigmas": ["8", 1], "latent_image": ["4", 0]}}
+    prompt["5"]["inputs"]["samples"] = ["9", 0]
+    with pytest.raises(run_workflow.WorkflowError) as info:
+        run_workflow.submit_workflow(server, prompt, out_dir=tmp_path, timeout=120)
+    message = str(info.value)
+    assert "latent_image: it is the inversion's latent at step 0, but the sigmas start at step 2" in message, message
+    assert "skip_steps" in message
+    _assert_next_valid_prompt_runs(server, tmp_path)

@@ -288,10 +288,13 @@ def test_injector_equals_stock_embedding_prompt(analogy_graph, sd15_runs, text):
 def test_name_validation_and_overwrite_protection(analogy_graph, sd15_runs):
     from exemplar_edit.nodes import analogy
 
-    for bad in ["", "  ", "../up", "a/b", "a\\b", "..", ".hidden", "two words", "x:y"]:
+    for bad in ["", "  ", "../up", "a/b", "a\\b", "..", ".hidden", "two words", "x:y", "CON", "com1", "Nul.txt",
+                "x" * 244]:
         with pytest.raises(_host.InputError, match="name"):
             analogy.check_embedding_name(bad)
     assert analogy.check_embedding_name("to_winter.safetensors") == "to_winter"
+    assert analogy.check_embedding_name("x" * 243) == "x" * 243  # 243 + len(".safetensors") = 255 bytes
+    assert analogy.check_embedding_name("console") == "console"
     with pytest.raises(GraphError, match="path separator"):
         analogy_graph.run(analogy_workflow(SD15, name="../escape"))
     existing = EMBEDDINGS / "run_a.safetensors"
@@ -350,3 +353,15 @@ def test_workflow_end_to_end_sdxl_saves_both_encoders(analogy_graph):
     injected = analogy_graph.run(injection_prompt(SDXL, "a photo of a cabin", "run_xl"))
     assert_same_conditioning(injected["stock"], injected["injected"])
     assert not torch.equal(injected["stock"][0][1]["pooled_output"], injected["plain"][0][1]["pooled_output"])
+
+
+def test_saved_files_get_the_mode_a_normal_write_gives(tmp_path):
+    """Not mkstemp's 0600: another service sharing the models folder can read the embeddings."""
+    import os
+
+    path = tmp_path / "mode_check.safetensors"
+    _host.save_tensors_atomically(str(path), {"clip_l": torch.zeros(1, 4)})
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+    assert [p.name for p in tmp_path.iterdir()] == ["mode_check.safetensors"]  # no temporary file left

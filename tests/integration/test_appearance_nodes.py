@@ -188,3 +188,26 @@ def test_composes_with_perturbed_attention_guidance(graph, pag_after_patch):
     assert torch.isfinite(both).all()
     assert (both - alone).abs().mean() > 1e-3, "PAG had no effect on the patched model"
     assert (both - _out(graph, plain_pag)).abs().mean() > 1e-3, "the appearance patch was lost beside PAG"
+
+
+def test_reference_and_target_inverted_with_different_steps_is_named(host):
+    """Not a raw size mismatch from deep inside: the documented schedule error, naming the input."""
+    import torch
+
+    from exemplar_edit.core import inversion as inv
+    from exemplar_edit.nodes import appearance
+    from exemplar_edit.nodes.host import InputError
+
+    def inversion(steps: int, batch: int = 1) -> inv.Inversion:
+        sigmas = torch.linspace(10, 0, steps + 1)
+        latents = [torch.zeros(batch, 4, 8, 8) for _ in range(steps + 1)]
+        return inv.Inversion(mode="ddim", sigmas=sigmas, start_step=0, latents=latents, model_family="SD15")
+
+    class Model:  # only what build_patch reads before it checks the schedule
+        class model:
+            latent_format = type("SD15", (), {})()
+
+    with pytest.raises(InputError, match="reference: inverted with another schedule than the target"):
+        appearance.build_patch(Model, inversion(6), inversion(5), "official", 1.0, None, False)
+    with pytest.raises(InputError, match="reference: inverted from a batch of 2 images but the target from 1"):
+        appearance.build_patch(Model, inversion(5, batch=2), inversion(5), "official", 1.0, None, False)

@@ -85,7 +85,9 @@ def test_end_to_end_zero_edit_reproduces_the_reconstruction_and_guidance_edits(g
         assert relative_error(out["guided_only"]["samples"], plain) > 1e-4
         assert relative_error(out["edit"]["samples"], out["guided_only"]["samples"]) > 1e-3
         assert relative_error(out["edit"]["samples"], out["pix2pix_zero"]["samples"]) > 1e-4
-    losses = out["edit_guider"]._program.last_losses
+    from exemplar_edit.nodes import host
+
+    losses = host.stepwise_runner(out["edit_guider"]).program.last_losses
     assert len(losses) == STEPS and all(set(step) == {"positive", "negative"} for step in losses)
     assert all(v > 0 and v == v for step in losses for v in step.values())
 
@@ -141,8 +143,11 @@ def test_one_guidance_step_lowers_the_combined_loss(graph):
     prompt["17"] = {"class_type": "Capture", "inputs": {"key": "inverted", "value": ["6", 0]}}
     prompt["18"] = {"class_type": "Capture", "inputs": {"key": "sigmas", "value": ["6", 2]}}
     out = graph.run(prompt)
+    from exemplar_edit.nodes import host
+
     guider = out["edit_guider"]
-    program = guider._program
+    runner = host.stepwise_runner(guider)
+    program = runner.program
     record: dict = {}
 
     def probe(steps, x):
@@ -158,13 +163,13 @@ def test_one_guidance_step_lowers_the_combined_loss(graph):
         program.state.store.clear()
         return x
 
-    guider._program = probe
+    runner.program = probe
     try:
         latent = out["inverted"]["samples"]
         with torch.inference_mode():
             guider.sample(torch.zeros_like(latent), latent, comfy.samplers.sampler_object("ddim"), out["sigmas"], seed=0)
     finally:
-        guider._program = program
+        runner.program = program
     for role in ("negative", "positive"):
         assert record["after"][role] < record["before"][role], record
 
