@@ -286,10 +286,28 @@ class Frontend:
     def nodes(self) -> list[dict]:
         return self.page.evaluate(_JS_NODES)
 
+    def error_panel(self, section: str = "") -> str:
+        """Frontends from about 1.4x report a graph's problems (missing node types, a prompt the server
+        refused) in an error overlay ("N errors found") instead of a dialog: the text of its details
+        panel from ``section`` on, or "" when no overlay is shown (older frontends)."""
+        overlay = self.page.locator('[data-testid="error-overlay"]')
+        if not overlay.count() or not overlay.first.is_visible():
+            return ""
+        overlay.first.get_by_role("button", name="View details").click()
+        self.page.wait_for_timeout(800)
+        text = self.page.evaluate("() => document.body.innerText")
+        start = text.find(section) if section else 0
+        return " ".join(text[start:].split())[:4000] if start >= 0 else ""
+
     def graph_problems(self) -> list[str]:
-        """Missing node types and open dialogs (the frontend's missing-nodes warning is one)."""
-        problems = [f"node {n['id']} has type {n['type']!r}, which this ComfyUI does not know"
-                    for n in self.nodes() if not n["registered"]]
+        """Missing node types and open dialogs (the frontend's missing-nodes warning is one; newer
+        frontends show it in their error panel, read only when a node type is missing)."""
+        unknown = [n for n in self.nodes() if not n["registered"]]
+        problems = [f"node {n['id']} has type {n['type']!r}, which this ComfyUI does not know" for n in unknown]
+        if unknown and not self.dialogs():
+            panel = self.error_panel("Missing Node Packs")
+            if panel:
+                problems.append(f"error panel: {panel[:400]}")
         problems += [f"dialog open: {' '.join(text.split())[:400]}" for text in self.dialogs()]
         problems += [f"error message: {' '.join(text.split())[:400]}" for text in self.error_toasts()]
         return problems
