@@ -118,16 +118,20 @@ def auto_correlation_loss(noise: torch.Tensor, rng: random.Random) -> torch.Tens
 
     For each sample and channel, over a pyramid made by 2x2 average pooling until the side is
     at most 8: sum of mean(n * roll(n, d, H))^2 + mean(n * roll(n, d, W))^2 with one random
-    shift d in [0, H/2) per level, drawn as the official code does (``randrange(H // 2)``).
+    shift d in [1, H/2) per level, drawn as the official code does since its commit ec33392
+    ("random roll to start with offset 1", ``randrange(1, H // 2)``): a shift of 0 would turn the
+    term into a penalty on the variance. A level narrower than 4 has no such shift and adds nothing
+    (the official call fails there).
     """
     loss = noise.new_zeros(())
     for sample in noise:
         for channel in sample:
             level = channel[None, None]
             while True:
-                shift = rng.randrange(level.shape[2] // 2) if level.shape[2] >= 2 else 0
-                loss = loss + (level * torch.roll(level, shifts=shift, dims=2)).mean() ** 2
-                loss = loss + (level * torch.roll(level, shifts=shift, dims=3)).mean() ** 2
+                if level.shape[2] // 2 > 1:
+                    shift = rng.randrange(1, level.shape[2] // 2)
+                    loss = loss + (level * torch.roll(level, shifts=shift, dims=2)).mean() ** 2
+                    loss = loss + (level * torch.roll(level, shifts=shift, dims=3)).mean() ** 2
                 if level.shape[2] <= 8:
                     break
                 level = F.avg_pool2d(level, kernel_size=2)

@@ -16,7 +16,7 @@ import comfy.samplers
 import comfy.utils
 import latent_preview
 
-from .facts import InputError, check_interrupted, model_sampling
+from .facts import InputError, check_interrupted, output_scale
 
 WRAPPER_KEY = "exemplar_edit"
 STEP_HOOKS_KEY = "exemplar_edit_step_hooks"
@@ -141,8 +141,7 @@ class ModelRun:
         return comfy.samplers.calc_cond_batch(self.base_model, [prepared], x, sigma, self.model_options)[0]
 
     def output_scale(self, sigma: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        from .facts import output_scale
-
+        """dD/d(output) of the run's model (see ``facts.output_scale``)."""
         return output_scale(self.patcher, sigma, like)
 
 

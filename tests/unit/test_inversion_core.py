@@ -220,6 +220,26 @@ def test_auto_correlation_loss_sees_spatial_correlation():
     )
 
 
+def test_auto_correlation_shift_is_never_zero():
+    """pix2pix-zero ec33392: shifts are drawn from [1, H/2); a zero shift makes the term the squared
+    mean of n^2, a variance penalty that white noise cannot escape."""
+    class Recorder(random.Random):
+        drawn: list = []
+
+        def randrange(self, *args):
+            value = super().randrange(*args)
+            Recorder.drawn.append((args, value))
+            return value
+
+    noise = torch.randn(1, 2, 16, 16, generator=torch.Generator().manual_seed(0))
+    inv.auto_correlation_loss(noise, Recorder(0))
+    assert Recorder.drawn and all(args == (1, level) and 1 <= value < level
+                                  for (args, value) in Recorder.drawn for level in [args[1]])
+    constant = torch.ones(1, 1, 8, 8)  # correlated with itself at every shift
+    assert float(inv.auto_correlation_loss(constant, random.Random(0))) > 0
+    assert float(inv.auto_correlation_loss(torch.ones(1, 1, 3, 3), random.Random(0))) == 0  # no shift in [1, 1)
+
+
 def test_regularization_whitens_noise_deterministically_even_in_inference_mode():
     g = torch.Generator().manual_seed(0)
     eps = torch.nn.functional.avg_pool2d(torch.randn(2, 4, 32, 32, generator=g), 3, stride=1, padding=1) * 2 + 0.3
