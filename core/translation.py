@@ -394,11 +394,11 @@ class ReferenceStore:
     ``"negative"``), ``layer`` any hashable layer name. Cross-attention maps are kept whole
     (``L_xa`` compares every entry); for PatchNCE only the sampled patch features and their
     locations are kept (:func:`sample_patch_features`), ~``256 x C`` numbers per layer and patch
-    size instead of ``HW x C``. Tensors are stored in ``dtype`` (half precision by default) and,
-    with ``offload``, in CPU memory; :meth:`maps` / :meth:`samples` bring them back.
+    size instead of ``HW x C``. Tensors are stored in ``dtype`` (None: their own dtype) and, with
+    ``offload``, in CPU memory; :meth:`maps` / :meth:`samples` bring them back.
     """
 
-    def __init__(self, dtype: torch.dtype = torch.float16, offload: bool = False):
+    def __init__(self, dtype: Optional[torch.dtype] = torch.float16, offload: bool = False):
         self.dtype = dtype
         self.offload = offload
         self._maps: dict = {}
@@ -407,9 +407,10 @@ class ReferenceStore:
 
     def _keep(self, t: torch.Tensor) -> torch.Tensor:
         t = t.detach()
+        dtype = self.dtype or t.dtype
         if self.offload and t.device.type != "cpu":
-            return t.to(self.dtype).to("cpu")  # cast on the device first: half the bytes to copy over
-        return t.to(self.dtype, copy=True)
+            return t.to(dtype).to("cpu")  # cast on the device first: fewer bytes to copy over
+        return t.to(dtype, copy=True)
 
     def clear(self) -> None:
         self._maps.clear()

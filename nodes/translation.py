@@ -3,10 +3,11 @@ CutLossGuidance.
 
 EditDirection turns a concept change ("cat" -> "dog") into a per-token text-embedding direction
 (pix2pix-zero Sec. 3.2). CutLossGuidance is a GUIDER for SamplerCustomAdvanced: it runs the user's
-sampler twice over the inverted latent, first with the caption (the reference/reconstruction pass,
-recording cross-attention maps and decoder self-attention features), then with caption + direction,
-taking before each guided step one gradient step on x_t of ``lambda_xa * L_xa + lambda_cut *
-PatchNCE`` (pix2pix-zero Sec. 3.3; pix2pix-zeroCon). The math is in ``core.translation``.
+sampler twice over the inverted latent in lockstep: reference step k with the caption (the
+reconstruction, recording cross-attention maps and decoder self-attention features), then edit step k
+with caption + direction, taking before each guided step one gradient step on x_t of
+``lambda_xa * L_xa + lambda_cut * PatchNCE`` (pix2pix-zero Sec. 3.3; pix2pix-zeroCon). The math is
+in ``core.translation``.
 """
 from __future__ import annotations
 
@@ -166,12 +167,12 @@ class _GuidanceState:
     reference store and the loss terms of the current guided forward. Never deep-copied (clones of
     the patched model share it) and it holds no tensors between runs."""
 
-    def __init__(self, use_maps: bool, use_features: bool, num_patches: int, tau: float, offload: bool):
+    def __init__(self, use_maps: bool, use_features: bool, num_patches: int, tau: float):
         self.use_maps = use_maps
         self.use_features = use_features
         self.num_patches = num_patches
         self.tau = tau
-        self.store = tr.ReferenceStore(torch.float16, offload)
+        self.store = tr.ReferenceStore(None)  # the model's compute dtype, one step at a time
         self.mode: Optional[str] = None
         self.step = 0
         self.role = "positive"
@@ -277,30 +278,39 @@ class GuidanceSettings:
 
 
 class TranslationProgram:
-    """The two passes of pix2pix-zero(Con) over the user's sampler (see ``host.GuidedSteps``)."""
+    """The two passes of pix2pix-zero(Con) over the user's sampler (see ``host.GuidedSteps``), in
+    lockstep: reference step k (the reconstruction with the caption), then edit step k guided by
+    the maps and features reference step k recorded. The reference trajectory does not depend on
+    the edit, so this is the same UNet work as a whole reference pass first, but only one step's
+    maps are alive at a time (``peak_store_bytes``), in the model's own compute dtype."""
 
     def __init__(self, state: _GuidanceState, settings: GuidanceSettings, seed_offset: int = 0):
         self.state = state
         self.settings = settings
         self.seed_offset = seed_offset
         self.last_losses: list[dict] = []
+        self.peak_store_bytes = 0
 
     def __call__(self, steps, x_start: torch.Tensor) -> torch.Tensor:
         state, settings = self.state, self.settings
         state.store.clear()
-        self.last_losses = []
+        self.last_losses, self.peak_store_bytes = [], 0
         seed = 0 if steps.seed is None else int(steps.seed)
         state.generator = torch.Generator(device="cpu").manual_seed(seed + self.seed_offset)
         guided = [k for k in range(steps.steps) if settings.guided(k)]
+        last_guided = max(guided) if guided else -1
         try:
-            self.reference_pass(steps, x_start, (max(guided) + 1) if guided else 0)
-            x = x_start
+            x = x_reference = x_start
             losses_per_step = []
             for k in range(steps.steps):
                 offset = None
+                if k <= last_guided:  # the reference trajectory is needed up to the last guided step
+                    x_reference = self.reference_step(steps, x_reference, k)
                 if k in guided:
+                    self.peak_store_bytes = max(self.peak_store_bytes, state.store.nbytes())
                     x, offset, losses = self.guidance_step(steps, x, k)
                     losses_per_step.append(losses)
+                    state.store.clear()  # reference step k's maps: used, never again
                 x = steps.sample_step(x, k, "positive", "negative", offset)
             self.last_losses = _loss_floats(losses_per_step)
             return x
@@ -309,16 +319,16 @@ class TranslationProgram:
             state.store.clear()
             state.xa_terms, state.cut_terms = [], []
 
-    def reference_pass(self, steps, x: torch.Tensor, until: int) -> torch.Tensor:
-        """The reconstruction with the caption (same CFG and negative) up to step ``until``,
-        recording maps and features at the steps that will be guided."""
+    def reference_step(self, steps, x: torch.Tensor, k: int) -> torch.Tensor:
+        """Step ``k`` of the reconstruction with the caption (same CFG and negative), recording maps
+        and features when step ``k`` will be guided."""
         state = self.state
-        for k in range(until):
-            state.mode = RECORD if self.settings.guided(k) else None
-            state.step = k
-            x = steps.sample_step(x, k, "reference", "negative")
-        state.mode = None
-        return x
+        state.mode = RECORD if self.settings.guided(k) else None
+        state.step = k
+        try:
+            return steps.sample_step(x, k, "reference", "negative")
+        finally:
+            state.mode = None
 
     def rows(self, steps) -> list[str]:
         """The CFG rows pix2pix-zero guides: both (uncond first) at CFG != 1, else the positive."""
@@ -437,9 +447,9 @@ class CutLossGuidance(host.PackNode):
             category=CATEGORY,
             description=(
                 "Zero-shot image-to-image translation as a GUIDER for SamplerCustomAdvanced (your noise, "
-                "sampler and sigmas). It samples the inverted latent twice with your sampler: a reference pass "
-                "with the caption (pix2pix-zero's reconstruction; records cross-attention maps and decoder "
-                "self-attention features), then the edit pass with caption + edit direction, taking before each "
+                "sampler and sigmas). It samples the inverted latent twice with your sampler, in lockstep: "
+                "reference step k with the caption (pix2pix-zero's reconstruction; records cross-attention maps and "
+                "decoder self-attention features), then edit step k with caption + edit direction, taking before each "
                 "guided step one gradient step on x_t of lambda_xa * L_xa (pix2pix-zero Eq. 4) + lambda_cut * "
                 "PatchNCE (CUT Eq. 2-3 as in CDS, 256 locations, patch sizes 1 and 2, tau 0.07). lambda_cut 0 "
                 "is pix2pix-zero. Use DDIMInvert (ddim, cfg 1, noise_regularization) for the latent and sigmas, "
@@ -472,8 +482,8 @@ class CutLossGuidance(host.PackNode):
                 io.Float.Input("tau", default=0.07, min=0.001, max=10.0, step=0.001,
                                tooltip="PatchNCE temperature (CUT / CDS: 0.07)."),
                 io.Boolean.Input("offload_to_cpu", default=False,
-                                 tooltip="Keep the recorded reference maps in CPU memory (half precision either way). "
-                                         "Saves GPU memory, costs a transfer per guided step."),
+                                 tooltip="No effect (kept so saved workflows still load): the reference pass runs in "
+                                         "lockstep with the edit pass, so only one step's maps are ever held."),
             ],
             outputs=[io.Guider.Output(display_name="GUIDER",
                                       tooltip="For SamplerCustomAdvanced, with DDIMInvert's LATENT and SIGMAS and DisableNoise.")],
@@ -510,7 +520,7 @@ class CutLossGuidance(host.PackNode):
         _check_conditioning(negative, "negative", width)
 
         state = _GuidanceState(use_maps=lambda_xa > 0, use_features=lambda_cut > 0, num_patches=num_patches,
-                               tau=tau, offload=offload_to_cpu)
+                               tau=tau)
         state.share_rows = _same_conditioning(positive, negative)
         patched = host.differentiable_model(model)
         cross_probe, self_probe = _CrossAttentionProbe(state), _SelfAttentionOutputProbe(state)

@@ -92,6 +92,22 @@ def test_end_to_end_zero_edit_reproduces_the_reconstruction_and_guidance_edits(g
     assert all(v > 0 and v == v for step in losses for v in step.values())
 
 
+def test_reference_memory_does_not_grow_with_the_number_of_steps(graph):
+    """The reference pass runs in lockstep with the edit pass: the largest store of reference maps
+    and features is one step's, for 4 guided steps as for 10 (it was the whole pass before)."""
+    from exemplar_edit.nodes import host
+
+    peaks = {}
+    for steps in (4, 10):  # ddim_uniform gives exactly these (1000 is a multiple of each)
+        prompt = base_prompt(SD15, steps=steps)
+        add_edit(prompt, "edit", 20)
+        out = graph.run(prompt)
+        program = host.stepwise_runner(out["edit_guider"]).program
+        assert len(program.last_losses) == steps  # every step was guided
+        peaks[steps] = program.peak_store_bytes
+    assert peaks[4] > 0 and peaks[10] == peaks[4], peaks
+
+
 def test_another_packs_sampler_wrapper_still_runs_under_the_guidance(graph):
     """CutLossGuidance runs inside the stock CFGGuider through wrappers: a SAMPLER_SAMPLE wrapper of
     another pack on the same model still runs, and being a pass-through it changes nothing."""
@@ -153,7 +169,7 @@ def test_one_guidance_step_lowers_the_combined_loss(graph):
     def probe(steps, x):
         program.state.store.clear()
         program.state.generator = torch.Generator().manual_seed(0)
-        program.reference_pass(steps, x, 1)
+        program.reference_step(steps, x, 0)
         x_kept, offset, losses = program.guidance_step(steps, x, 0)
         record["before"] = losses
         record["after"] = {
