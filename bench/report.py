@@ -223,8 +223,13 @@ def gpu_check_lines() -> list[str]:
            "default flags (Dynamic VRAM on NVIDIA) and with `--disable-dynamic-vram`, on a random-weight checkpoint of "
            "the real SD1.5 architecture at 512 px, without and with a random LoRA, and compares the first losses and "
            "gradients of both gradient paths (DeltaInterpolationTrainer's token consistency loss in the tokens, "
-           "CutLossGuidance's attention loss in the latent) between the two modes. One command on a GPU machine "
-           "(`bash bench/gpu_carry.sh` prepares what it carries; see the script's docstring).", ""]
+           "CutLossGuidance's attention loss in the latent) between the two modes. Prepare here with "
+           "`bash bench/gpu_carry.sh` (`.gpu/`: the host tree and Python 3.12 wheels, about 52 MiB), then one command "
+           "on the GPU machine, with `.gpu` carried: `bash bench/gpu_carry.sh --install && PYTHONPATH=.gpu/site "
+           "COMFYUI_PATH=.gpu/ComfyUI python3 bench/gpu_dynamic_vram.py` (its record lands in `$OUT`; copy it to "
+           "`bench/results/<date>-gpu_dynamic_vram.json`). `--dry-run` on the CPU passed on both hosts of the matrix "
+           "(2026-12-01; there both modes are the same, and the two hosts' strategies, reload and copy-per-forward, "
+           "gave identical first losses).", ""]
     records = sorted(RESULTS.glob("*gpu_dynamic_vram*.json"))
     if not records:
         return out + ["**Pending: no GPU has been lent to this project yet, so this check has not run.** "
