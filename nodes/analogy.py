@@ -177,10 +177,12 @@ class DeltaInterpolationTrainer(host.PackNode):
                                tooltip="The text tower of the SAME CLIP model as clip_vision, with its text_projection "
                                        "(a file in models/text_encoders; for ViT-L/14 a full clip_l.safetensors). Used for "
                                        "D_txt and the CLIP loss. SD1.x checkpoints lack this projection."),
-                io.String.Input("caption_before", default="a photo", multiline=True,
-                                tooltip="Caption of A (the paper uses BLIP-2 captions), for the text delta D_txt."),
-                io.String.Input("caption_after", default="a photo", multiline=True,
-                                tooltip="Caption of A', for the text delta D_txt."),
+                io.String.Input("caption_before", default="", multiline=True,
+                                tooltip="Caption of A: what the image shows (the paper uses BLIP-2 captions), for the "
+                                        "text delta D_txt. Must differ from caption_after unless alpha is 0."),
+                io.String.Input("caption_after", default="", multiline=True,
+                                tooltip="Caption of A': what the changed image shows, for the text delta D_txt "
+                                        "(e.g. 'a house in summer' -> 'a house in winter, covered in snow')."),
                 io.String.Input("prompt_before", default="a photo", multiline=True,
                                 tooltip="P(A): a prompt describing A; [P(A); +D] must reconstruct A'."),
                 io.String.Input("prompt_after", default="a photo", multiline=True,
@@ -221,6 +223,14 @@ class DeltaInterpolationTrainer(host.PackNode):
         # ComfyUI answers from its cache (the same inputs again) is not refused for the file it saved
         if values.get("name") is not None:
             check_embedding_name(values["name"])
+        before, after, alpha = values.get("caption_before"), values.get("caption_after"), values.get("alpha")
+        if before is not None and after is not None and alpha is not None and alpha > 0 and (
+                not before.strip() or not after.strip() or before.strip() == after.strip()):
+            raise InputError(
+                f"caption_after: {'empty' if not after.strip() or not before.strip() else 'the same as caption_before'}, "
+                f"so the caption delta D_txt is zero and alpha ({alpha}, the weight of D_txt in the slerp with the "
+                "image delta) has nothing to interpolate; describe A in caption_before and A' in caption_after, or set "
+                "alpha to 0 to learn from the image delta alone")
 
     @classmethod
     def execute(cls, model, clip, vae, image_before, image_after, clip_vision, alignment_text_encoder,

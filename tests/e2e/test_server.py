@@ -345,3 +345,14 @@ def test_replay_from_a_latent_that_is_not_where_the_sigmas_start_is_refused(serv
     assert "latent_image: it is the inversion's latent at step 0, but the sigmas start at step 2" in message, message
     assert "skip_steps" in message
     _assert_next_valid_prompt_runs(server, tmp_path)
+
+
+@pytest.mark.parametrize("captions", [("", ""), ("a house", "a house")])
+def test_a_zero_caption_delta_is_refused_unless_alpha_is_zero(server, tmp_path, captions):
+    """Equal or empty captions make D_txt zero: with alpha > 0 the slerp has nothing to interpolate."""
+    before, after = captions
+    message = _rejection(server, _analogy_prompt(caption_before=before, caption_after=after, alpha=0.8))
+    assert "caption_after:" in message and "D_txt is zero" in message and "alpha to 0" in message, message
+    image_only = _analogy_prompt(caption_before=before, caption_after=after, alpha=0.0, name="e2e_image_delta_only")
+    images = demo.synthetic_inputs(image_only, tmp_path / "inputs")
+    assert run_workflow.submit_workflow(server, image_only, images, None, tmp_path / "out", RUN_TIMEOUT)
