@@ -40,6 +40,8 @@ References
 """
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import torch
@@ -311,21 +313,89 @@ def noised_latent(x0: torch.Tensor, sigma: torch.Tensor | float, noise: torch.Te
     return x0 + sigma * noise
 
 
-def keep_best(
-    best_loss: torch.Tensor,
-    best_tokens: torch.Tensor,
-    loss: torch.Tensor,
-    tokens: torch.Tensor,
-    eligible: bool | torch.Tensor = True,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(best_loss, best_tokens) after seeing ``loss`` reached with ``tokens``: VISII keeps the
-    prompt with the lowest MSE (visii.py:949-952). Done with ``torch.where`` so the loop needs no
-    device-to-host copy to decide; a Python ``eligible`` needs no upload either."""
-    better = loss.detach() < best_loss
-    if not isinstance(eligible, torch.Tensor):
-        if not eligible:
-            return best_loss, best_tokens
-    else:
-        better = better & eligible.to(device=loss.device, dtype=torch.bool)
-    return (torch.where(better, loss.detach(), best_loss),
-            torch.where(better, tokens.detach(), best_tokens))
+# --- fair selection of the tokens (this pack; neither paper has a validation set) ---------------
+
+KEEP_BEST_ON_VALIDATION = "best_on_validation"
+KEEP_LAST = "last"
+KEEP_MODES = (KEEP_BEST_ON_VALIDATION, KEEP_LAST)
+
+
+def validation_timesteps(count: int, num_train_timesteps: int = 1000) -> torch.Tensor:
+    """``count`` timesteps spread evenly over the training schedule: the midpoints of ``count`` equal
+    bins of 0..T-1, ``floor((i + 1/2) T / count)``.
+
+    VISII keeps the prompt of the lowest *single-draw* MSE (visii.py:949-952), each draw at a new
+    timestep. That error changes by orders of magnitude with t (eps-prediction: large at small t),
+    far more than the tokens change it, so the "best" step is the one that drew a favourable t.
+    Judging every candidate on the same fixed timesteps (and the same noise, see
+    :func:`validation_noises`) removes t from the comparison. The papers give no rule; this is the
+    pack's choice.
+    """
+    if count < 1 or num_train_timesteps < 1:
+        raise ValueError(f"need count >= 1 and num_train_timesteps >= 1, got {count}, {num_train_timesteps}")
+    count = min(count, num_train_timesteps)
+    return ((torch.arange(count, dtype=torch.float64) + 0.5) * num_train_timesteps / count).floor().long()
+
+
+def validation_noises(count: int, shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    """``[count, *shape]`` standard normal noise, one per validation timestep, fixed by ``seed``:
+    drawn from a generator of its own, so the validation set is the same for every candidate and
+    does not shift the training draws."""
+    generator = torch.Generator(device="cpu").manual_seed(seed % (2 ** 63))
+    return torch.randn((count, *shape), generator=generator)
+
+
+def is_validation_step(step: int, total_steps: int, every: int) -> bool:
+    """Candidates are judged after every ``every``-th update and after the last one (``step`` counts
+    completed updates, 1..total_steps)."""
+    return step == total_steps or (every > 0 and step % every == 0)
+
+
+@dataclass
+class TokenSelection:
+    """Which tokens a training run keeps: ``best_on_validation`` keeps the candidate of the lowest
+    validation loss (the mean over one fixed validation set, :func:`validation_timesteps`), ``last``
+    the final one. Every candidate's validation loss is recorded either way. The zero
+    initialisation is no difference at all: it is recorded as the baseline, never kept."""
+
+    keep: str = KEEP_BEST_ON_VALIDATION
+    baseline: float = math.nan
+    history: list[tuple[int, float]] = field(default_factory=list)
+    kept_step: int = -1
+    kept_loss: float = math.nan
+    kept_tokens: Optional[dict[str, torch.Tensor]] = None
+
+    def __post_init__(self) -> None:
+        if self.keep not in KEEP_MODES:
+            raise ValueError(f"keep must be one of {KEEP_MODES}, got {self.keep!r}")
+
+    def offer(self, step: int, loss: float, tokens: dict[str, torch.Tensor]) -> bool:
+        """Records candidate ``tokens`` (after ``step`` updates) with validation ``loss``; True when kept."""
+        loss = float(loss)
+        self.history.append((step, loss))
+        better = not (loss >= self.kept_loss)  # a NaN kept_loss (nothing kept yet) is beaten by anything
+        if self.keep == KEEP_LAST or self.kept_tokens is None or (better and math.isfinite(loss)):
+            self.kept_step, self.kept_loss = step, loss
+            self.kept_tokens = {k: v.detach().clone() for k, v in tokens.items()}
+            return True
+        return False
+
+    def summary(self) -> str:
+        """One line per candidate and the choice, for the node's output and progress text."""
+        lines = [f"keep: {self.keep}; validation loss (mean over the fixed validation set):"]
+        if math.isfinite(self.baseline):
+            lines.append(f"  zero difference (start): {self.baseline:.6f}")
+        for step, loss in self.history:
+            mark = "  <- kept" if step == self.kept_step else ""
+            lines.append(f"  step {step}: {loss:.6f}{mark}")
+        return "\n".join(lines)
+
+
+def validation_loss(evaluate: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                    sigmas: torch.Tensor, noises: torch.Tensor) -> float:
+    """The mean of ``evaluate(sigma_i, noise_i)`` (a candidate's consistency error L_after + L_before
+    at one draw) over the fixed validation draws: the same draws for every candidate."""
+    total = 0.0
+    for sigma, noise in zip(sigmas, noises):
+        total += float(evaluate(sigma, noise))
+    return total / max(1, len(sigmas))

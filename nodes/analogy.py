@@ -7,7 +7,6 @@ The workflow ``image_analogy`` inverts B and denoises it with that prompt, part-
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from typing import Optional
@@ -32,8 +31,8 @@ class DifferenceEmbedding:
     rows: dict[str, torch.Tensor]
     name: str = ""
     path: str = ""
-    best_loss: float = math.nan
     losses: list[float] = field(default_factory=list)  # total loss per step
+    selection: Optional[dif.TokenSelection] = None  # validation losses and the kept step
 
 
 def check_embedding_name(name: str, input_name: str = "name") -> str:
@@ -207,13 +206,29 @@ class DeltaInterpolationTrainer(host.PackNode):
                 io.Float.Input("lambda_clip", default=0.1, min=0.0, max=100.0, step=0.01,
                                tooltip="Weight of the CLIP direction loss (VISII: 0.1)."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=False,
-                             tooltip="Seed of the timestep order and the noise: the same seed gives the same tokens."),
+                             tooltip="Seed of the timestep order, the noise and the validation set: the same seed gives "
+                                     "the same tokens."),
+                io.Combo.Input("keep", options=list(dif.KEEP_MODES), default=dif.KEEP_BEST_ON_VALIDATION,
+                               tooltip="Which tokens to save. best_on_validation: those with the lowest consistency loss "
+                                       "on a fixed validation set (the same timesteps, spread over the schedule, and the "
+                                       "same noise for every candidate). last: those of the final step. A single "
+                                       "training draw is no measure: its error depends on its timestep far more than on "
+                                       "the tokens."),
+                io.Int.Input("validation_every", default=50, min=1, max=100000,
+                             tooltip="Judge the tokens on the validation set after every N steps (and after the last). "
+                                     "Each check costs 2 x validation_timesteps model evaluations without gradients."),
+                io.Int.Input("validation_timesteps", default=8, min=1, max=100,
+                             tooltip="Size of the validation set: timesteps spread evenly over the schedule, each with "
+                                     "one noise fixed by the seed."),
             ],
             outputs=[
-                DifferenceType.Output(display_name="DIFFERENCE", tooltip="The learned Difference tokens (best loss), "
+                DifferenceType.Output(display_name="DIFFERENCE", tooltip="The learned Difference tokens (as 'keep' chooses), "
                                       "for Token Injector."),
                 io.String.Output(display_name="embedding_name", tooltip="The saved embedding's name: 'embedding:<name>' "
                                  "in a prompt uses it."),
+                io.String.Output(display_name="validation", tooltip="The validation loss of every candidate, the zero "
+                                 "difference's for comparison, and which step was kept."),
+                io.Float.Output(display_name="validation_loss", tooltip="The validation loss of the kept tokens."),
             ],
         )
 
@@ -235,7 +250,8 @@ class DeltaInterpolationTrainer(host.PackNode):
     @classmethod
     def execute(cls, model, clip, vae, image_before, image_after, clip_vision, alignment_text_encoder,
                 caption_before, caption_after, prompt_before, prompt_after, name, overwrite, num_tokens, alpha,
-                steps, learning_rate, lambda_mse, lambda_clip, seed) -> io.NodeOutput:
+                steps, learning_rate, lambda_mse, lambda_clip, seed, keep=dif.KEEP_BEST_ON_VALIDATION,
+                validation_every=50, validation_timesteps=8) -> io.NodeOutput:
         cls.refuse_invalid(locals())
         stem = check_embedding_name(name)
         path = embedding_path(stem)
@@ -281,10 +297,15 @@ class DeltaInterpolationTrainer(host.PackNode):
         timesteps = dif.shuffled_timesteps(steps, len(train_sigmas), generator)
         grad_limits = {s.key: host.token_embedding_scale(clip, s.key) for s in slots}
 
-        rows, best_loss, losses = _train(
+        check_timesteps = dif.validation_timesteps(validation_timesteps, len(train_sigmas))
+        check_noise = dif.validation_noises(len(check_timesteps), tuple(latent_after.shape), seed + 1)
+        selection = dif.TokenSelection(keep)
+
+        rows, losses = _train(
             model, clip, alignment, slots, target_slot, projection, d_interp, latent_before, latent_after,
             tokens_before, tokens_after, empty_alignment_tokens, train_sigmas, timesteps, generator, grad_limits,
-            num_tokens, learning_rate, lambda_mse, lambda_clip)
+            num_tokens, learning_rate, lambda_mse, lambda_clip, selection, validation_every,
+            train_sigmas[check_timesteps], check_noise)
 
         if os.path.exists(path) and not overwrite:
             raise InputError(f"name: {host.model_relative_path(path)} appeared during training; choose another name or "
@@ -292,16 +313,21 @@ class DeltaInterpolationTrainer(host.PackNode):
         metadata = {"exemplar_edit": json.dumps({
             "method": "Difference Inversion (DeltaInterpolationTrainer)", "num_tokens": num_tokens, "steps": steps,
             "seed": seed, "alpha": alpha, "learning_rate": learning_rate, "lambda_mse": lambda_mse,
-            "lambda_clip": lambda_clip, "best_loss": best_loss, "model_family": host.model_family(model),
+            "lambda_clip": lambda_clip, "keep": keep, "validation_every": validation_every,
+            "validation_timesteps": validation_timesteps, "kept_step": selection.kept_step,
+            "validation_loss": selection.kept_loss, "validation": selection.history,
+            "validation_baseline": selection.baseline, "model_family": host.model_family(model),
             "prompt_before": prompt_before, "prompt_after": prompt_after}, sort_keys=True)}
         host.save_tensors_atomically(path, {s.embedding_key: rows[s.key] for s in slots}, metadata)
-        difference = DifferenceEmbedding(rows=rows, name=stem, path=path, best_loss=best_loss, losses=losses)
-        return io.NodeOutput(difference, stem)
+        difference = DifferenceEmbedding(rows=rows, name=stem, path=path, losses=losses, selection=selection)
+        return io.NodeOutput(difference, stem, selection.summary(), selection.kept_loss)
 
 
 def _train(model, clip, alignment, slots, target_slot, projection, d_interp, latent_before, latent_after,
            tokens_before, tokens_after, empty_alignment_tokens, train_sigmas, timesteps, generator, grad_limits,
-           num_tokens, learning_rate, lambda_mse, lambda_clip) -> tuple[dict[str, torch.Tensor], float, list[float]]:
+           num_tokens, learning_rate, lambda_mse, lambda_clip, selection: dif.TokenSelection,
+           validation_every: int, validation_sigmas: torch.Tensor, validation_noise: torch.Tensor,
+           ) -> tuple[dict[str, torch.Tensor], list[float]]:
     steps = len(timesteps)
     progress = host.TrainingProgress(steps)
     display_every = max(1, steps // 100)
@@ -316,17 +342,25 @@ def _train(model, clip, alignment, slots, target_slot, projection, d_interp, lat
         clean_after = latent_after.clone().to(device, torch.float32)
         projection_t = projection.clone().to(device)
         target = d_interp.clone().to(device)
-        best_loss = torch.tensor(float("inf"), device=device)
-        best_rows = {k: v.detach().clone() for k, v in rows.items()}
         losses = torch.zeros(steps, device=device)
         step_sigmas = train_sigmas[timesteps].to(device)
+        check_sigmas = validation_sigmas.to(device)
+        check_noise = validation_noise.to(device, torch.float32)
         # noise is drawn by the CPU generator (the seed's values on every device); page-locked on
         # CUDA so that its upload does not block the loop
         pin_noise = torch.device(device).type == "cuda"
-        best = {"loss": best_loss, "rows": best_rows}
 
         def train_steps(run: host.ModelRun) -> None:
+            def validate(step: int) -> float:
+                with torch.no_grad():
+                    return dif.validation_loss(
+                        lambda sigma, noise: sum(consistency_step(
+                            run, text_encoder, tokens_before, tokens_after, rows, clean_before, clean_after, sigma,
+                            noise)),
+                        check_sigmas, check_noise)
+
             with host.gradient_mode():
+                selection.baseline = validate(0)
                 for step in range(steps):
                     host.check_interrupted()
                     sigma = step_sigmas[step]
@@ -347,33 +381,28 @@ def _train(model, clip, alignment, slots, target_slot, projection, d_interp, lat
                         lambda_mse, lambda_clip * clip_loss if lambda_clip > 0 else None)
                     mse = loss_after + loss_before
                     loss = lambda_mse * mse + lambda_clip * clip_loss.detach()
-                    # the tokens before this step's update are the ones that reached this loss; the zero
-                    # initialisation (step 0) is no difference at all and is never kept
-                    if step > 0:
-                        for key in rows:
-                            best_loss_k, best["rows"][key] = dif.keep_best(best["loss"], best["rows"][key], mse, rows[key])
-                        best["loss"] = best_loss_k
                     for key, value in rows.items():  # VISII visii.py:937; keeps AdamW's moments finite
                         torch.nn.utils.clip_grad_value_([value], grad_limits[key])
                     optimizer.step()
                     losses[step] = loss.detach()
-                    if (step + 1) % display_every == 0 or step + 1 == steps:
+                    done = step + 1
+                    if dif.is_validation_step(done, steps, validation_every):
+                        value = validate(done)
+                        selection.offer(done, value, rows)
+                        progress.update(done, f"step {done}/{steps}  validation {value:.5f}  (kept: step "
+                                              f"{selection.kept_step}, {selection.kept_loss:.5f}; zero difference "
+                                              f"{selection.baseline:.5f})")
+                    elif done % display_every == 0:
                         shown, shown_mse, shown_clip = torch.stack(
                             [t.detach().to(loss.device, torch.float32) for t in (loss, mse, clip_loss)]).tolist()
-                        progress.update(step + 1, f"step {step + 1}/{steps}  loss {shown:.4f}  "
-                                                  f"(consistency {shown_mse:.4f}, clip {shown_clip:.3f})")
+                        progress.update(done, f"step {done}/{steps}  loss {shown:.4f}  "
+                                              f"(consistency {shown_mse:.4f}, clip {shown_clip:.3f})")
                     else:
-                        progress.update(step + 1)
+                        progress.update(done)
 
         host.run_with_model(unet, tuple(clean_after.shape), train_steps)
-        best_loss, best_rows = best["loss"], best["rows"]
-        if steps == 1 or not bool(torch.isfinite(best_loss)):
-            best_rows = {k: v.detach().clone() for k, v in rows.items()}
-            best_value = float(losses[-1])
-        else:
-            best_value = float(best_loss)
-    result = {k: v.detach().float().cpu() for k, v in best_rows.items()}
-    return result, best_value, losses.cpu().tolist()
+    result = {k: v.detach().float().cpu() for k, v in selection.kept_tokens.items()}
+    return result, losses.cpu().tolist()
 
 
 class TokenInjector(host.PackNode):

@@ -138,12 +138,14 @@ def analogy_workflow(ckpt: str, *, name: str, seed: int = 0, steps: int = 2, lea
     wf["32"] = {"class_type": "Capture", "inputs": {"key": "model", "value": ["1", 0]}}
     wf["33"] = {"class_type": "Capture", "inputs": {"key": "clip", "value": ["1", 1]}}
     wf["34"] = {"class_type": "Capture", "inputs": {"key": "vae", "value": ["1", 2]}}
+    wf["35"] = {"class_type": "Capture", "inputs": {"key": "validation", "value": ["9", 2]}}
+    wf["36"] = {"class_type": "Capture", "inputs": {"key": "validation_loss", "value": ["9", 3]}}
     return wf
 
 
 def trainer_only(wf: dict) -> dict:
     """The workflow's trainer and what feeds it, capturing the DIFFERENCE (no inversion or sampling)."""
-    keep = {"1", "2", "3", "5", "6", "8", "9"}
+    keep = {"1", "2", "3", "5", "6", "8", "9", "35", "36"}
     out = {k: v for k, v in wf.items() if k in keep}
     out["31"] = {"class_type": "Capture", "inputs": {"key": "difference", "value": ["9", 0]}}
     return out
@@ -218,6 +220,10 @@ def test_workflow_makes_b_prime_and_saves_a_standard_embedding_sd15(sd15_runs):
     assert torch.equal(saved["clip_l"], out["difference"].rows["l"])
     assert saved["clip_l"].abs().max() > 0  # trained away from the zero initialisation
     assert out["difference"].name == "run_a" and len(out["difference"].losses) == 2
+    # validation_every 50 > 2 steps: the final tokens are the one candidate, judged and reported
+    assert [s for s, _ in out["difference"].selection.history] == [2]
+    assert out["validation_loss"] == out["difference"].selection.history[0][1] > 0
+    assert "step 2: " in out["validation"] and "zero difference" in out["validation"]
     # the difference moves B': the same graph with strength 0 gives another image
     assert not list(EMBEDDINGS.glob(".tmp_*"))
     print(f"SD1.5 workflow (2 training steps): {sd15_runs['seconds_per_run']:.1f} s")
@@ -261,6 +267,25 @@ def test_training_lowers_the_consistency_loss(sd15_runs):
 
         _host.run_with_model(model, (2,) + tuple(z_after.shape[1:]), evaluate)
     assert totals["trained"] < totals["zero"], totals
+
+
+def test_keep_chooses_among_the_candidates_judged_on_the_validation_set(analogy_graph):
+    """validation_every 1: every step's tokens are a candidate. best_on_validation keeps the one of
+    the lowest validation loss, last the final one; the validation losses do not depend on 'keep'."""
+    checkpoint_path(SD15)
+    runs = {}
+    for keep in ("best_on_validation", "last"):
+        wf = trainer_only(analogy_workflow(SD15, name=f"keep_{keep}", seed=7, steps=3, learning_rate=0.5))
+        wf["9"]["inputs"].update({"keep": keep, "validation_every": 1, "validation_timesteps": 3})
+        runs[keep] = analogy_graph.run(wf)
+    best, last = runs["best_on_validation"]["difference"], runs["last"]["difference"]
+    assert best.selection.history == last.selection.history and len(best.selection.history) == 3
+    losses = dict(best.selection.history)
+    assert best.selection.kept_step == min(losses, key=losses.get)
+    assert last.selection.kept_step == 3 and runs["last"]["validation_loss"] == losses[3]
+    assert runs["best_on_validation"]["validation_loss"] == min(losses.values())
+    if best.selection.kept_step != 3:
+        assert not torch.equal(best.rows["l"], last.rows["l"])
 
 
 def test_shared_model_and_clip_are_unchanged_by_training(sd15_runs):

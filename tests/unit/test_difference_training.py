@@ -1,9 +1,10 @@
-"""core.difference's training-loop helpers without ComfyUI: the sigma-space noised latent and
-keeping the best tokens without a device-to-host copy."""
+"""core.difference's training-loop helpers without ComfyUI: the sigma-space noised latent and the
+fair selection of the tokens on a fixed validation set."""
 from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from exemplar_edit.core import difference as dif
@@ -25,28 +26,66 @@ def test_noised_latent_matches_the_ddpm_forward_process_after_rescaling():
     assert torch.allclose(dif.noised_latent(x0, 1.5, eps), x0 + 1.5 * eps)
 
 
-def test_keep_best_keeps_the_lowest_loss_and_respects_eligibility():
-    best_loss, best = torch.tensor(float("inf")), torch.zeros(2, 3)
-    sequence = [(5.0, 1.0, True), (3.0, 2.0, True), (4.0, 3.0, True), (1.0, 4.0, False), (2.0, 5.0, True)]
-    for loss, value, eligible in sequence:
-        best_loss, best = dif.keep_best(best_loss, best, torch.tensor(loss), torch.full((2, 3), value), eligible)
-    assert float(best_loss) == 2.0 and torch.equal(best, torch.full((2, 3), 5.0))
+def _quality(k: int) -> float:
+    """What the tokens after k updates are worth (lower is better): a fast fall, then a plateau that
+    drifts a little, as a real run does; its best is at one step whatever the timesteps drawn."""
+    return 0.01 + 0.5 * math.exp(-k / 20.0) + 0.004 * (1.0 + math.sin(k / 9.0))
 
 
-def test_keep_best_does_not_keep_the_graph():
-    tokens = torch.ones(2, 3, requires_grad=True)
-    loss = (tokens ** 2).sum()
-    best_loss, best = dif.keep_best(torch.tensor(float("inf")), torch.zeros(2, 3), loss, tokens)
-    assert not best.requires_grad and not best_loss.requires_grad
-    assert torch.equal(best, torch.ones(2, 3)) and float(best_loss) == 6.0
+def _error(k: int, t: int, noise: torch.Tensor) -> float:
+    """A single-draw consistency error as on a real model: it falls 200x from t = 0 to t = 999, far
+    more than the tokens move it, plus a little noise dependence."""
+    return 200.0 ** (1.0 - t / 999.0) * _quality(k) * (1.0 + 0.05 * float(noise.mean()))
 
 
-def test_keep_best_with_a_python_eligible_needs_no_tensor_and_matches_a_tensor_eligible():
-    best_loss, best = torch.tensor(float("inf")), torch.zeros(2, 3)
-    loss, tokens = torch.tensor(1.0), torch.ones(2, 3)
-    kept_loss, kept = dif.keep_best(best_loss, best, loss, tokens, False)
-    assert kept_loss is best_loss and kept is best
-    for eligible in (True, False):
-        got = dif.keep_best(best_loss, best, loss, tokens, eligible)
-        expected = dif.keep_best(best_loss, best, loss, tokens, torch.tensor(eligible))
-        assert all(torch.equal(a, b) for a, b in zip(got, expected))
+def test_validation_set_spreads_over_the_schedule_and_is_fixed_by_the_seed():
+    ts = dif.validation_timesteps(8, 1000)
+    assert ts.tolist() == [62, 187, 312, 437, 562, 687, 812, 937]  # one per eighth of the schedule
+    assert dif.validation_timesteps(2000, 1000).unique().numel() == 1000
+    a, b, c = (dif.validation_noises(4, (1, 4, 8, 8), seed) for seed in (3, 3, 4))
+    assert a.shape == (4, 1, 4, 8, 8) and torch.equal(a, b) and not torch.allclose(a, c)
+    assert [s for s in range(1, 11) if dif.is_validation_step(s, 10, 4)] == [4, 8, 10]
+
+
+def test_selection_on_the_validation_set_does_not_follow_the_timestep():
+    """Judged on the fixed validation set, the kept candidate is the one whose tokens are best, for
+    every order of training timesteps; judged on each step's own draw (VISII's rule), the choice
+    follows the drawn timestep and changes with the order."""
+    steps, every = 300, 10
+    candidates = list(range(every, steps + 1, every))
+    truly_best = min(candidates, key=_quality)
+    check_t = dif.validation_timesteps(8, 1000)
+    check_noise = dif.validation_noises(len(check_t), (16,), seed=1)
+    single_choices = set()
+    for order_seed in range(3):
+        timesteps = dif.shuffled_timesteps(steps, 1000, torch.Generator().manual_seed(order_seed))
+        # VISII's rule: the lowest single-draw error, each candidate at its own step's timestep
+        single_choice = min(candidates, key=lambda k: _error(k, int(timesteps[k - 1]), torch.zeros(1)))
+        single_choices.add(single_choice)
+        assert single_choice != truly_best and _quality(single_choice) > _quality(truly_best)
+
+        selection = dif.TokenSelection(dif.KEEP_BEST_ON_VALIDATION)
+        selection.baseline = dif.validation_loss(
+            lambda t, n: torch.tensor(_error(0, int(t), n)), check_t, check_noise)
+        for k in range(1, steps + 1):
+            if dif.is_validation_step(k, steps, every):
+                loss = dif.validation_loss(lambda t, n: torch.tensor(_error(k, int(t), n)), check_t, check_noise)
+                selection.offer(k, loss, {"l": torch.full((2, 3), float(k))})
+        assert selection.kept_step == truly_best
+        assert torch.equal(selection.kept_tokens["l"], torch.full((2, 3), float(truly_best)))
+        assert [s for s, _ in selection.history] == candidates
+        assert selection.baseline > max(v for _, v in selection.history)
+        assert f"step {truly_best}: " in selection.summary() and "<- kept" in selection.summary()
+    assert len(single_choices) > 1  # the single-draw choice moves with the timestep order
+
+
+def test_selection_keep_last_and_nonfinite_losses():
+    last = dif.TokenSelection(dif.KEEP_LAST)
+    best = dif.TokenSelection(dif.KEEP_BEST_ON_VALIDATION)
+    for step, loss in ((1, 0.5), (2, 0.2), (3, float("nan")), (4, 0.9)):
+        for selection in (last, best):
+            selection.offer(step, loss, {"l": torch.full((1,), float(step))})
+    assert last.kept_step == 4 and float(last.kept_tokens["l"]) == 4.0
+    assert best.kept_step == 2 and best.kept_loss == 0.2 and len(best.history) == 4
+    with pytest.raises(ValueError):
+        dif.TokenSelection("lowest")
