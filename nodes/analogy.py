@@ -7,6 +7,7 @@ The workflow ``image_analogy`` inverts B and denoises it with that prompt, part-
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Optional
@@ -22,6 +23,10 @@ CATEGORY = f"{host.ROOT_CATEGORY}/analogy"
 DifferenceType = io.Custom("EXEMPLAR_DIFFERENCE")
 
 DEFAULT_TOKENS = 4
+
+IF_EXISTS_ERROR, IF_EXISTS_REUSE, IF_EXISTS_OVERWRITE = "error", "reuse", "overwrite"
+IF_EXISTS = (IF_EXISTS_ERROR, IF_EXISTS_REUSE, IF_EXISTS_OVERWRITE)
+METADATA_KEY = "exemplar_edit"
 
 
 @dataclass
@@ -148,6 +153,46 @@ def consistency_step(run: host.ModelRun, clip, prompt_tokens_before: dict, promp
     return values[0], values[1]
 
 
+def recorded_inputs(**values) -> dict:
+    """What a trained difference depends on, as saved in its file: every value JSON-exact (a float
+    comes back as the same float), so a later run compares equal exactly when its inputs are the same."""
+    return json.loads(json.dumps(values, sort_keys=True))
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def reuse_saved_difference(path: str, stem: str, inputs: dict, slots) -> DifferenceEmbedding:
+    """The difference saved at ``path``, when the inputs recorded in it equal ``inputs``; otherwise
+    InputError naming every field that differs."""
+    where = host.model_relative_path(path)
+    try:
+        record = json.loads(host.read_safetensors_metadata(path).get(METADATA_KEY, "null"))
+    except (ValueError, OSError) as e:
+        raise InputError(f"name: {where} cannot be read ({e}); choose another name or set if_exists to overwrite")
+    saved = record.get("inputs") if isinstance(record, dict) else None
+    if not isinstance(saved, dict):
+        raise InputError(f"name: {where} exists but records no trainer inputs (made by another tool or an older "
+                         "version of this node), so it cannot be reused safely; choose another name or set if_exists "
+                         "to overwrite")
+    differing = sorted(k for k in set(saved) | set(inputs) if saved.get(k) != inputs.get(k))
+    if differing:
+        details = "; ".join(f"{k}: {_shown(saved.get(k))} in the file, {_shown(inputs.get(k))} now" for k in differing)
+        raise InputError(f"if_exists: {where} was trained from other inputs ({details}); choose another name to keep "
+                         "both, or set if_exists to overwrite to train again")
+    tensors = host.load_tensors(path)
+    rows = {s.key: tensors[s.embedding_key].float() for s in slots if s.embedding_key in tensors}
+    selection = dif.TokenSelection(record.get("keep", dif.KEEP_BEST_ON_VALIDATION))
+    selection.history = [(int(step), float(loss)) for step, loss in record.get("validation", [])]
+    selection.baseline = float(record.get("validation_baseline", math.nan))
+    selection.kept_step = int(record.get("kept_step", -1))
+    selection.kept_loss = float(record.get("validation_loss", math.nan))
+    selection.kept_tokens = rows
+    return DifferenceEmbedding(rows=rows, name=stem, path=path, selection=selection)
+
+
 class DeltaInterpolationTrainer(host.PackNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -189,8 +234,11 @@ class DeltaInterpolationTrainer(host.PackNode):
                 io.String.Input("name", default="difference",
                                 tooltip="File name of the embedding (models/embeddings/<name>.safetensors); use it as "
                                         "'embedding:<name>'. Letters, digits, '-' and '_'."),
-                io.Boolean.Input("overwrite", default=False,
-                                 tooltip="Replace an existing embedding of that name. Off: an existing file stops the node."),
+                io.Combo.Input("if_exists", options=list(IF_EXISTS), default=IF_EXISTS_REUSE,
+                               tooltip="When models/embeddings/<name>.safetensors exists. reuse: load it without training "
+                                       "when it was trained from the same inputs (images, captions, prompts, settings, "
+                                       "models; recorded in the file), refuse naming what differs otherwise. error: stop. "
+                                       "overwrite: train again and replace it."),
                 io.Int.Input("num_tokens", default=DEFAULT_TOKENS, min=1, max=16,
                              tooltip="K, the number of Difference tokens (paper: not given). 4 holds a change while "
                                      "leaving little room for content; below 8 they stay one group in a prompt chunk."),
@@ -249,21 +297,33 @@ class DeltaInterpolationTrainer(host.PackNode):
 
     @classmethod
     def execute(cls, model, clip, vae, image_before, image_after, clip_vision, alignment_text_encoder,
-                caption_before, caption_after, prompt_before, prompt_after, name, overwrite, num_tokens, alpha,
+                caption_before, caption_after, prompt_before, prompt_after, name, if_exists, num_tokens, alpha,
                 steps, learning_rate, lambda_mse, lambda_clip, seed, keep=dif.KEEP_BEST_ON_VALIDATION,
                 validation_every=50, validation_timesteps=8) -> io.NodeOutput:
         cls.refuse_invalid(locals())
         stem = check_embedding_name(name)
         path = embedding_path(stem)
-        if os.path.exists(path) and not overwrite:
-            raise InputError(f"name: {host.model_relative_path(path)} already exists; choose another name or turn on "
-                             "overwrite")
         if steps < 1 or num_tokens < 1:
             raise InputError("steps and num_tokens: must be at least 1")
         _check_images(image_before, image_after)
         host.check_sigma_space_model(model)
-
         slots = host.text_encoder_slots(clip)
+        inputs = recorded_inputs(
+            model=host.model_fingerprint(model), clip=host.clip_fingerprint(clip), vae=host.vae_fingerprint(vae),
+            clip_vision=host.clip_vision_fingerprint(clip_vision), alignment_text_encoder=alignment_text_encoder,
+            image_before=host.content_hash(image_before), image_after=host.content_hash(image_after),
+            caption_before=caption_before, caption_after=caption_after, prompt_before=prompt_before,
+            prompt_after=prompt_after, num_tokens=num_tokens, alpha=alpha, steps=steps, learning_rate=learning_rate,
+            lambda_mse=lambda_mse, lambda_clip=lambda_clip, seed=seed, keep=keep, validation_every=validation_every,
+            validation_timesteps=validation_timesteps)
+        if os.path.exists(path):
+            if if_exists == IF_EXISTS_REUSE:
+                difference = reuse_saved_difference(path, stem, inputs, slots)
+                selection = difference.selection
+                return io.NodeOutput(difference, stem, selection.summary(), selection.kept_loss)
+            if if_exists != IF_EXISTS_OVERWRITE:
+                raise InputError(f"name: {host.model_relative_path(path)} already exists; choose another name, or set "
+                                 "if_exists to reuse (load it when it was trained from these inputs) or overwrite")
         alignment = host.load_alignment_text_encoder(alignment_text_encoder, "alignment_text_encoder")
         target_slot = next((s for s in slots if s.key == alignment.slot.key and s.width == alignment.slot.width), None)
         if target_slot is None:
@@ -307,17 +367,14 @@ class DeltaInterpolationTrainer(host.PackNode):
             num_tokens, learning_rate, lambda_mse, lambda_clip, selection, validation_every,
             train_sigmas[check_timesteps], check_noise)
 
-        if os.path.exists(path) and not overwrite:
+        if os.path.exists(path) and if_exists != IF_EXISTS_OVERWRITE:
             raise InputError(f"name: {host.model_relative_path(path)} appeared during training; choose another name or "
-                             "turn on overwrite")
-        metadata = {"exemplar_edit": json.dumps({
-            "method": "Difference Inversion (DeltaInterpolationTrainer)", "num_tokens": num_tokens, "steps": steps,
-            "seed": seed, "alpha": alpha, "learning_rate": learning_rate, "lambda_mse": lambda_mse,
-            "lambda_clip": lambda_clip, "keep": keep, "validation_every": validation_every,
-            "validation_timesteps": validation_timesteps, "kept_step": selection.kept_step,
+                             "set if_exists to overwrite")
+        metadata = {METADATA_KEY: json.dumps({
+            "method": "Difference Inversion (DeltaInterpolationTrainer)", "inputs": inputs,
+            "model_family": host.model_family(model), "keep": keep, "kept_step": selection.kept_step,
             "validation_loss": selection.kept_loss, "validation": selection.history,
-            "validation_baseline": selection.baseline, "model_family": host.model_family(model),
-            "prompt_before": prompt_before, "prompt_after": prompt_after}, sort_keys=True)}
+            "validation_baseline": selection.baseline}, sort_keys=True)}
         host.save_tensors_atomically(path, {s.embedding_key: rows[s.key] for s in slots}, metadata)
         difference = DifferenceEmbedding(rows=rows, name=stem, path=path, losses=losses, selection=selection)
         return io.NodeOutput(difference, stem, selection.summary(), selection.kept_loss)

@@ -98,3 +98,102 @@ class TrainingProgress:
             pass
 
 
+
+
+# --- what a saved file was made from (train once, reuse) -------------------------------------------
+
+_SAMPLES_PER_TENSOR = 16
+
+
+def _hash_tensor_sample(digest, tensor: torch.Tensor) -> None:
+    """Adds a tensor's shape, dtype and ``_SAMPLES_PER_TENSOR`` values spread over it to ``digest``:
+    enough to tell checkpoints, fine-tunes and merges apart (they change nearly every weight) without
+    reading gigabytes."""
+    digest.update(f"{tuple(tensor.shape)}|{tensor.dtype}|".encode())
+    if tensor.device.type == "meta" or tensor.numel() == 0:
+        return
+    flat = tensor.detach().reshape(-1)
+    count = min(_SAMPLES_PER_TENSOR, flat.numel())
+    index = (torch.arange(count, dtype=torch.int64) * (flat.numel() - 1)) // max(1, count - 1)
+    digest.update(flat[index.to(flat.device)].float().cpu().numpy().tobytes())
+
+
+def _hash_value(digest, value, depth: int = 0) -> None:
+    """Weight patches (LoRA and the like): tensors sampled, numbers and strings in full."""
+    if torch.is_tensor(value):
+        _hash_tensor_sample(digest, value)
+    elif isinstance(value, (str, int, float, bool)) or value is None:
+        digest.update(repr(value).encode())
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _hash_value(digest, item, depth + 1)
+    elif isinstance(value, dict):
+        for key in sorted(value, key=repr):
+            digest.update(repr(key).encode())
+            _hash_value(digest, value[key], depth + 1)
+    elif depth < 4 and hasattr(value, "__dict__"):
+        digest.update(type(value).__name__.encode())
+        _hash_value(digest, {k: v for k, v in vars(value).items() if not k.startswith("_")}, depth + 1)
+
+
+def weights_fingerprint(module: torch.nn.Module, patches: Optional[dict] = None, extra: str = "") -> str:
+    """A short hash of a model's weights (every tensor's name and shape, a sample of its values) and
+    of the weight patches applied to it (LoRAs): the identity of a checkpoint, recorded in a saved
+    file so that it is reused only with the model it was made with."""
+    import hashlib
+
+    digest = hashlib.sha256(extra.encode())
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        _hash_tensor_sample(digest, tensor)
+    if patches:
+        _hash_value(digest, patches)
+    return digest.hexdigest()[:16]
+
+
+def model_fingerprint(model) -> str:
+    """The diffusion model's (MODEL, a ModelPatcher) weights and weight patches."""
+    return weights_fingerprint(model.model, getattr(model, "patches", None))
+
+
+def clip_fingerprint(clip) -> str:
+    """The text encoders as they encode: a hash of the conditioning of a fixed probe prompt, which
+    covers their weights, patches and layer setting (CLIPSetLastLayer). Not their state dict: a
+    checkpoint CLIP holds tensors the file does not set (SD1.x's text_projection), whose values
+    differ at every load."""
+    import hashlib
+
+    cond, _ = clip.encode_from_tokens(clip.tokenize("a photo of a house, 1234"), return_pooled=True)
+    digest = hashlib.sha256(f"layer={getattr(clip, 'layer_idx', None)}|".encode())
+    digest.update(cond.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def vae_fingerprint(vae) -> str:
+    return weights_fingerprint(vae.first_stage_model)
+
+
+def clip_vision_fingerprint(clip_vision) -> str:
+    return weights_fingerprint(clip_vision.model, getattr(getattr(clip_vision, "patcher", None), "patches", None))
+
+
+def content_hash(tensor: torch.Tensor) -> str:
+    """The sha256 of a tensor's values (as float32) and shape: an image's identity."""
+    import hashlib
+
+    data = tensor.detach().float().cpu().contiguous()
+    return hashlib.sha256(f"{tuple(data.shape)}|".encode() + data.numpy().tobytes()).hexdigest()[:16]
+
+
+def read_safetensors_metadata(path: str) -> dict:
+    """The string metadata of a safetensors file ({} when it has none)."""
+    import safetensors
+
+    with safetensors.safe_open(path, framework="pt") as f:
+        return dict(f.metadata() or {})
+
+
+def load_tensors(path: str) -> dict[str, torch.Tensor]:
+    import safetensors.torch
+
+    return safetensors.torch.load_file(path, device="cpu")

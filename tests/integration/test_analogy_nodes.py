@@ -118,7 +118,7 @@ COLOURS = {"2": 0x3060A0, "3": 0xE0C040, "4": 0x40A060}  # A, A', B
 
 
 def analogy_workflow(ckpt: str, *, name: str, seed: int = 0, steps: int = 2, learning_rate: float = 0.05,
-                     num_tokens: int = 2, overwrite: bool = True, after_size: int = 64) -> dict:
+                     num_tokens: int = 2, if_exists: str = "overwrite", after_size: int = 64) -> dict:
     """The shipped image_analogy workflow, retargeted like the e2e test (64 px, few steps), with the
     LoadImage nodes replaced by solid images and the CLIP vision file by the tiny test model."""
     import demo  # tools/
@@ -130,7 +130,7 @@ def analogy_workflow(ckpt: str, *, name: str, seed: int = 0, steps: int = 2, lea
                                                                "color": colour}}
     wf["3"]["class_type"] = "EmptyImage"
     wf["8"] = {"class_type": "TinyCLIPVisionLoader", "inputs": {}}
-    wf["9"]["inputs"].update({"alignment_text_encoder": ALIGNMENT, "name": name, "seed": seed, "overwrite": overwrite,
+    wf["9"]["inputs"].update({"alignment_text_encoder": ALIGNMENT, "name": name, "seed": seed, "if_exists": if_exists,
                               "learning_rate": learning_rate, "num_tokens": num_tokens})
     del wf["18"]
     wf["30"] = {"class_type": "Capture", "inputs": {"key": "b_prime", "value": ["17", 0]}}
@@ -325,8 +325,53 @@ def test_name_validation_and_overwrite_protection(analogy_graph, sd15_runs):
     existing = EMBEDDINGS / "run_a.safetensors"
     content = existing.read_bytes()
     with pytest.raises(GraphError, match="already exists"):
-        analogy_graph.run(analogy_workflow(SD15, name="run_a", seed=99, overwrite=False))
+        analogy_graph.run(analogy_workflow(SD15, name="run_a", seed=99, if_exists="error"))
     assert existing.read_bytes() == content
+
+
+def test_a_name_too_long_for_the_file_system_is_refused_at_validation(analogy_graph):
+    checkpoint_path(SD15)
+    ok, error, _, node_errors = analogy_graph.validate(trainer_only(analogy_workflow(SD15, name="n" * 300)))
+    assert not ok or node_errors
+    assert "bytes" in json.dumps([error, node_errors]) and "name" in json.dumps(node_errors)
+
+
+def test_reuse_loads_the_saved_difference_after_a_restart_and_refuses_other_inputs(analogy_graph):
+    """if_exists reuse: a fresh executor (a restarted server, nothing cached) loads the file
+    without training when every recorded input matches, and names the inputs that differ."""
+    checkpoint_path(SD15)
+    wf = trainer_only(analogy_workflow(SD15, name="reused", seed=11, if_exists="reuse"))
+    first = analogy_graph.run(wf)
+    path = EMBEDDINGS / "reused.safetensors"
+    content = path.read_bytes()
+    assert len(first["difference"].losses) == 2  # trained: there was no file
+    restarted = pack_testing.GraphRunner()
+    again = restarted.run(wf)
+    assert again["difference"].losses == []  # not trained again
+    assert torch.equal(again["difference"].rows["l"], first["difference"].rows["l"])
+    assert again["validation"] == first["validation"] and again["validation_loss"] == first["validation_loss"]
+    assert path.read_bytes() == content
+
+    changed = json.loads(json.dumps(wf))
+    changed["9"]["inputs"].update({"seed": 12, "caption_after": "a photo of a red cabin"})
+    with pytest.raises(GraphError, match="caption_after.*seed"):
+        restarted.run(changed)
+    recoloured = json.loads(json.dumps(wf))
+    recoloured["3"]["inputs"]["color"] = 0x102030
+    with pytest.raises(GraphError, match="image_after"):
+        restarted.run(recoloured)
+    with pytest.raises(GraphError, match="already exists"):
+        restarted.run(trainer_only(analogy_workflow(SD15, name="reused", seed=11, if_exists="error")))
+    assert path.read_bytes() == content
+
+    # another checkpoint: its model, CLIP and VAE are not the ones the file was trained with
+    checkpoint_path(SDXL)
+    with pytest.raises(GraphError, match="clip.*model"):
+        restarted.run(trainer_only(analogy_workflow(SDXL, name="reused", seed=11, if_exists="reuse")))
+    # a file this trainer did not write is never taken for a trained difference
+    _host.save_tensors_atomically(str(EMBEDDINGS / "foreign.safetensors"), {"clip_l": torch.ones(2, 768)})
+    with pytest.raises(GraphError, match="records no trainer inputs"):
+        restarted.run(trainer_only(analogy_workflow(SD15, name="foreign", seed=11, if_exists="reuse")))
 
 
 def test_mismatched_pair_sizes_are_refused(analogy_graph):
