@@ -61,8 +61,8 @@ def prepare(workflow: dict, ckpt: str, size: int, small: bool, max_steps: int | 
         for name in ("clip_name", "alignment_text_encoder"):
             if isinstance(inputs.get(name), str) and node.get("class_type") != "CLIPLoader":
                 inputs[name] = demo.TEST_CLIP
-        if inputs.get("overwrite") is False:
-            inputs["overwrite"] = True  # a scratch embeddings folder, new every run
+        if inputs.get("if_exists") in ("error", "reuse"):
+            inputs["if_exists"] = "overwrite"  # a scratch embeddings folder, new every run
     for node_id, path in demo.synthetic_inputs(wf, images_dir, min(size, 512)).items():
         wf[node_id]["inputs"]["image"] = path.name
     captures = {}

@@ -304,7 +304,7 @@ def test_existing_embedding_is_named_relative_to_the_models_folder(server, tmp_p
     existing = folder / "e2e_taken.safetensors"
     existing.write_bytes(b"a user's file")
     try:
-        workflow = _analogy_prompt(name="e2e_taken", overwrite=False)
+        workflow = _analogy_prompt(name="e2e_taken", if_exists="error")
         images = demo.synthetic_inputs(workflow, tmp_path / "inputs")
         with pytest.raises(run_workflow.WorkflowError) as info:  # state, not a value: checked when the node runs
             run_workflow.submit_workflow(server, workflow, images, None, tmp_path / "out", RUN_TIMEOUT)
