@@ -23,14 +23,16 @@ leading axes. The model is only seen through a ``predict(latent, t, conditioning
 and a regression ``target`` the caller computes (eps for eps-prediction, v for v-prediction).
 This keeps the module free of any parameterisation and of ComfyUI.
 
-Token space. The pack's DeltaInterpolationTrainer keeps D in the text encoder's *input*
-token-embedding space (so it saves as a standard ComfyUI ``embedding:`` file, issue spec). Then
-the conditioning is made by running the text encoder on the prompt with D inserted (the
-``embedding:`` mechanism), and the CLIP-loss feature is :func:`difference_token_feature` applied
-to the encoder's final-LayerNorm *outputs at the K positions of D* (VISII's mean-then-project,
-visii.py:927-934, on the Difference tokens' own outputs). :func:`append_tokens` implements VISII's
-variant, where the tokens live in the encoder's *output* space; the losses, slerp and timestep
-schedule do not depend on the choice.
+Token space. The pack's DeltaInterpolationTrainer keeps D, by default, in the text encoders'
+*output* (conditioning) space, as VISII optimises its instruction there: :func:`add_to_padding_rows`
+adds +-D onto the last K padding rows of the encoded prompt, so a zero D leaves the conditioning
+exactly as it was and -D is exactly the reverse change, the two properties the paper's argument
+(zero init, negation) needs. The CLIP-loss feature is :func:`difference_token_feature` of D's CLIP-L
+block. As an option D lives in the *input* token-embedding space (a standard ComfyUI ``embedding:``
+file): the conditioning is then made by running the text encoder on the prompt with D inserted,
+and the CLIP-loss feature is taken from the encoder's final-LayerNorm *outputs at the K positions
+of D* (VISII's mean-then-project, visii.py:927-934). :func:`append_tokens` is the literal
+concatenation; the losses, slerp and timestep schedule do not depend on the choice.
 
 References
 - Kim, Kim, Kim, "Difference Inversion: Interpolate and Isolate the Difference with Token
@@ -179,6 +181,28 @@ def append_tokens(prompt_embeds: torch.Tensor, signed_tokens: torch.Tensor) -> t
     if tokens.ndim == prompt_embeds.ndim - 1:
         tokens = tokens.expand(prompt_embeds.shape[:-2] + tokens.shape)
     return torch.cat([prompt_embeds, tokens], dim=-2)
+
+
+def add_to_padding_rows(conditioning: torch.Tensor, signed_rows: torch.Tensor) -> torch.Tensor:
+    """[P ; s D] in the conditioning space: ``conditioning`` ``[B, T, W]`` (the text encoder's output,
+    T = 77 x chunks) with ``signed_rows`` ``[K, W]`` added onto its **last K rows**, the padding after
+    the end token of the last 77-row chunk (the caller checks that they are padding).
+
+    The sequence length stays T. This is the composition of research note
+    ``docs/research/difference_inversion_official.md`` section 4.3 (option C), chosen over
+    :func:`append_tokens` because (i) a zero difference (or strength 0) gives P back *exactly*
+    (x + 0 = x), which the paper's zero-initialisation argument and an exact replay of B need, while
+    appended zero rows still dilute every cross-attention softmax; (ii) a T that is not a multiple of
+    77 stops ComfyUI batching cond with uncond. VISII also keeps 77 rows and edits them in place
+    (visii.py:941-944, 1333-1334). Cross-attention has no positional encoding on the context, so where
+    the rows sit does not matter, only what they hold. Differentiable in ``signed_rows``.
+    """
+    k = signed_rows.shape[-2]
+    if k > conditioning.shape[-2]:
+        raise ValueError(f"{k} rows do not fit a conditioning of {conditioning.shape[-2]} rows")
+    rows = signed_rows.to(device=conditioning.device, dtype=conditioning.dtype)
+    head, tail = conditioning[..., :-k, :], conditioning[..., -k:, :]
+    return torch.cat([head, tail + rows], dim=-2)
 
 
 # --- token consistency loss (Sec. 4.3) ------------------------------------------------------

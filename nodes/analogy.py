@@ -1,8 +1,10 @@
 """Image analogy A : A' :: B : B' by Difference Inversion (Kim, Kim, Kim, CVPR 2025).
 
-DeltaInterpolationTrainer learns K Difference tokens from a before/after pair and saves them as a
-standard ComfyUI embedding; TokenInjector appends them (or a saved one, by name) to a prompt of B.
-The workflow ``image_analogy`` inverts B and denoises it with that prompt, part-way, to make B'.
+DeltaInterpolationTrainer learns K Difference tokens from a before/after pair, in the text encoders'
+output (conditioning) space by default, saved in models/differences, or in their input space as a
+standard ComfyUI embedding; TokenInjector adds them (or a saved one, by name) to a prompt of B.
+The workflow ``image_analogy`` inverts B (edit-friendly, at the sampling cfg) and replays it with that
+prompt to make B': with a zero difference B' is B.
 """
 from __future__ import annotations
 
@@ -28,12 +30,16 @@ IF_EXISTS_ERROR, IF_EXISTS_REUSE, IF_EXISTS_OVERWRITE = "error", "reuse", "overw
 IF_EXISTS = (IF_EXISTS_ERROR, IF_EXISTS_REUSE, IF_EXISTS_OVERWRITE)
 METADATA_KEY = "exemplar_edit"
 
+CONDITIONING, INPUT_EMBEDDING = "conditioning", "input_embedding"
+TOKEN_SPACES = (CONDITIONING, INPUT_EMBEDDING)
+
 
 @dataclass
 class DifferenceEmbedding:
     """Difference tokens per text encoder (key as in ``clip.tokenize``: "l", "g", ...), ``[K, width]``."""
 
     rows: dict[str, torch.Tensor]
+    space: str = INPUT_EMBEDDING  # CONDITIONING: added onto encoder output rows; INPUT_EMBEDDING: token vectors
     name: str = ""
     path: str = ""
     losses: list[float] = field(default_factory=list)  # total loss per step
@@ -45,8 +51,33 @@ def check_embedding_name(name: str, input_name: str = "name") -> str:
     return host.file_stem(name, input_name)
 
 
-def embedding_path(stem: str) -> str:
-    return os.path.join(host.embeddings_folder(), f"{stem}.safetensors")
+def difference_path(stem: str, space: str) -> str:
+    """Input-space differences are ``embedding:`` files (models/embeddings); conditioning-space ones
+    live in models/differences, where 'embedding:NAME' cannot mistake them for input vectors."""
+    folder = host.differences_folder() if space == CONDITIONING else host.embeddings_folder()
+    return os.path.join(folder, f"{stem}.safetensors")
+
+
+def check_padding_room(clip, tokens: dict, num_tokens: int, input_name: str) -> None:
+    """A conditioning-space difference is added onto the last ``num_tokens`` rows of the last 77-row
+    chunk (``core.difference.add_to_padding_rows``): they must be padding, after the end token."""
+    room = host.padding_rows(clip, tokens)
+    if room < num_tokens:
+        raise InputError(
+            f"{input_name}: its last 77-token chunk has {room} padding rows after the end token, fewer than the "
+            f"{num_tokens} rows of the difference (it is added onto padding rows so that the prompt itself is "
+            "unchanged); shorten the prompt by a few words (or lengthen it into a new chunk), train with fewer "
+            "num_tokens, or use token_space input_embedding")
+
+
+def conditioning_with_difference(conditioning: list, layout, rows: dict[str, torch.Tensor],
+                                 strength: float) -> list:
+    """CONDITIONING [P; strength * D] in the conditioning space: every entry's cond with the difference
+    rows (the text encoders' blocks side by side, as ``layout`` orders them) added onto its last K
+    rows; everything else, the pooled output included, is P's own. ``strength * D == 0`` gives P's
+    values exactly."""
+    block = torch.cat([rows[slot.key].float() for slot in layout], dim=-1) * strength
+    return [[dif.add_to_padding_rows(cond, block), dict(extra)] for cond, extra in conditioning]
 
 
 def _check_images(image_before: torch.Tensor, image_after: torch.Tensor) -> None:
@@ -117,24 +148,24 @@ def _gradient_boundary(conditioning: list) -> tuple[list, list[tuple[torch.Tenso
     return out, pairs
 
 
-def consistency_step(run: host.ModelRun, clip, prompt_tokens_before: dict, prompt_tokens_after: dict,
-                     rows: dict[str, torch.Tensor], latent_before: torch.Tensor, latent_after: torch.Tensor,
-                     sigma: torch.Tensor, noise: torch.Tensor, weight: float = 1.0,
+def consistency_step(run: host.ModelRun, prompts: tuple[list, list], latent_before: torch.Tensor,
+                     latent_after: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor, weight: float = 1.0,
                      extra_loss: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The token consistency loss (Sec. 4.3, see ``core.difference``), detached:
 
         L_after  = || target - pred(z_{A',t}, t, [P(A) ; +D]) ||^2
         L_before = || target - pred(z_{A,t},  t, [P(A'); -D]) ||^2
 
-    with ``noise`` the shared eps ``[N, C, h, w]``. Inside ``host.gradient_mode`` with differentiable
-    clones it also accumulates into ``rows[*].grad`` the gradient of
+    with ``noise`` the shared eps ``[N, C, h, w]`` and ``prompts`` the CONDITIONINGs
+    ([P(A); +D], [P(A'); -D]) of a token space. Inside ``host.gradient_mode`` with differentiable
+    clones it also accumulates into the tokens' ``.grad`` the gradient of
     ``weight * (L_after + L_before) + extra_loss``; without gradients it only evaluates.
 
     The two UNet terms run one after the other, each followed by its own backward pass up to a
     gradient boundary at the conditioning, so only one term's UNet activations are alive at a time
     (half the memory of one batch of both); the text encoders' small graph is then backpropagated
     once with the summed conditioning gradients (and ``extra_loss``, the CLIP term)."""
-    cond_after, cond_before = difference_prompts(run.patcher, clip, prompt_tokens_before, prompt_tokens_after, rows)
+    cond_after, cond_before = prompts
     values, boundary = [], []
     for conditioning, latent in ((cond_after, latent_after), (cond_before, latent_before)):
         leaves, pairs = _gradient_boundary(conditioning)
@@ -153,6 +184,80 @@ def consistency_step(run: host.ModelRun, clip, prompt_tokens_before: dict, promp
     return values[0], values[1]
 
 
+class InputEmbeddingSpace:
+    """Difference tokens in the text encoders' input space: vectors inserted after the prompt's
+    words, encoded with it (a standard ``embedding:`` file). The text encoders run in every step."""
+
+    name = INPUT_EMBEDDING
+
+    def __init__(self, model, clip, alignment, target_slot, slots, prompt_before: str, prompt_after: str,
+                 num_tokens: int):
+        self.model, self.clip, self.alignment, self.target_slot = model, clip, alignment, target_slot
+        self.num_tokens = num_tokens
+        self.tokens_before, self.tokens_after = clip.tokenize(prompt_before), clip.tokenize(prompt_after)
+        self.empty_alignment_tokens = alignment.clip.tokenize("")
+        self.grad_limits = {s.key: host.token_embedding_scale(clip, s.key) for s in slots}
+
+    def prepare(self, device) -> None:
+        """Inside ``host.gradient_mode``: the differentiable text encoders."""
+        self.text_encoder = host.differentiable_clip(self.clip)
+        self.align_encoder = host.differentiable_clip(self.alignment.clip)
+
+    def prompts(self, rows: dict[str, torch.Tensor]) -> tuple[list, list]:
+        return difference_prompts(self.model, self.text_encoder, self.tokens_before, self.tokens_after, rows)
+
+    def clip_loss_rows(self, rows: dict[str, torch.Tensor], device) -> torch.Tensor:
+        """The alignment encoder's final-LayerNorm outputs at the K token positions (module docstring
+        of ``core.difference``): input vectors are not in CLIP's joint space themselves."""
+        hidden, _ = host.last_hidden_and_pooled(
+            self.align_encoder, host.append_embedding_rows(self.align_encoder, self.empty_alignment_tokens,
+                                                           {self.target_slot.key: rows[self.target_slot.key]}))
+        return hidden[0, 1:1 + self.num_tokens].to(device)
+
+
+class ConditioningSpace:
+    """Difference rows in the text encoders' output space, added onto the last K (padding) rows of
+    the encoded prompt (``core.difference.add_to_padding_rows``), one block per text encoder side by
+    side as the conditioning holds them (SDXL: CLIP-L then CLIP-G); the pooled output stays the
+    prompt's own. P(A) and P(A') are encoded once; gradients run from the UNet straight to D."""
+
+    name = CONDITIONING
+
+    def __init__(self, clip, target_slot, prompt_before: str, prompt_after: str, num_tokens: int):
+        self.layout = host.conditioning_layout(clip)
+        self.target_slot = target_slot
+        encoded = []
+        for input_name, prompt in (("prompt_before", prompt_before), ("prompt_after", prompt_after)):
+            tokens = clip.tokenize(prompt)
+            check_padding_room(clip, tokens, num_tokens, input_name)
+            encoded.append(host.encode_tokens(clip, tokens))
+        self.cond_before, self.cond_after = encoded
+        # VISII clips gradient values at the largest value of the encoded prompt (visii.py:937)
+        self.grad_limits, offset = {}, 0
+        for slot in self.layout:
+            self.grad_limits[slot.key] = max(float(c[..., offset:offset + slot.width].abs().max())
+                                             for c, _ in self.cond_before + self.cond_after)
+            offset += slot.width
+
+    def prepare(self, device) -> None:
+        """Inside ``host.gradient_mode``: ordinary (not inference-mode) copies on the device."""
+        def copy(conditioning):
+            return [[c.detach().clone().to(device, torch.float32),
+                     {k: v.detach().clone() if torch.is_tensor(v) else v for k, v in extra.items()}]
+                    for c, extra in conditioning]
+        self.cond_before, self.cond_after = copy(self.cond_before), copy(self.cond_after)
+
+    def prompts(self, rows: dict[str, torch.Tensor]) -> tuple[list, list]:
+        return (conditioning_with_difference(self.cond_before, self.layout, rows, 1.0),
+                conditioning_with_difference(self.cond_after, self.layout, rows, -1.0))
+
+    def clip_loss_rows(self, rows: dict[str, torch.Tensor], device) -> torch.Tensor:
+        """The CLIP-L block of D itself. For SD1.x the conditioning is CLIP-L's final-LayerNorm output,
+        the space ``text_projection`` reads; for SDXL it is the penultimate layer without the final
+        LayerNorm, so the tie is approximate there (research note section 3)."""
+        return rows[self.target_slot.key]
+
+
 def recorded_inputs(**values) -> dict:
     """What a trained difference depends on, as saved in its file: every value JSON-exact (a float
     comes back as the same float), so a later run compares equal exactly when its inputs are the same."""
@@ -164,7 +269,7 @@ def _shown(value) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def reuse_saved_difference(path: str, stem: str, inputs: dict, slots) -> DifferenceEmbedding:
+def reuse_saved_difference(path: str, stem: str, inputs: dict, slots, space: str) -> DifferenceEmbedding:
     """The difference saved at ``path``, when the inputs recorded in it equal ``inputs``; otherwise
     InputError naming every field that differs."""
     where = host.model_relative_path(path)
@@ -190,7 +295,20 @@ def reuse_saved_difference(path: str, stem: str, inputs: dict, slots) -> Differe
     selection.kept_step = int(record.get("kept_step", -1))
     selection.kept_loss = float(record.get("validation_loss", math.nan))
     selection.kept_tokens = rows
-    return DifferenceEmbedding(rows=rows, name=stem, path=path, selection=selection)
+    return DifferenceEmbedding(rows=rows, space=space, name=stem, path=path, selection=selection)
+
+
+def load_saved_difference(clip, name: str) -> DifferenceEmbedding:
+    """A saved difference by name: models/differences/<name> (conditioning space) first, then the
+    embedding ComfyUI's own loader finds for 'embedding:<name>' (input space)."""
+    stem = check_embedding_name(name, "embedding_name")
+    path = difference_path(stem, CONDITIONING)
+    if os.path.isfile(path):
+        tensors = host.load_tensors(path)
+        rows = {s.key: tensors[s.embedding_key].float() for s in host.text_encoder_slots(clip)
+                if s.embedding_key in tensors}
+        return DifferenceEmbedding(rows=rows, space=CONDITIONING, name=stem, path=path)
+    return DifferenceEmbedding(rows=host.load_embedding_rows(clip, stem), space=INPUT_EMBEDDING, name=stem)
 
 
 class DeltaInterpolationTrainer(host.PackNode):
@@ -202,16 +320,19 @@ class DeltaInterpolationTrainer(host.PackNode):
             category=CATEGORY,
             description=(
                 "Learns K Difference tokens that encode only the change from image_before (A) to image_after (A'), "
-                "through your own model (Difference Inversion, Kim et al. CVPR 2025): zero-initialised tokens in the "
-                "text encoder's input space, a token consistency loss ([P(A); +D] must denoise A', [P(A'); -D] must "
-                "denoise A) and a CLIP loss tying them to the slerp of the CLIP image and caption deltas. Saves them "
-                "as models/embeddings/<name>.safetensors, usable as 'embedding:<name>' in any prompt."
+                "through your own model (Difference Inversion, Kim et al. CVPR 2025): zero-initialised tokens, a token "
+                "consistency loss ([P(A); +D] must denoise A', [P(A'); -D] must denoise A) and a CLIP loss tying them "
+                "to the slerp of the CLIP image and caption deltas, judged on a fixed validation set. token_space "
+                "conditioning (default) adds D onto padding rows of the encoded prompt, so a zero difference leaves "
+                "the prompt exactly as it was (saved in models/differences/<name>.safetensors, for Token Injector); "
+                "input_embedding learns input token vectors (models/embeddings/<name>.safetensors, usable as "
+                "'embedding:<name>' in any prompt)."
             ),
             inputs=[
                 io.Model.Input("model", tooltip="The diffusion model (SD1.x, SD2.x, SDXL) to learn the difference through; "
                                "it is not changed (gradients run on a clone)."),
-                io.Clip.Input("clip", tooltip="The model's CLIP (from the same checkpoint); the tokens are learned in its "
-                              "input token space, one set per text encoder (SDXL: clip_l and clip_g)."),
+                io.Clip.Input("clip", tooltip="The model's CLIP (from the same checkpoint) with the layer setting you "
+                              "generate with; one set of tokens per text encoder (SDXL: clip_l and clip_g)."),
                 io.Vae.Input("vae", tooltip="The model's VAE, to encode the two images once."),
                 io.Image.Input("image_before", tooltip="A: the image before the change."),
                 io.Image.Input("image_after", tooltip="A': the same image after the change; same size as image_before."),
@@ -232,13 +353,20 @@ class DeltaInterpolationTrainer(host.PackNode):
                 io.String.Input("prompt_after", default="a photo", multiline=True,
                                 tooltip="P(A'): a prompt describing A'; [P(A'); -D] must reconstruct A."),
                 io.String.Input("name", default="difference",
-                                tooltip="File name of the embedding (models/embeddings/<name>.safetensors); use it as "
-                                        "'embedding:<name>'. Letters, digits, '-' and '_'."),
+                                tooltip="File name of the difference: models/differences/<name>.safetensors (conditioning "
+                                        "space, give the name to Token Injector) or models/embeddings/<name>.safetensors "
+                                        "(input_embedding space, also 'embedding:<name>'). Letters, digits, '-' and '_'."),
                 io.Combo.Input("if_exists", options=list(IF_EXISTS), default=IF_EXISTS_REUSE,
                                tooltip="When models/embeddings/<name>.safetensors exists. reuse: load it without training "
                                        "when it was trained from the same inputs (images, captions, prompts, settings, "
                                        "models; recorded in the file), refuse naming what differs otherwise. error: stop. "
                                        "overwrite: train again and replace it."),
+                io.Combo.Input("token_space", options=list(TOKEN_SPACES), default=CONDITIONING,
+                               tooltip="Where the tokens live. conditioning: rows added onto the text encoders' output "
+                                       "(as VISII optimises it), so zero tokens change nothing and -D is exactly the "
+                                       "reverse change; a file for Token Injector. input_embedding: vectors in the "
+                                       "encoders' input space, a standard 'embedding:' file; a zero token there still "
+                                       "changes the prompt's encoding."),
                 io.Int.Input("num_tokens", default=DEFAULT_TOKENS, min=1, max=16,
                              tooltip="K, the number of Difference tokens (paper: not given). 4 holds a change while "
                                      "leaving little room for content; below 8 they stay one group in a prompt chunk."),
@@ -272,8 +400,8 @@ class DeltaInterpolationTrainer(host.PackNode):
             outputs=[
                 DifferenceType.Output(display_name="DIFFERENCE", tooltip="The learned Difference tokens (as 'keep' chooses), "
                                       "for Token Injector."),
-                io.String.Output(display_name="embedding_name", tooltip="The saved embedding's name: 'embedding:<name>' "
-                                 "in a prompt uses it."),
+                io.String.Output(display_name="embedding_name", tooltip="The saved difference's name, for Token "
+                                 "Injector's embedding_name (input_embedding space: also 'embedding:<name>' in a prompt)."),
                 io.String.Output(display_name="validation", tooltip="The validation loss of every candidate, the zero "
                                  "difference's for comparison, and which step was kept."),
                 io.Float.Output(display_name="validation_loss", tooltip="The validation loss of the kept tokens."),
@@ -297,12 +425,12 @@ class DeltaInterpolationTrainer(host.PackNode):
 
     @classmethod
     def execute(cls, model, clip, vae, image_before, image_after, clip_vision, alignment_text_encoder,
-                caption_before, caption_after, prompt_before, prompt_after, name, if_exists, num_tokens, alpha,
-                steps, learning_rate, lambda_mse, lambda_clip, seed, keep=dif.KEEP_BEST_ON_VALIDATION,
-                validation_every=50, validation_timesteps=8) -> io.NodeOutput:
+                caption_before, caption_after, prompt_before, prompt_after, name, if_exists, token_space,
+                num_tokens, alpha, steps, learning_rate, lambda_mse, lambda_clip, seed,
+                keep=dif.KEEP_BEST_ON_VALIDATION, validation_every=50, validation_timesteps=8) -> io.NodeOutput:
         cls.refuse_invalid(locals())
         stem = check_embedding_name(name)
-        path = embedding_path(stem)
+        path = difference_path(stem, token_space)
         if steps < 1 or num_tokens < 1:
             raise InputError("steps and num_tokens: must be at least 1")
         _check_images(image_before, image_after)
@@ -313,12 +441,12 @@ class DeltaInterpolationTrainer(host.PackNode):
             clip_vision=host.clip_vision_fingerprint(clip_vision), alignment_text_encoder=alignment_text_encoder,
             image_before=host.content_hash(image_before), image_after=host.content_hash(image_after),
             caption_before=caption_before, caption_after=caption_after, prompt_before=prompt_before,
-            prompt_after=prompt_after, num_tokens=num_tokens, alpha=alpha, steps=steps, learning_rate=learning_rate,
+            prompt_after=prompt_after, token_space=token_space, num_tokens=num_tokens, alpha=alpha, steps=steps, learning_rate=learning_rate,
             lambda_mse=lambda_mse, lambda_clip=lambda_clip, seed=seed, keep=keep, validation_every=validation_every,
             validation_timesteps=validation_timesteps)
         if os.path.exists(path):
             if if_exists == IF_EXISTS_REUSE:
-                difference = reuse_saved_difference(path, stem, inputs, slots)
+                difference = reuse_saved_difference(path, stem, inputs, slots, token_space)
                 selection = difference.selection
                 return io.NodeOutput(difference, stem, selection.summary(), selection.kept_loss)
             if if_exists != IF_EXISTS_OVERWRITE:
@@ -348,41 +476,42 @@ class DeltaInterpolationTrainer(host.PackNode):
                                            text_before.to(embeds_before.device), text_after.to(embeds_before.device),
                                            alpha)
 
+        if token_space == CONDITIONING:
+            space = ConditioningSpace(clip, target_slot, prompt_before, prompt_after, num_tokens)
+        else:
+            space = InputEmbeddingSpace(model, clip, alignment, target_slot, slots, prompt_before, prompt_after,
+                                        num_tokens)
         latent_before = host.model_space_latent(model, host.vae_encode(vae, image_before))
         latent_after = host.model_space_latent(model, host.vae_encode(vae, image_after))
-        tokens_before, tokens_after = clip.tokenize(prompt_before), clip.tokenize(prompt_after)
-        empty_alignment_tokens = alignment.clip.tokenize("")
         train_sigmas = host.training_sigmas(model)
         generator = torch.Generator(device="cpu").manual_seed(seed)
         timesteps = dif.shuffled_timesteps(steps, len(train_sigmas), generator)
-        grad_limits = {s.key: host.token_embedding_scale(clip, s.key) for s in slots}
 
         check_timesteps = dif.validation_timesteps(validation_timesteps, len(train_sigmas))
         check_noise = dif.validation_noises(len(check_timesteps), tuple(latent_after.shape), seed + 1)
         selection = dif.TokenSelection(keep)
 
         rows, losses = _train(
-            model, clip, alignment, slots, target_slot, projection, d_interp, latent_before, latent_after,
-            tokens_before, tokens_after, empty_alignment_tokens, train_sigmas, timesteps, generator, grad_limits,
-            num_tokens, learning_rate, lambda_mse, lambda_clip, selection, validation_every,
+            model, space, slots, projection, d_interp, latent_before, latent_after, train_sigmas, timesteps,
+            generator, num_tokens, learning_rate, lambda_mse, lambda_clip, selection, validation_every,
             train_sigmas[check_timesteps], check_noise)
 
         if os.path.exists(path) and if_exists != IF_EXISTS_OVERWRITE:
             raise InputError(f"name: {host.model_relative_path(path)} appeared during training; choose another name or "
                              "set if_exists to overwrite")
         metadata = {METADATA_KEY: json.dumps({
-            "method": "Difference Inversion (DeltaInterpolationTrainer)", "inputs": inputs,
+            "method": "Difference Inversion (DeltaInterpolationTrainer)", "inputs": inputs, "token_space": token_space,
             "model_family": host.model_family(model), "keep": keep, "kept_step": selection.kept_step,
             "validation_loss": selection.kept_loss, "validation": selection.history,
             "validation_baseline": selection.baseline}, sort_keys=True)}
         host.save_tensors_atomically(path, {s.embedding_key: rows[s.key] for s in slots}, metadata)
-        difference = DifferenceEmbedding(rows=rows, name=stem, path=path, losses=losses, selection=selection)
+        difference = DifferenceEmbedding(rows=rows, space=token_space, name=stem, path=path, losses=losses,
+                                         selection=selection)
         return io.NodeOutput(difference, stem, selection.summary(), selection.kept_loss)
 
 
-def _train(model, clip, alignment, slots, target_slot, projection, d_interp, latent_before, latent_after,
-           tokens_before, tokens_after, empty_alignment_tokens, train_sigmas, timesteps, generator, grad_limits,
-           num_tokens, learning_rate, lambda_mse, lambda_clip, selection: dif.TokenSelection,
+def _train(model, space, slots, projection, d_interp, latent_before, latent_after, train_sigmas, timesteps,
+           generator, num_tokens, learning_rate, lambda_mse, lambda_clip, selection: dif.TokenSelection,
            validation_every: int, validation_sigmas: torch.Tensor, validation_noise: torch.Tensor,
            ) -> tuple[dict[str, torch.Tensor], list[float]]:
     steps = len(timesteps)
@@ -391,8 +520,7 @@ def _train(model, clip, alignment, slots, target_slot, projection, d_interp, lat
     device = host.compute_device()
     with host.gradient_mode():
         unet = host.differentiable_model(model)
-        text_encoder = host.differentiable_clip(clip)
-        align_encoder = host.differentiable_clip(alignment.clip)
+        space.prepare(device)
         rows = {s.key: dif.difference_tokens(num_tokens, s.width, device=device) for s in slots}
         optimizer = torch.optim.AdamW(list(rows.values()), lr=learning_rate)
         clean_before = latent_before.clone().to(device, torch.float32)
@@ -412,8 +540,7 @@ def _train(model, clip, alignment, slots, target_slot, projection, d_interp, lat
                 with torch.no_grad():
                     return dif.validation_loss(
                         lambda sigma, noise: sum(consistency_step(
-                            run, text_encoder, tokens_before, tokens_after, rows, clean_before, clean_after, sigma,
-                            noise)),
+                            run, space.prompts(rows), clean_before, clean_after, sigma, noise)),
                         check_sigmas, check_noise)
 
             with host.gradient_mode():
@@ -424,22 +551,19 @@ def _train(model, clip, alignment, slots, target_slot, projection, d_interp, lat
                     noise = torch.randn(clean_after.shape, generator=generator, pin_memory=pin_noise).to(
                         device, non_blocking=True)
                     if lambda_clip > 0:
-                        hidden, _ = host.last_hidden_and_pooled(
-                            align_encoder, host.append_embedding_rows(align_encoder, empty_alignment_tokens,
-                                                                      {target_slot.key: rows[target_slot.key]}))
-                        feature = dif.difference_token_feature(hidden[0, 1:1 + num_tokens].to(device),
+                        feature = dif.difference_token_feature(space.clip_loss_rows(rows, device),
                                                                lambda h: h @ projection_t.T)
                         clip_loss = dif.clip_direction_loss(feature, target)
                     else:  # no CLIP term: skip the alignment encoder's pass
                         clip_loss = torch.zeros((), device=device)
                     optimizer.zero_grad(set_to_none=True)
                     loss_after, loss_before = consistency_step(
-                        run, text_encoder, tokens_before, tokens_after, rows, clean_before, clean_after, sigma, noise,
+                        run, space.prompts(rows), clean_before, clean_after, sigma, noise,
                         lambda_mse, lambda_clip * clip_loss if lambda_clip > 0 else None)
                     mse = loss_after + loss_before
                     loss = lambda_mse * mse + lambda_clip * clip_loss.detach()
                     for key, value in rows.items():  # VISII visii.py:937; keeps AdamW's moments finite
-                        torch.nn.utils.clip_grad_value_([value], grad_limits[key])
+                        torch.nn.utils.clip_grad_value_([value], space.grad_limits[key])
                     optimizer.step()
                     losses[step] = loss.detach()
                     done = step + 1
@@ -470,23 +594,27 @@ class TokenInjector(host.PackNode):
             display_name="Token Injector (Difference Inversion)",
             category=CATEGORY,
             description=(
-                "Appends Difference tokens to a full prompt of B and encodes it: the conditioning for B' "
-                "(Difference Inversion). At strength 1 the result equals CLIPTextEncode with "
-                "'<text> embedding:<name>'; a negative strength reverses the analogy (A' -> A)."
+                "Adds Difference tokens to a full prompt of B and encodes it: the conditioning for B' "
+                "(Difference Inversion). Conditioning-space tokens are added, times strength, onto the last padding "
+                "rows of the encoded prompt: strength 0 (or a zero difference) gives exactly CLIPTextEncode of the "
+                "prompt, -1 exactly the reverse change. Input-space tokens (an embedding) are appended to the words: "
+                "at strength 1 this equals CLIPTextEncode with '<text> embedding:<name>'."
             ),
             inputs=[
                 io.Clip.Input("clip", tooltip="The CLIP of the model that generates B' (the family the difference was trained with)."),
                 io.String.Input("text", default="a photo", multiline=True, dynamic_prompts=True,
-                                tooltip="The full prompt of B; the Difference tokens are appended after it."),
+                                tooltip="The full prompt of B (the one B is inverted with); the Difference tokens are "
+                                        "added after it."),
                 io.Float.Input("strength", default=1.0, min=-10.0, max=10.0, step=0.05,
                                tooltip="Scale of the Difference tokens: 1 applies the learned change, negative values "
-                                       "apply the reverse change, 0 adds zero vectors."),
+                                       "the reverse change; 0 leaves the prompt exactly as it is (conditioning space)."),
                 DifferenceType.Input("difference", optional=True,
                                      tooltip="Difference tokens from Delta Interpolation Trainer. Leave unconnected to load "
                                              "embedding_name instead."),
                 io.String.Input("embedding_name", default="", optional=True,
-                                tooltip="Name of a saved Difference embedding (models/embeddings), used when 'difference' "
-                                        "is not connected."),
+                                tooltip="Name of a saved difference, used when 'difference' is not connected: "
+                                        "models/differences/<name> (conditioning space) first, else the embedding "
+                                        "'embedding:<name>' loads (input space)."),
             ],
             outputs=[io.Conditioning.Output(display_name="CONDITIONING",
                                             tooltip="The conditioning of '<text> + Difference tokens', for the sampler.")],
@@ -506,17 +634,21 @@ class TokenInjector(host.PackNode):
         if difference is not None:
             if not isinstance(difference, DifferenceEmbedding):
                 raise InputError("difference: expected the DIFFERENCE output of Delta Interpolation Trainer")
-            rows = difference.rows
         elif embedding_name and embedding_name.strip():
-            rows = host.load_embedding_rows(clip, check_embedding_name(embedding_name, "embedding_name"))
+            difference = load_saved_difference(clip, embedding_name)
         else:
             raise InputError("difference: connect a Delta Interpolation Trainer, or give embedding_name")
-        slots = host.text_encoder_slots(clip)
+        rows = difference.rows
+        slots = host.conditioning_layout(clip) if difference.space == CONDITIONING else host.text_encoder_slots(clip)
         missing = [s.embedding_key for s in slots if s.key not in rows or rows[s.key].shape[-1] != s.width]
         if missing:
             raise InputError(
                 f"difference: it has no {missing} vectors for this CLIP (it holds {sorted(rows)}); use a difference "
                 "trained with a model of the same family")
+        if difference.space == CONDITIONING:
+            tokens = clip.tokenize(text)
+            check_padding_room(clip, tokens, rows[slots[0].key].shape[0], "text")
+            return io.NodeOutput(conditioning_with_difference(host.encode_tokens(clip, tokens), slots, rows, strength))
         tokens = host.append_embedding_rows(clip, clip.tokenize(text),
                                             {s.key: rows[s.key].float() * strength for s in slots})
         return io.NodeOutput(host.encode_tokens(clip, tokens))

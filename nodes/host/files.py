@@ -14,6 +14,22 @@ def embeddings_folder() -> str:
     return folder_paths.get_folder_paths("embeddings")[0]
 
 
+DIFFERENCES = "differences"
+
+
+def differences_folder() -> str:
+    """Where differences learned in the conditioning space are saved: models/differences (or the
+    first folder registered for "differences"). Not the embeddings folder: they are not input
+    vectors, and 'embedding:NAME' must never load them as such."""
+    import os
+
+    import folder_paths
+
+    if DIFFERENCES not in folder_paths.folder_names_and_paths:
+        folder_paths.add_model_folder_path(DIFFERENCES, os.path.join(folder_paths.models_dir, DIFFERENCES))
+    return folder_paths.get_folder_paths(DIFFERENCES)[0]
+
+
 def add_model_folder(kind: str, path: str) -> None:
     """Makes ``path`` the first folder ComfyUI searches for models of ``kind`` (e.g. "embeddings")."""
     import folder_paths
@@ -34,13 +50,16 @@ def model_relative_path(path: str) -> str:
 
     import folder_paths
 
-    for root in (folder_paths.models_dir, *folder_paths.get_folder_paths("embeddings")):
+    roots = [(folder_paths.models_dir, "")] + [(folder, kind) for kind in ("embeddings", "differences")
+                                               if kind in folder_paths.folder_names_and_paths
+                                               for folder in folder_paths.get_folder_paths(kind)]
+    for root, kind in roots:
         try:
             relative = os.path.relpath(path, root)
         except ValueError:  # another drive on Windows
             continue
         if not relative.startswith(".."):
-            return relative if root == folder_paths.models_dir else os.path.join("embeddings", relative)
+            return os.path.join(kind, relative) if kind else relative
     return os.path.basename(path)
 
 

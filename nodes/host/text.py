@@ -97,6 +97,43 @@ def append_embedding_rows(clip, tokens: dict, rows_by_key: dict[str, torch.Tenso
     return out
 
 
+def conditioning_layout(clip) -> list[TextEncoderSlot]:
+    """The text encoders of ``clip`` in the order their outputs sit side by side in a conditioning
+    row: SDXL concatenates CLIP-L's 768 then CLIP-G's 1280 values (``comfy/sdxl_clip.py``
+    ``SDXLClipModel.encode_token_weights``); single-encoder CLIPs have one. Checked against an encode."""
+    slots = {slot.key: slot for slot in text_encoder_slots(clip)}
+    order = ["l", "g"] if set(slots) == {"l", "g"} else list(slots)
+    if len(order) != len(slots) or len(order) > 2:
+        raise InputError(f"clip: text encoders {sorted(slots)} are not a CLIP layout this node supports "
+                         "(SD1.x, SD2.x, SDXL)")
+    layout = [slots[key] for key in order]
+    cond, _ = clip.encode_from_tokens(clip.tokenize(""), return_pooled=True)
+    if cond.shape[-1] != sum(slot.width for slot in layout):
+        raise InputError(f"clip: its conditioning is {cond.shape[-1]} wide, not the {sum(s.width for s in layout)} "
+                         f"of its text encoders {order}; this CLIP is not supported in the conditioning space")
+    return layout
+
+
+def padding_rows(clip, tokens: dict) -> int:
+    """How many rows after the end token the last 77-token chunk of ``tokens`` has (the fewest over
+    the text encoders): the rows a difference in the conditioning space may be added onto."""
+    import numbers
+
+    room = None
+    for key, chunks in tokens.items():
+        sub = _sub_tokenizer(clip, key)
+        end = getattr(sub, "end_token", None)
+        last = chunks[-1]
+        eos = next((i for i in range(1, len(last))
+                    if isinstance(last[i][0], numbers.Integral) and int(last[i][0]) == end), None)
+        if eos is None:
+            raise InputError(f"clip: the tokens of text encoder {key!r} have no end token; not a CLIP tokenizer "
+                             "this node supports")
+        free = len(last) - 1 - eos
+        room = free if room is None else min(room, free)
+    return int(room or 0)
+
+
 def encode_tokens(clip, tokens: dict) -> list:
     """A CONDITIONING for ``tokens``, as CLIPTextEncode makes it (``encode_from_tokens_scheduled``)."""
     return clip.encode_from_tokens_scheduled(tokens)

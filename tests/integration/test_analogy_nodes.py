@@ -28,13 +28,16 @@ ALIGNMENT = "test_clip_l_projection.safetensors"
 _SCRATCH = Path(tempfile.mkdtemp(prefix="ee_analogy_"))
 atexit.register(shutil.rmtree, _SCRATCH, True)  # ~250 MB text encoder, embeddings
 EMBEDDINGS = _SCRATCH / "embeddings"
+DIFFERENCES = _SCRATCH / "differences"
 TEXT_ENCODERS = _SCRATCH / "text_encoders"
 EMBEDDINGS.mkdir()
+DIFFERENCES.mkdir()
 TEXT_ENCODERS.mkdir()
 pack_testing.import_host()
 from exemplar_edit.nodes import host as _host  # noqa: E402
 
 _host.add_model_folder("embeddings", str(EMBEDDINGS))
+_host.add_model_folder("differences", str(DIFFERENCES))
 _host.add_model_folder("text_encoders", str(TEXT_ENCODERS))
 
 
@@ -118,7 +121,8 @@ COLOURS = {"2": 0x3060A0, "3": 0xE0C040, "4": 0x40A060}  # A, A', B
 
 
 def analogy_workflow(ckpt: str, *, name: str, seed: int = 0, steps: int = 2, learning_rate: float = 0.05,
-                     num_tokens: int = 2, if_exists: str = "overwrite", after_size: int = 64) -> dict:
+                     num_tokens: int = 2, if_exists: str = "overwrite", after_size: int = 64,
+                     token_space: str = "conditioning") -> dict:
     """The shipped image_analogy workflow, retargeted like the e2e test (64 px, few steps), with the
     LoadImage nodes replaced by solid images and the CLIP vision file by the tiny test model."""
     import demo  # tools/
@@ -130,7 +134,7 @@ def analogy_workflow(ckpt: str, *, name: str, seed: int = 0, steps: int = 2, lea
                                                                "color": colour}}
     wf["3"]["class_type"] = "EmptyImage"
     wf["8"] = {"class_type": "TinyCLIPVisionLoader", "inputs": {}}
-    wf["9"]["inputs"].update({"alignment_text_encoder": ALIGNMENT, "name": name, "seed": seed, "if_exists": if_exists,
+    wf["9"]["inputs"].update({"alignment_text_encoder": ALIGNMENT, "name": name, "seed": seed, "if_exists": if_exists, "token_space": token_space,
                               "learning_rate": learning_rate, "num_tokens": num_tokens})
     del wf["18"]
     wf["30"] = {"class_type": "Capture", "inputs": {"key": "b_prime", "value": ["17", 0]}}
@@ -205,17 +209,21 @@ def sd15_runs(analogy_graph):
     runs["seconds_per_run"] = time.perf_counter() - t0
     runs["b"] = analogy_graph.run(trainer_only(analogy_workflow(SD15, name="run_b", seed=3)))
     runs["c"] = analogy_graph.run(trainer_only(analogy_workflow(SD15, name="run_c", seed=4, steps=1)))
+    runs["e"] = analogy_graph.run(trainer_only(analogy_workflow(SD15, name="run_e", seed=3,
+                                                                token_space="input_embedding")))
     runs["plain_after"] = analogy_graph.run(plain_sampler_prompt(SD15))
     return runs
 
 
-def test_workflow_makes_b_prime_and_saves_a_standard_embedding_sd15(sd15_runs):
+def test_workflow_makes_b_prime_and_saves_the_difference_sd15(sd15_runs):
     from safetensors.torch import load_file
 
     out = sd15_runs["a"]
     image = out["b_prime"]
     assert image.shape == (1, 64, 64, 3) and torch.isfinite(image).all()
-    saved = load_file(str(EMBEDDINGS / "run_a.safetensors"))
+    assert out["difference"].space == "conditioning"
+    assert not (EMBEDDINGS / "run_a.safetensors").exists()  # never an 'embedding:' file in the conditioning space
+    saved = load_file(str(DIFFERENCES / "run_a.safetensors"))
     assert set(saved) == {"clip_l"} and saved["clip_l"].shape == (2, 768)
     assert torch.equal(saved["clip_l"], out["difference"].rows["l"])
     assert saved["clip_l"].abs().max() > 0  # trained away from the zero initialisation
@@ -225,8 +233,17 @@ def test_workflow_makes_b_prime_and_saves_a_standard_embedding_sd15(sd15_runs):
     assert out["validation_loss"] == out["difference"].selection.history[0][1] > 0
     assert "step 2: " in out["validation"] and "zero difference" in out["validation"]
     # the difference moves B': the same graph with strength 0 gives another image
-    assert not list(EMBEDDINGS.glob(".tmp_*"))
+    assert not list(DIFFERENCES.glob(".tmp_*"))
     print(f"SD1.5 workflow (2 training steps): {sd15_runs['seconds_per_run']:.1f} s")
+
+
+def test_input_embedding_space_saves_a_standard_embedding(sd15_runs):
+    from safetensors.torch import load_file
+
+    out = sd15_runs["e"]["difference"]
+    assert out.space == "input_embedding" and not (DIFFERENCES / "run_e.safetensors").exists()
+    saved = load_file(str(EMBEDDINGS / "run_e.safetensors"))
+    assert set(saved) == {"clip_l"} and torch.equal(saved["clip_l"], out.rows["l"]) and saved["clip_l"].abs().max() > 0
 
 
 def test_fixed_seed_gives_identical_tokens_and_another_seed_does_not(sd15_runs):
@@ -254,7 +271,9 @@ def test_training_lowers_the_consistency_loss(sd15_runs):
         generator = torch.Generator().manual_seed(3)
         timesteps = dif.shuffled_timesteps(2, len(sigmas), generator)
         draws = [(sigmas[t], torch.randn(z_after.shape, generator=generator)) for t in timesteps]
-        tokens_before, tokens_after = clip.tokenize(wf["prompt_before"]), clip.tokenize(wf["prompt_after"])
+        space = analogy.ConditioningSpace(clip, _host.text_encoder_slots(clip)[0], wf["prompt_before"],
+                                          wf["prompt_after"], 2)
+        space.prepare(torch.device("cpu"))
         trained = out["difference"].rows
         zero = {k: torch.zeros_like(v) for k, v in trained.items()}
         totals = {}
@@ -262,7 +281,7 @@ def test_training_lowers_the_consistency_loss(sd15_runs):
         def evaluate(run):
             for label, rows in (("zero", zero), ("trained", trained)):
                 totals[label] = sum(float(sum(analogy.consistency_step(
-                    run, clip, tokens_before, tokens_after, rows, z_before, z_after, sigma, noise)))
+                    run, space.prompts(rows), z_before, z_after, sigma, noise)))
                     for sigma, noise in draws)
 
         _host.run_with_model(model, (2,) + tuple(z_after.shape[1:]), evaluate)
@@ -300,13 +319,13 @@ def test_injector_equals_stock_embedding_prompt(analogy_graph, sd15_runs, text):
     'text embedding:NAME', ComfyUI's own embedding loader, also across a 75-token chunk boundary."""
     from exemplar_edit.nodes import analogy
 
-    out = analogy_graph.run(injection_prompt(SD15, text, "run_a"))
+    out = analogy_graph.run(injection_prompt(SD15, text, "run_e"))
     assert_same_conditioning(out["stock"], out["injected"])
     assert not torch.equal(out["stock"][0][0][:, -77:], out["plain"][0][0][:, -77:])  # the embedding was used
     with torch.inference_mode():
-        from_difference = analogy.TokenInjector.execute(out["clip"], text, 1.0, difference=sd15_runs["a"]["difference"])
+        from_difference = analogy.TokenInjector.execute(out["clip"], text, 1.0, difference=sd15_runs["e"]["difference"])
     assert_same_conditioning(out["stock"], from_difference.result[0])
-    reversed_ = analogy_graph.run(injection_prompt(SD15, text, "run_a", strength=-1.0))["injected"]
+    reversed_ = analogy_graph.run(injection_prompt(SD15, text, "run_e", strength=-1.0))["injected"]
     assert not torch.equal(reversed_[0][0], out["injected"][0][0])
 
 
@@ -322,7 +341,7 @@ def test_name_validation_and_overwrite_protection(analogy_graph, sd15_runs):
     assert analogy.check_embedding_name("console") == "console"
     with pytest.raises(GraphError, match="path separator"):
         analogy_graph.run(analogy_workflow(SD15, name="../escape"))
-    existing = EMBEDDINGS / "run_a.safetensors"
+    existing = DIFFERENCES / "run_a.safetensors"
     content = existing.read_bytes()
     with pytest.raises(GraphError, match="already exists"):
         analogy_graph.run(analogy_workflow(SD15, name="run_a", seed=99, if_exists="error"))
@@ -342,7 +361,7 @@ def test_reuse_loads_the_saved_difference_after_a_restart_and_refuses_other_inpu
     checkpoint_path(SD15)
     wf = trainer_only(analogy_workflow(SD15, name="reused", seed=11, if_exists="reuse"))
     first = analogy_graph.run(wf)
-    path = EMBEDDINGS / "reused.safetensors"
+    path = DIFFERENCES / "reused.safetensors"
     content = path.read_bytes()
     assert len(first["difference"].losses) == 2  # trained: there was no file
     restarted = pack_testing.GraphRunner()
@@ -369,7 +388,7 @@ def test_reuse_loads_the_saved_difference_after_a_restart_and_refuses_other_inpu
     with pytest.raises(GraphError, match="clip.*model"):
         restarted.run(trainer_only(analogy_workflow(SDXL, name="reused", seed=11, if_exists="reuse")))
     # a file this trainer did not write is never taken for a trained difference
-    _host.save_tensors_atomically(str(EMBEDDINGS / "foreign.safetensors"), {"clip_l": torch.ones(2, 768)})
+    _host.save_tensors_atomically(str(DIFFERENCES / "foreign.safetensors"), {"clip_l": torch.ones(2, 768)})
     with pytest.raises(GraphError, match="records no trainer inputs"):
         restarted.run(trainer_only(analogy_workflow(SD15, name="foreign", seed=11, if_exists="reuse")))
 
@@ -380,7 +399,7 @@ def test_mismatched_pair_sizes_are_refused(analogy_graph):
     wf["9"]["inputs"]["image_after"] = ["3", 0]  # unscaled
     with pytest.raises(GraphError, match="image_after"):
         analogy_graph.run(wf)
-    assert not (EMBEDDINGS / "sizes.safetensors").exists()
+    assert not (DIFFERENCES / "sizes.safetensors").exists()
 
 
 def test_interrupt_leaves_no_file(analogy_graph):
@@ -406,8 +425,8 @@ def test_interrupt_leaves_no_file(analogy_graph):
     finally:
         comfy.utils.set_progress_bar_global_hook(saved)
         comfy.model_management.interrupt_current_processing(False)
-    assert not (EMBEDDINGS / "interrupted.safetensors").exists()
-    assert not list(EMBEDDINGS.glob(".tmp_*"))
+    assert not (DIFFERENCES / "interrupted.safetensors").exists()
+    assert not list(DIFFERENCES.glob(".tmp_*"))
 
 
 def test_workflow_end_to_end_sdxl_saves_both_encoders(analogy_graph):
@@ -416,13 +435,69 @@ def test_workflow_end_to_end_sdxl_saves_both_encoders(analogy_graph):
     checkpoint_path(SDXL)
     out = analogy_graph.run(analogy_workflow(SDXL, name="run_xl", seed=1, steps=1))
     assert out["b_prime"].shape == (1, 64, 64, 3) and torch.isfinite(out["b_prime"]).all()
-    saved = load_file(str(EMBEDDINGS / "run_xl.safetensors"))
+    saved = load_file(str(DIFFERENCES / "run_xl.safetensors"))
     assert set(saved) == {"clip_l", "clip_g"}
     assert saved["clip_l"].shape == (2, 768) and saved["clip_g"].shape == (2, 1280)
     assert saved["clip_l"].abs().max() > 0 and saved["clip_g"].abs().max() > 0
-    injected = analogy_graph.run(injection_prompt(SDXL, "a photo of a cabin", "run_xl"))
-    assert_same_conditioning(injected["stock"], injected["injected"])
-    assert not torch.equal(injected["stock"][0][1]["pooled_output"], injected["plain"][0][1]["pooled_output"])
+    injected = analogy_graph.run(conditioning_injection_prompt(SDXL, "a photo of a cabin", "run_xl", 1.0))
+    changed = injected["injected"][0][0] - injected["plain"][0][0]
+    assert changed.shape == (1, 77, 2048) and changed[:, :-2].abs().max() == 0 and changed[:, -2:].abs().max() > 0
+    assert torch.equal(injected["injected"][0][1]["pooled_output"], injected["plain"][0][1]["pooled_output"])
+
+
+def conditioning_injection_prompt(ckpt: str, text: str, name: str, strength: float) -> dict:
+    return {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
+        "3": {"class_type": "TokenInjector", "inputs": {"clip": ["1", 1], "text": text, "strength": strength,
+                                                        "embedding_name": name}},
+        "4": {"class_type": "CLIPTextEncode", "inputs": {"text": text, "clip": ["1", 1]}},
+        "6": {"class_type": "Capture", "inputs": {"key": "injected", "value": ["3", 0]}},
+        "7": {"class_type": "Capture", "inputs": {"key": "plain", "value": ["4", 0]}},
+        "8": {"class_type": "Capture", "inputs": {"key": "clip", "value": ["1", 1]}},
+    }
+
+
+LONG_PROMPT = " ".join(["a snowy cabin"] * 28)  # 84 words: two 77-token chunks, room left in the second
+
+
+@pytest.mark.parametrize("ckpt", [SD15, SDXL])
+@pytest.mark.parametrize("text", ["a photo of a cabin in the woods", LONG_PROMPT])
+def test_conditioning_space_zero_difference_is_the_prompt_and_minus_one_negates(analogy_graph, ckpt, text):
+    """Token Injector with a conditioning-space difference: a zero difference (and strength 0) gives
+    exactly CLIPTextEncode of the prompt, pooled output included; strength -1 is the exact negative
+    of +1's change, which sits in the last K rows only; long (two-chunk) prompts work."""
+    from exemplar_edit.nodes import analogy
+
+    checkpoint_path(ckpt)
+    graph = analogy_graph.run(conditioning_injection_prompt(ckpt, text, "unused", 0.0)
+                              | {"3": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["1", 1]}}})
+    clip, plain = graph["clip"], graph["plain"]
+    layout = _host.conditioning_layout(clip)
+    assert plain[0][0].shape[-1] == sum(s.width for s in layout)
+    g = torch.Generator().manual_seed(0)
+    trained = {s.key: torch.randn(3, s.width, generator=g) for s in layout}
+    zero = {k: torch.zeros_like(v) for k, v in trained.items()}
+
+    def inject(rows, strength):
+        difference = analogy.DifferenceEmbedding(rows=rows, space="conditioning")
+        with torch.inference_mode():
+            return analogy.TokenInjector.execute(clip, text, strength, difference=difference).result[0]
+
+    assert_same_conditioning(inject(zero, 1.0), plain)
+    assert_same_conditioning(inject(trained, 0.0), plain)
+    plus, minus = inject(trained, 1.0), inject(trained, -1.0)
+    change_plus, change_minus = plus[0][0] - plain[0][0], minus[0][0] - plain[0][0]
+    assert torch.allclose(change_minus, -change_plus, atol=1e-5)
+    assert change_plus[:, :-3].abs().max() == 0 and change_plus[:, -3:].abs().min() > 0
+    assert plus[0][0].shape == plain[0][0].shape and plain[0][0].shape[1] == (154 if text == LONG_PROMPT else 77)
+    if "pooled_output" in plain[0][1]:
+        assert torch.equal(plus[0][1]["pooled_output"], plain[0][1]["pooled_output"])
+    # a prompt whose last chunk has no padding rows left for the 3 rows is refused, naming 'text'
+    full = " ".join(["cabin"] * 74)
+    with pytest.raises(_host.InputError, match="text: .*padding rows"):
+        with torch.inference_mode():
+            analogy.TokenInjector.execute(clip, full, 1.0,
+                                          difference=analogy.DifferenceEmbedding(rows=trained, space="conditioning"))
 
 
 def test_saved_files_get_the_mode_a_normal_write_gives(tmp_path):

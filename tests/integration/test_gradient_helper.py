@@ -153,9 +153,11 @@ def trainer_loss_and_grad(model, clip, data) -> tuple[float, torch.Tensor]:
 
     def body(run):
         with host.gradient_mode():
+            prompts = analogy.difference_prompts(run.patcher, text, clip.tokenize(PROMPT_BEFORE),
+                                                 clip.tokenize(PROMPT_AFTER), rows)
             losses.extend(analogy.consistency_step(
-                run, text, clip.tokenize(PROMPT_BEFORE), clip.tokenize(PROMPT_AFTER), rows, data["z_before"].clone(),
-                data["z_after"].clone(), data["sigma"].clone(), data["noise"].clone()))
+                run, prompts, data["z_before"].clone(), data["z_after"].clone(), data["sigma"].clone(),
+                data["noise"].clone()))
 
     with host.gradient_mode():
         rows = {"l": data["rows"].clone().requires_grad_(True)}

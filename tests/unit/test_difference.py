@@ -289,3 +289,21 @@ def test_shuffled_timesteps_full_schedule_and_longer_runs():
     assert sorted(long[:10].tolist()) == list(range(10)) and sorted(long[10:20].tolist()) == list(range(10))
     assert len(set(long[20:].tolist())) == 5
     assert dif.shuffled_timesteps(0).numel() == 0
+
+
+def test_add_to_padding_rows_keeps_the_length_and_is_exact_for_a_zero_difference():
+    g = torch.Generator().manual_seed(0)
+    cond = torch.randn(2, 154, 8, generator=g)
+    rows = torch.randn(3, 8, generator=g, requires_grad=True)
+    assert torch.equal(dif.add_to_padding_rows(cond, torch.zeros(3, 8)), cond)
+    out = dif.add_to_padding_rows(cond, rows)
+    assert out.shape == cond.shape and torch.equal(out[:, :-3], cond[:, :-3])
+    assert torch.allclose(out[:, -3:], cond[:, -3:] + rows)
+    negated = dif.add_to_padding_rows(cond, -rows)
+    assert torch.allclose(negated - cond, -(out - cond), atol=1e-6)
+    out.sum().backward()
+    assert torch.equal(rows.grad, torch.full((3, 8), 2.0))  # both batch entries
+    half = dif.add_to_padding_rows(cond.half(), rows.detach())
+    assert half.dtype == torch.float16
+    with pytest.raises(ValueError):
+        dif.add_to_padding_rows(cond[:, :2], rows)
