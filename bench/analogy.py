@@ -87,7 +87,8 @@ def trainer_graph(ckpt: str, size: int, steps: int, run: int) -> dict:
             "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "image_before": ["2", 0], "image_after": ["3", 0],
             "clip_vision": ["4", 0], "alignment_text_encoder": TEST_CLIP, "caption_before": CAPTION_BEFORE,
             "caption_after": CAPTION_AFTER, "prompt_before": PROMPT_BEFORE, "prompt_after": PROMPT_AFTER,
-            "name": f"bench_difference_{steps}_{run}", "if_exists": "overwrite", "token_space": "input_embedding", "num_tokens": NUM_TOKENS, "alpha": ALPHA,
+            "name": f"bench_difference_{steps}_{run}", "if_exists": "overwrite", "token_space": "input_embedding",
+            "num_tokens": NUM_TOKENS, "alpha": ALPHA,
             "steps": steps, "learning_rate": LEARNING_RATE, "lambda_mse": LAMBDA_MSE, "lambda_clip": LAMBDA_CLIP,
             "seed": SEED,
             # one validation draw, at the end only: the comparison with the plain loop is of training steps
