@@ -70,7 +70,8 @@ def retarget(workflow: Mapping, ckpt: str, *, small: bool = True, size: int = SM
       ``megapixels`` (ImageScaleToTotalPixels) the smallest allowed;
     - every int step count (``steps`` or ``*_steps``) is capped at ``max_steps``;
     - CLIP vision / alignment text encoder file names become the test CLIP's;
-    - ``overwrite`` inputs are switched on, so repeated test runs may replace their own outputs;
+    - ``overwrite`` inputs are switched on and ``if_exists`` set to overwrite, so repeated test runs
+      (with other test checkpoints too) may replace their own outputs;
     - schedule positions (``skip_steps``, ``start_step``, ``*_step``, ...) are scaled by the same
       factor as the node's own ``steps`` (else the workflow's largest ``steps``) and kept below it.
     """
@@ -81,6 +82,8 @@ def retarget(workflow: Mapping, ckpt: str, *, small: bool = True, size: int = SM
             inputs["ckpt_name"] = ckpt
         if small and inputs.get("overwrite") is False:  # repeated test runs reuse the embedding name
             inputs["overwrite"] = True
+        if small and inputs.get("if_exists") in ("error", "reuse"):  # ... with other test checkpoints too
+            inputs["if_exists"] = "overwrite"
         if small:  # the test CLIP ViT-L/14 (tools/make_test_clip.py), linked by tools/serve.py
             for name in ("clip_name", "alignment_text_encoder"):
                 if name in inputs and not _is_link(inputs[name]) and node.get("class_type") != "CLIPLoader":

@@ -237,6 +237,39 @@ def test_workflow_makes_b_prime_and_saves_the_difference_sd15(sd15_runs):
     print(f"SD1.5 workflow (2 training steps): {sd15_runs['seconds_per_run']:.1f} s")
 
 
+def test_shipped_workflow_makes_b_prime_as_b_plus_the_difference():
+    """Edit-friendly inversion of B at the sampling cfg, with the prompt the injector gets, at full
+    strength by default; the trainer reuses a saved difference."""
+    wf = json.loads(WORKFLOW.read_text())
+    invert, sample, inject = wf["14"]["inputs"], wf["16"]["inputs"], wf["12"]["inputs"]
+    assert invert["mode"] == "edit_friendly_ddpm" and invert["skip_steps"] == 0
+    assert invert["cfg"] == sample["cfg"] > 1 and invert["negative"] == sample["negative"]
+    assert wf["10"]["inputs"]["text"] == inject["text"] and invert["positive"] == ["10", 0]
+    assert sample["sampler"] == ["15", 0] and wf["15"]["class_type"] == "InversionReplaySampler"
+    assert wf["9"]["inputs"]["if_exists"] == "reuse" and wf["9"]["inputs"]["token_space"] == "conditioning"
+
+
+def test_zero_difference_gives_back_b_and_a_difference_moves_it(analogy_graph, sd15_runs):
+    """The shipped graph with the trainer's difference at strength 0 (the conditioning of B's prompt
+    exactly, as a zero difference gives: test_conditioning_space_zero_difference_...) returns B's
+    latent to float precision; at strength 1 B' moves. The trainer reuses run_a, trained by the fixture from the same inputs."""
+    latents = {}
+    for strength in (0.0, 1.0):
+        wf = analogy_workflow(SD15, name="run_a", seed=3, if_exists="reuse")
+        wf["12"]["inputs"]["strength"] = strength
+        wf["37"] = {"class_type": "Capture", "inputs": {"key": "b_prime_latent", "value": ["16", 0]}}
+        wf["38"] = {"class_type": "Capture", "inputs": {"key": "b_latent", "value": ["13", 0]}}
+        out = analogy_graph.run(wf)
+        assert out["difference"].losses == []  # reused, not trained again
+        latents[strength] = out["b_prime_latent"]["samples"], out["b_latent"]["samples"]
+    b_prime, b = latents[0.0]
+    assert b_prime.shape == b.shape
+    # float32 rounding through 2 steps at cfg 7.5 and the latent scaling; the inversion tests' bound
+    assert float((b_prime - b).norm() / b.norm()) < 1e-4, float((b_prime - b).norm() / b.norm())
+    moved, _ = latents[1.0]
+    assert float((moved - b).norm() / b.norm()) > 1e-2, float((moved - b).norm() / b.norm())
+
+
 def test_input_embedding_space_saves_a_standard_embedding(sd15_runs):
     from safetensors.torch import load_file
 
