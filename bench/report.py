@@ -54,14 +54,21 @@ CAUSES = {
         "1024 rows at a time, and nothing in a step reads a value back to the host except the one sigma per "
         "UNet call that tells the patch which step it is in."),
     "translation": (
-        "Each guided step runs a forward and a backward pass of the UNet for the PatchNCE + cross-attention "
-        "losses, then the CFG prediction: about 3 UNet-forward equivalents per step plus the backward. "
-        "On hosts before Dynamic VRAM (the pinned 0.3.75, where these CPU figures come from) every pass of the "
-        "guider runs on the differentiable clone, so each UNet forward also copies the weights once (the copies "
-        "are not kept for the backward pass), including the reference and CFG passes that need no gradient. On "
-        "hosts with `ModelPatcher.clone(force_deepcopy=...)` (v0.16+) the guider samples a private copy of the "
-        "model reloaded with ordinary weights instead, as ComfyUI's training node does: no per-forward copies, "
-        "one model load per run (not measured on a GPU)."),
+        "Floor: per guided step 1 reference row-forward (the caption is the negative too, so one set of maps "
+        "serves both CFG rows) + a forward and a backward pass per CFG row for the guidance loss (3 × 2) + the "
+        "CFG step (2) = 9 row-forwards against plain sampling's 2: 4.5×. Measured on this CPU (small SD1.5 "
+        "test model, 64 px, 6 steps; the machine was shared with other jobs, so single figures move by ±20 %), "
+        "2026-12-01, two runs back to back on the pinned 0.3.75 with the same bench code: before issue 14 "
+        "(pack 2a4e6f3, whole reference pass stored first, in fp16) 8.67× plain, after (lockstep) 6.21× = "
+        "1.38× the floor; on v0.33.0 (reload gradient path) 7.73× = 1.72× the floor. What remains above the "
+        "floor: the guided and reference passes materialise the attention probabilities softmax(QKᵀ) of every "
+        "attn2 (the loss compares them) where plain sampling uses fused attention; per-call overhead dominates "
+        "the tiny models; on hosts before Dynamic VRAM (0.3.75) every UNet forward of the run copies the "
+        "weights, also in the reference and CFG passes, because `comfy.ops` casts any layer that has a weight "
+        "function with a copy and the identity wrappers the gradient needs belong to the loaded patcher "
+        "(limiting them to the gradient passes would mean loading another patcher twice per step); on v0.16+ "
+        "hosts no pass copies weights (the run samples a private reloaded copy with ordinary weights, as "
+        "ComfyUI's training node), but each run loads the model once more. GPU ratio pending."),
     "analogy_trainer": (
         "Measured on a CPU at real SD1.5 size (512², 2 threads, bench/results 2026-11-23-cpu): 0.85× the plain "
         "loop's time per step and 0.67× its peak memory growth, same losses. Why it is leaner: the two "
