@@ -111,17 +111,31 @@ def test_stock_ddim_sampler_replays_a_ddim_inversion_like_the_replay_sampler(gra
     assert relative_error(stock, ours) < 1e-5
 
 
+def _stock_sampler_run(patcher, clip, loop, out: dict) -> torch.Tensor:
+    """``loop`` (a k-diffusion style sampler function) run by a stock KSAMPLER through ComfyUI's own
+    sample_custom, from the graph's original latent, under the graph's caption at cfg 1, on the
+    inversion's schedule: the model evaluations the node's inversion must equal."""
+    import comfy.sample
+    import comfy.samplers
+
+    with torch.inference_mode():
+        tokens = clip.tokenize("a photo of a red cat")
+        cond, pooled = clip.encode_from_tokens(tokens, return_pooled=True)
+        positive = [[cond, {"pooled_output": pooled}]]
+        original = out["original"]["samples"]
+        return comfy.sample.sample_custom(
+            patcher, torch.zeros_like(original), 1.0, comfy.samplers.KSAMPLER(loop),
+            out["inversion"].sigmas, positive, positive, original)
+
+
 def test_ddim_inversion_node_matches_diffusers_on_the_test_model(graph):
     """The node's inversion equals diffusers' DDIMInverseScheduler stepping with the same model's
     predictions (ComfyUI's own guided x0, run through a stock KSAMPLER)."""
     diffusers = pytest.importorskip("diffusers")
-    import comfy.sample
-    import comfy.samplers
     import comfy.sd
 
     steps = 10
     out = graph.run(roundtrip_prompt(SD15, "ddim", steps=steps, cfg=1.0))
-    inversion = out["inversion"]
 
     patcher, clip, _vae, _ = comfy.sd.load_checkpoint_guess_config(str(checkpoint_path(SD15)), output_vae=False)
     sampling = patcher.get_model_object("model_sampling")
@@ -139,32 +153,22 @@ def test_ddim_inversion_node_matches_diffusers_on_the_test_model(graph):
             x = scheduler.step(eps, t, x).prev_sample
         return x * (float(sampling.sigmas[int(scheduler.timesteps[-1])]) ** 2 + 1) ** 0.5
 
-    with torch.inference_mode():
-        tokens = clip.tokenize("a photo of a red cat")
-        cond, pooled = clip.encode_from_tokens(tokens, return_pooled=True)
-        positive = [[cond, {"pooled_output": pooled}]]
-        original = out["original"]["samples"]
-        reference = comfy.sample.sample_custom(
-            patcher, torch.zeros_like(original), 1.0, comfy.samplers.KSAMPLER(diffusers_inversion),
-            inversion.sigmas, positive, positive, original)
+    reference = _stock_sampler_run(patcher, clip, diffusers_inversion, out)
     ours = out["inverted"]["samples"]
     assert relative_error(ours, reference) < 1e-4, relative_error(ours, reference)
-    assert relative_error(ours, original) > 0.5  # and it did move
+    assert relative_error(ours, out["original"]["samples"]) > 0.5  # and it did move
 
 
 def test_pix2pix_zero_convention_equals_the_official_loop_on_the_test_model(graph):
     """convention pix2pix_zero: the official loop (labels r+1 .. (N-2)r+1, the UNet at the current
     level, start at alphas_cumprod[r], end at alphas_cumprod[(N-1)r]) written out in VP latents with
     the same model's eps through a stock KSAMPLER; the edit reads x_T at label (N-1)r+1."""
-    import comfy.sample
-    import comfy.samplers
     import comfy.sd
 
     steps = 10
     prompt = roundtrip_prompt(SD15, "ddim", steps=steps, cfg=1.0)
     prompt["6"]["inputs"]["convention"] = "pix2pix_zero"
     out = graph.run(prompt)
-    inversion = out["inversion"]
 
     patcher, clip, _vae, _ = comfy.sd.load_checkpoint_guess_config(str(checkpoint_path(SD15)), output_vae=False)
     sampling = patcher.get_model_object("model_sampling")
@@ -182,20 +186,13 @@ def test_pix2pix_zero_convention_equals_the_official_loop_on_the_test_model(grap
             z = a_next.sqrt() * x0 + (1 - a_next).sqrt() * eps
         return (z * (float(sigmas[0]) ** 2 + 1) ** 0.5).to(x.dtype)  # read at the edit's first label
 
-    with torch.inference_mode():
-        tokens = clip.tokenize("a photo of a red cat")
-        cond, pooled = clip.encode_from_tokens(tokens, return_pooled=True)
-        positive = [[cond, {"pooled_output": pooled}]]
-        original = out["original"]["samples"]
-        reference = comfy.sample.sample_custom(
-            patcher, torch.zeros_like(original), 1.0, comfy.samplers.KSAMPLER(official_inversion),
-            inversion.sigmas, positive, positive, original)
+    reference = _stock_sampler_run(patcher, clip, official_inversion, out)
     ours = out["inverted"]["samples"]
     assert relative_error(ours, reference) < 1e-4, relative_error(ours, reference)
     diffusers_convention = graph.run(roundtrip_prompt(SD15, "ddim", steps=steps, cfg=1.0))["inverted"]["samples"]
     assert relative_error(ours, diffusers_convention) > 1e-3
     # replaying it back lands near the input (the two lowest levels were never inverted)
-    assert relative_error(out["reconstruction"]["samples"], original) < 0.5
+    assert relative_error(out["reconstruction"]["samples"], out["original"]["samples"]) < 0.5
 
 
 @pytest.mark.parametrize("changes, message", [
