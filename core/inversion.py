@@ -214,6 +214,19 @@ class Inversion:
         return self
 
 
+def _inversion_noise(
+    denoise: Denoiser, x_in: torch.Tensor, level: float,
+    regularization: Optional[NoiseRegularization], rng: Optional[random.Random],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(eps_hat, x0_hat) of the model at ``level`` on ``x_in`` (Karras et al. 2022, Eq. 3), eps
+    regularised as in pix2pix-zero when asked."""
+    x0_hat = denoise(x_in, torch.full((x_in.shape[0],), level, dtype=x_in.dtype, device=x_in.device))
+    eps = predicted_noise(x_in, x0_hat, level)
+    if regularization is not None:
+        eps = regularize_noise(eps, regularization, rng or random.Random(0))
+    return eps, x0_hat
+
+
 def invert_ddim(
     denoise: Denoiser,
     x0: torch.Tensor,
@@ -239,11 +252,7 @@ def invert_ddim(
     trajectory = [x0]
     for i, (sigma_from, sigma_to) in enumerate(zip(levels[:-1], levels[1:])):
         x_in = x * (input_scale(sigma_from) / input_scale(sigma_to))
-        sigma = torch.full((x.shape[0],), sigma_to, dtype=x.dtype, device=x.device)
-        x0_hat = denoise(x_in, sigma)
-        eps = predicted_noise(x_in, x0_hat, sigma_to)
-        if regularization is not None:
-            eps = regularize_noise(eps, regularization, rng or random.Random(0))
+        eps, x0_hat = _inversion_noise(denoise, x_in, sigma_to, regularization, rng)
         x = ddim_step(x, eps, sigma_from, sigma_to)
         trajectory.append(x)
         if callback is not None:
@@ -308,12 +317,7 @@ def invert_ddim_pix2pix_zero(
     for i in range(1, len(labels) - 1):
         label, state, next_state = labels[i], states[i], states[i + 1]
         readouts.append(x * (input_scale(state) / input_scale(label)))
-        x_in = readouts[-1]
-        sigma = torch.full((x.shape[0],), label, dtype=x.dtype, device=x.device)
-        x0_hat = denoise(x_in, sigma)
-        eps = predicted_noise(x_in, x0_hat, label)
-        if regularization is not None:
-            eps = regularize_noise(eps, regularization, rng or random.Random(0))
+        eps, x0_hat = _inversion_noise(denoise, readouts[-1], label, regularization, rng)
         x = ddim_step(x, eps, state, next_state)
         if callback is not None:
             callback(i - 1, x, x0_hat)
