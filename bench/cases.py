@@ -67,6 +67,9 @@ class Case:
     small_models: tuple[str, ...] = ("sd15", "sdxl")  # models it runs on in the small profile by default
     # a case measured outside the graph loop: (ctx, checkpoint folder, device, log) -> result rows
     compare: Callable | None = None
+    # the method's floor as a multiple of its plain sampling, in UNet row-forward equivalents per step:
+    # ctx -> (ratio, how it is counted); the report shows the measured time ratio over it
+    floor: Callable[[Context], tuple[float, str]] | None = None
 
 
 def workflow_inputs(workflow: str, class_type: str, index: int = 0) -> dict:
@@ -225,8 +228,9 @@ def build_translation(ctx: Context, run: int) -> dict:
         "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent": ["4", 0]}}
     prompt["6"] = {"class_type": "BenchTouch", "inputs": {"latent": ["5", 0], "run": run}}
     prompt["7"] = {"class_type": "EditDirection", "inputs": {**direction, "clip": ["1", 1]}}
+    # the caption is the negative too, as in the shipped workflow and pix2pix-zero's edit_real.py
     prompt["8"] = {"class_type": "CutLossGuidance", "inputs": {
-        **guidance, "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "direction": ["7", 0]}}
+        **guidance, "model": ["1", 0], "positive": ["2", 0], "negative": ["2", 0], "direction": ["7", 0]}}
     prompt["9"] = {"class_type": "DisableNoise", "inputs": {}}
     prompt["10"] = {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "ddim"}}
     prompt["11"] = {"class_type": "SamplerCustomAdvanced", "inputs": {
@@ -237,6 +241,20 @@ def build_translation(ctx: Context, run: int) -> dict:
 
 def translation_baseline(ctx: Context) -> tuple[int, float]:
     return ctx.profile.steps, float(translation_settings(ctx)[1]["cfg"])
+
+
+# a backward pass through the UNet costs about two forwards
+FORWARD_AND_BACKWARD = 3
+
+
+def translation_floor(ctx: Context) -> tuple[float, str]:
+    """UNet row-forwards per guided step: the reference step (one row: the caption is the negative
+    too, so one set of maps serves both CFG rows), a forward and a backward pass per CFG row for the
+    guidance loss, and the CFG step itself; plain sampling makes only the CFG step."""
+    rows = 2 if float(translation_settings(ctx)[1]["cfg"]) != 1.0 else 1
+    floor = 1 + FORWARD_AND_BACKWARD * rows + rows
+    return floor / rows, (f"1 reference + {FORWARD_AND_BACKWARD}×{rows} gradient + {rows} CFG = {floor} "
+                          f"row-forwards per step against plain sampling's {rows}")
 
 
 # --- (5) image analogy (Difference Inversion): training steps, node vs a plain PyTorch loop -----
@@ -270,7 +288,7 @@ CASES: list[Case] = [
                "per injected step instead of two extra batch rows per step"),
     Case("translation", "CutLossGuidance sampling (pix2pix-zeroCon), inversion cached", build_translation,
          steps=lambda ctx: ctx.profile.steps, baseline=translation_baseline,
-         requires=("EditDirection", "CutLossGuidance"), small_default=False,
+         requires=("EditDirection", "CutLossGuidance"), small_default=False, floor=translation_floor,
          notes="on the CPU profile only with --cases translation: its backward passes take minutes there"),
     Case("analogy_trainer", "DeltaInterpolationTrainer vs a plain PyTorch loop of the same loss", None,
          steps=lambda ctx: ctx.profile.training_steps - ctx.profile.training_short_steps, baseline=None,

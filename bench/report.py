@@ -21,11 +21,19 @@ from cases import CPU_FULL_PROFILE as CPU_FULL, CPU_PROFILE as CPU, CUDA_PROFILE
 RESULTS = BENCH / "results"
 README = BENCH / "README.md"
 
-# target: (case, model the target is stated for, limit on time ratio, limit on peak GB or None)
+# target: (case, model the target is stated for, limit on time ratio, limit on peak GB or None); a time
+# limit in FloorLimit is a multiple of the method's floor (the row's floor_ratio), not of plain sampling
+
+
+class FloorLimit(float):
+    """A time limit stated as a multiple of the method's floor."""
+
+
 TARGETS = [
     ("DDIMInvert ≤ 1.05× plain sampling of the same steps", "ddim_invert", 1.05, None),
     ("Appearance transfer end to end (both inversions) ≤ 2.5× one plain sampling", "appearance_transfer", 2.5, None),
-    ("CutLossGuidance ≤ 3× plain sampling, peak memory ≤ 12 GB", "translation", 3.0, 12.0),
+    ("CutLossGuidance ≤ 1.1× its floor (issue 14; issue 6 asked ≤ 3× plain sampling, below the floor of 4.5×), "
+     "peak memory ≤ 12 GB", "translation", FloorLimit(1.1), 12.0),
     ("DeltaInterpolationTrainer: steps/s and peak memory better than a plain PyTorch loop of the same loss",
      "analogy_trainer", None, None),
 ]
@@ -46,14 +54,21 @@ CAUSES = {
         "1024 rows at a time, and nothing in a step reads a value back to the host except the one sigma per "
         "UNet call that tells the patch which step it is in."),
     "translation": (
-        "Each guided step runs a forward and a backward pass of the UNet for the PatchNCE + cross-attention "
-        "losses, then the CFG prediction: about 3 UNet-forward equivalents per step plus the backward. "
-        "On hosts before Dynamic VRAM (the pinned 0.3.75, where these CPU figures come from) every pass of the "
-        "guider runs on the differentiable clone, so each UNet forward also copies the weights once (the copies "
-        "are not kept for the backward pass), including the reference and CFG passes that need no gradient. On "
-        "hosts with `ModelPatcher.clone(force_deepcopy=...)` (v0.16+) the guider samples a private copy of the "
-        "model reloaded with ordinary weights instead, as ComfyUI's training node does: no per-forward copies, "
-        "one model load per run (not measured on a GPU)."),
+        "Floor: per guided step 1 reference row-forward (the caption is the negative too, so one set of maps "
+        "serves both CFG rows) + a forward and a backward pass per CFG row for the guidance loss (3 × 2) + the "
+        "CFG step (2) = 9 row-forwards against plain sampling's 2: 4.5×. Measured on this CPU (small SD1.5 "
+        "test model, 64 px, 6 steps; the machine was shared with other jobs, so single figures move by ±20 %), "
+        "2026-12-01, two runs back to back on the pinned 0.3.75 with the same bench code: before issue 14 "
+        "(pack 2a4e6f3, whole reference pass stored first, in fp16) 8.67× plain, after (lockstep) 6.21× = "
+        "1.38× the floor; on v0.33.0 (reload gradient path) 7.73× = 1.72× the floor. What remains above the "
+        "floor: the guided and reference passes materialise the attention probabilities softmax(QKᵀ) of every "
+        "attn2 (the loss compares them) where plain sampling uses fused attention; per-call overhead dominates "
+        "the tiny models; on hosts before Dynamic VRAM (0.3.75) every UNet forward of the run copies the "
+        "weights, also in the reference and CFG passes, because `comfy.ops` casts any layer that has a weight "
+        "function with a copy and the identity wrappers the gradient needs belong to the loaded patcher "
+        "(limiting them to the gradient passes would mean loading another patcher twice per step); on v0.16+ "
+        "hosts no pass copies weights (the run samples a private reloaded copy with ordinary weights, as "
+        "ComfyUI's training node), but each run loads the model once more. GPU ratio pending."),
     "analogy_trainer": (
         "Measured on a CPU at real SD1.5 size (512², 2 threads, bench/results 2026-11-23-cpu): 0.85× the plain "
         "loop's time per step and 0.67× its peak memory growth, same losses. Why it is leaner: the two "
@@ -128,14 +143,15 @@ def run_table(stem: str, run: dict, picked: dict[str, list[dict]]) -> list[str]:
                 if not cuda and m.get("load_average") else ""),
              f"Memory: {run['memory_method']}.", ""]
     mem_head = "peak GiB" if cuda else "peak RSS growth MiB"
-    lines.append(f"| model | case | steps | s / image | ms / step | {mem_head} | time × plain | memory × plain |")
-    lines.append("|---|---|---:|---:|---:|---:|---:|---:|")
+    lines.append(f"| model | case | steps | s / image | ms / step | {mem_head} | time × plain | memory × plain "
+                 "| floor × plain | time × floor |")
+    lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for model, rows in picked.items():
         data = run["models"][model]
         for r in rows:
             label = f"{model} {data['size']}px"
             if r.get("error"):
-                lines.append(f"| {label} | {r['case']} | {r['steps']} | FAILED | | | | |")
+                lines.append(f"| {label} | {r['case']} | {r['steps']} | FAILED | | | | | | |")
                 continue
             mem = _gib(r["peak_bytes_median"]) if cuda else _mib(r["peak_bytes_median"])
             ratio_t = f"{r['time_ratio']:.2f}" if "time_ratio" in r else "1 (baseline)"
@@ -145,8 +161,14 @@ def run_table(stem: str, run: dict, picked: dict[str, list[dict]]) -> list[str]:
                 steps, speed = f"{r['steps']} training", f"{r['steps_per_second']:.3f} steps/s"
             else:
                 steps, speed = str(r["steps"]), f"{r['seconds_median']:.3f}"
+            floor = f"{r['floor_ratio']:.2f}" if r.get("floor_ratio") else ""
+            over = f"{r['time_over_floor']:.2f}" if r.get("time_over_floor") else ""
             lines.append(f"| {label} | {name} | {steps} | {speed} | {r.get('ms_per_step', 0):.1f} "
-                         f"| {mem} | {ratio_t} | {ratio_m} |")
+                         f"| {mem} | {ratio_t} | {ratio_m} | {floor} | {over} |")
+    counted = sorted({r["floor_counted"] for rows in picked.values() for r in rows if r.get("floor_counted")})
+    if counted:
+        lines += ["", "Floor (UNet row-forward equivalents per step, a backward pass counted as two forwards): "
+                  + "; ".join(counted) + "."]
     if run.get("skipped_cases"):
         lines += ["", "Skipped: " + "; ".join(f"{k} ({v})" for k, v in run["skipped_cases"].items()) + "."]
     return lines + [""]
@@ -174,7 +196,13 @@ def _cell(r, limit_t, limit_gb, cuda: bool) -> tuple[str, bool]:
         return (f"{r['steps_per_second']:.3f} steps/s, {mem}; × plain loop: time {r['time_ratio']:.2f}, "
                 f"memory {memory} ({same})"), ok and bool(r.get("losses_match"))
     cell = f"{r['time_ratio']:.2f}×"
-    ok = limit_t is None or r["time_ratio"] <= limit_t
+    if isinstance(limit_t, FloorLimit):
+        if not r.get("time_over_floor"):
+            return cell + " (floor not recorded)", False
+        cell += f" = {r['time_over_floor']:.2f}× its floor of {r['floor_ratio']:.2f}×"
+        ok = r["time_over_floor"] <= limit_t
+    else:
+        ok = limit_t is None or r["time_ratio"] <= limit_t
     if limit_gb is not None:
         gb = r["peak_bytes_median"] / 1e9
         cell += f", {gb:.1f} GB" if cuda else ""

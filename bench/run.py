@@ -120,6 +120,9 @@ def run_model(runner, ctx, cases, repeats: int, device: str, folder) -> list[dic
         if row["seconds_median"] and b.get("seconds_median"):
             row["ms_per_step"] = round(1000 * row["seconds_median"] / steps, 2)
             row["time_ratio"] = round(row["seconds_median"] / b["seconds_median"], 3)
+            if case.floor is not None:
+                row["floor_ratio"], row["floor_counted"] = case.floor(ctx)
+                row["time_over_floor"] = round(row["time_ratio"] / row["floor_ratio"], 3)
             if b["peak_bytes_median"]:
                 row["memory_ratio"] = round(row["peak_bytes_median"] / b["peak_bytes_median"], 3)
             if device == "cuda" and b["peak_bytes_median"] - b["start_bytes_median"] > 0:

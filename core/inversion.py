@@ -22,6 +22,7 @@ References
 """
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -213,6 +214,19 @@ class Inversion:
         return self
 
 
+def _inversion_noise(
+    denoise: Denoiser, x_in: torch.Tensor, level: float,
+    regularization: Optional[NoiseRegularization], rng: Optional[random.Random],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(eps_hat, x0_hat) of the model at ``level`` on ``x_in`` (Karras et al. 2022, Eq. 3), eps
+    regularised as in pix2pix-zero when asked."""
+    x0_hat = denoise(x_in, torch.full((x_in.shape[0],), level, dtype=x_in.dtype, device=x_in.device))
+    eps = predicted_noise(x_in, x0_hat, level)
+    if regularization is not None:
+        eps = regularize_noise(eps, regularization, rng or random.Random(0))
+    return eps, x0_hat
+
+
 def invert_ddim(
     denoise: Denoiser,
     x0: torch.Tensor,
@@ -238,16 +252,78 @@ def invert_ddim(
     trajectory = [x0]
     for i, (sigma_from, sigma_to) in enumerate(zip(levels[:-1], levels[1:])):
         x_in = x * (input_scale(sigma_from) / input_scale(sigma_to))
-        sigma = torch.full((x.shape[0],), sigma_to, dtype=x.dtype, device=x.device)
-        x0_hat = denoise(x_in, sigma)
-        eps = predicted_noise(x_in, x0_hat, sigma_to)
-        if regularization is not None:
-            eps = regularize_noise(eps, regularization, rng or random.Random(0))
+        eps, x0_hat = _inversion_noise(denoise, x_in, sigma_to, regularization, rng)
         x = ddim_step(x, eps, sigma_from, sigma_to)
         trajectory.append(x)
         if callback is not None:
             callback(i, x, x0_hat)
     return trajectory[::-1]
+
+
+DIFFUSERS = "diffusers"
+PIX2PIX_ZERO = "pix2pix_zero"
+CONVENTIONS = (DIFFUSERS, PIX2PIX_ZERO)
+
+
+def previous_training_level(training_sigmas: torch.Tensor) -> Callable[[float], float]:
+    """sigma(t - 1) for a level sigma(t) of the model's training timesteps (``training_sigmas`` =
+    sigma(0..T-1), ascending). pix2pix-zero's scheduler keeps its latents one timestep below the
+    label it gives the UNet (``steps_offset = 1``: labels t, states at alphas_cumprod[t - 1])."""
+    table = training_sigmas.double()
+
+    def previous(sigma: float) -> float:
+        index = int((table - sigma).abs().argmin())
+        if not math.isclose(float(table[index]), sigma, rel_tol=1e-4) or index == 0:
+            raise ValueError(f"sigma {sigma:.6g} is not a training timestep above 0 of the model")
+        return float(table[index - 1])
+
+    return previous
+
+
+def invert_ddim_pix2pix_zero(
+    denoise: Denoiser,
+    x0: torch.Tensor,
+    sigmas: torch.Tensor,
+    start_step: int,
+    input_scale: Callable[[float], float],
+    previous_level: Callable[[float], float],
+    regularization: Optional[NoiseRegularization] = None,
+    rng: Optional[random.Random] = None,
+    callback: Optional[StepCallback] = None,
+) -> list[torch.Tensor]:
+    """DDIM inversion in pix2pix-zero's convention (official ``src/utils/ddim_inv.py`` with its
+    ``DDIMInverseScheduler``, ``steps_offset = 1``; Parmar et al. 2023, Sec. 3.1).
+
+    The sampling schedule's levels are UNet labels t_{N-1} < ... < t_0 (``ddim_uniform``: 1, 21, ...,
+    981 at 50 steps). The inversion's state for label t is the VP latent at alphas_cumprod[t - 1]:
+    the clean latent is read as the state of the second-lowest label (at 50 steps: as the latent at
+    alphas_cumprod[20]; the lowest label is never stepped from), and each step from label t_a to the
+    next label t_b predicts eps with the UNet at label t_a on the state at t_a - 1, then moves the
+    state to t_b - 1 by the DDIM update (Song et al. 2021, Eq. 12): at 50 steps 48 steps, labels 21
+    .. 961, ending at alphas_cumprod[980]. The sampler reads each state at its label (the VP latent
+    unchanged), as the official edit pass reads x_T at timestep 981.
+
+    In sigma space (x = z / c_in(sigma)) with ``previous_level(s(t)) = s(t - 1)``: the UNet input is
+    the state relabelled from s(t_a - 1) to s(t_a), and x += (s(t_b - 1) - s(t_a - 1)) * eps.
+    Returns latents aligned with ``sigmas[start_step:]`` (each state read at its label; the lowest
+    label holds the clean latent read there) followed by the clean input, as :func:`invert_ddim`.
+    """
+    labels = sigmas[start_step:].flip(0).tolist()[1:]  # s(t_{N-1}) < ... < s(t_start), without the 0
+    if not labels:
+        return [x0]
+    states = [previous_level(level) for level in labels]
+    readouts = [x0 / input_scale(labels[0])]  # the lowest label: the clean latent read there
+    x = x0 / input_scale(states[1]) if len(labels) > 1 else x0
+    for i in range(1, len(labels) - 1):
+        label, state, next_state = labels[i], states[i], states[i + 1]
+        readouts.append(x * (input_scale(state) / input_scale(label)))
+        eps, x0_hat = _inversion_noise(denoise, readouts[-1], label, regularization, rng)
+        x = ddim_step(x, eps, state, next_state)
+        if callback is not None:
+            callback(i - 1, x, x0_hat)
+    if len(labels) > 1:
+        readouts.append(x * (input_scale(states[-1]) / input_scale(labels[-1])))
+    return readouts[::-1] + [x0]
 
 
 def invert_edit_friendly(

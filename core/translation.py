@@ -322,6 +322,77 @@ def sentence_templates(concept: str, caption: Optional[str] = None) -> list[str]
     return sentences
 
 
+CAPTION_WRAPPERS: tuple[str, ...] = (
+    "{P}",
+    "a photo of {S}",
+    "an image showing {S}",
+    "{S}, high quality",
+    "{S}, detailed photograph",
+    "a close-up of {S}",
+    "a wide shot of {S}",
+    "{S} in natural light",
+    "a realistic picture of {S}",
+    "there is {S}",
+    "{S}, sharp focus",
+    "a cropped photo of {S}",
+    "{S}, centered",
+    "a bright photo of {S}",
+    "a dark photo of {S}",
+    "a blurry photo of {S}",
+)
+"""The pack's sentences around a whole caption (``{P}`` the caption as typed, ``{S}`` its subject
+without a leading "a photo of"-like phrase). Their prefixes and suffixes of different lengths move
+the caption's tokens to different positions, as pix2pix-zero's free-form sentences do, so the mean
+difference is not tied to one token layout."""
+
+_DEPICTION_PREFIXES = ("a photo of ", "a photograph of ", "a picture of ", "an image of ", "an image showing ",
+                       "a painting of ", "a drawing of ")
+
+
+def caption_subject(caption: str) -> str:
+    """The caption without a leading depiction phrase ("a photo of a cat" -> "a cat"), so the
+    wrappers of :data:`CAPTION_WRAPPERS` do not stack two of them."""
+    caption = " ".join(caption.split())
+    lowered = caption.lower()
+    for prefix in _DEPICTION_PREFIXES:
+        if lowered.startswith(prefix) and len(caption) > len(prefix):
+            return caption[len(prefix):]
+    return caption
+
+
+def changed_words(caption: str, target_caption: str) -> tuple[str, str]:
+    """The words that differ between two captions: both without their longest common word prefix
+    and suffix (case-insensitive). "a photo of a cat sitting" -> "a photo of a dog sitting" gives
+    ("cat", "dog"); an addition gives an empty source ("a cat" -> "a cat with glasses": ("", "with
+    glasses"))."""
+    a, b = caption.split(), target_caption.split()
+    lower_a, lower_b = [w.lower() for w in a], [w.lower() for w in b]
+    start = 0
+    while start < min(len(a), len(b)) and lower_a[start] == lower_b[start]:
+        start += 1
+    end = 0
+    while end < min(len(a), len(b)) - start and lower_a[len(a) - 1 - end] == lower_b[len(b) - 1 - end]:
+        end += 1
+    return " ".join(a[start:len(a) - end]), " ".join(b[start:len(b) - end])
+
+
+def caption_sentences(caption: str, changed_word: str) -> list[str]:
+    """One side's sentence set in the caption form of the edit direction (pix2pix-zeroCon, Si et al.
+    2025, Fig. 2: the direction comes from the reference image's caption and the target prompt; the
+    paper's sentences come from BLIP and a language model, which the pack does not use): the caption
+    in each of :data:`CAPTION_WRAPPERS`, plus :func:`sentence_templates` around the words that changed
+    (none when nothing was removed or added on this side). Both sides use the same wrappers in the
+    same order, so whatever a wrapper adds cancels in the mean difference (pix2pix-zero Sec. 3.2)."""
+    caption = " ".join(caption.split())
+    if not caption:
+        raise ValueError("caption_sentences needs a non-empty caption")
+    subject = caption_subject(caption)
+    sentences = [w.format(P=caption, S=subject) for w in CAPTION_WRAPPERS]
+    if changed_word.strip():
+        sentences += sentence_templates(changed_word)
+    return sentences
+
+
 # --- explicit attention (the maps L_xa compares) ---------------------------------------------
 
 

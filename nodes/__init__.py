@@ -4,11 +4,13 @@ from __future__ import annotations
 from .host import ComfyExtension, io
 from .appearance import SemanticFeatureRearrange
 from .analogy import DeltaInterpolationTrainer, TokenInjector
+from .analogy_score import AnalogyScore
 from .inversion import DDIMInvert, InversionReplaySampler
 from .translation import CutLossGuidance, EditDirectionNode
 
 NODES: list[type[io.ComfyNode]] = [DDIMInvert, InversionReplaySampler, SemanticFeatureRearrange,
-                                 EditDirectionNode, CutLossGuidance, DeltaInterpolationTrainer, TokenInjector]
+                                 EditDirectionNode, CutLossGuidance, DeltaInterpolationTrainer, TokenInjector,
+                                 AnalogyScore]
 
 
 class ExemplarEditExtension(ComfyExtension):

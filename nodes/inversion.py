@@ -76,6 +76,13 @@ class DDIMInvert(host.PackNode):
                              tooltip="Outer regularisation iterations per step (pix2pix-zero: 5)."),
                 io.Int.Input("auto_correlation_rolls", default=5, min=1, max=100,
                              tooltip="Auto-correlation gradient steps per outer iteration (pix2pix-zero: 5)."),
+                io.Combo.Input("convention", options=list(inv.CONVENTIONS), default=inv.DIFFUSERS, optional=True,
+                               tooltip="ddim only: which DDIM inversion. diffusers: from the clean latent at sigma 0 "
+                                       "through every level, the model evaluated at the level being stepped to "
+                                       "(diffusers' DDIMInverseScheduler, null-text inversion). pix2pix_zero: the "
+                                       "official pix2pix-zero loop, the model evaluated at the current level, the "
+                                       "clean latent read as the second-lowest level (48 steps at 50); needs "
+                                       "scheduler ddim_uniform."),
                 io.Conditioning.Input("negative", optional=True,
                                       tooltip="Negative conditioning, needed only when cfg is above 1."),
             ],
@@ -95,11 +102,19 @@ class DDIMInvert(host.PackNode):
             raise InputError(f"skip_steps: {skip_steps} must be between 0 and steps - 1 = {steps - 1}")
         if values.get("noise_regularization") and values.get("mode") not in (None, inv.DDIM):
             raise InputError("noise_regularization: only applies to mode 'ddim'; turn it off for edit_friendly_ddpm")
+        if values.get("convention") == inv.PIX2PIX_ZERO:
+            if values.get("mode") not in (None, inv.DDIM):
+                raise InputError("convention: pix2pix_zero is a DDIM inversion; set mode to ddim or convention to diffusers")
+            if values.get("scheduler") not in (None, "ddim_uniform"):
+                raise InputError(
+                    f"convention: pix2pix_zero is defined on the DDIM timesteps, not on scheduler "
+                    f"{values.get('scheduler')!r}; set scheduler to ddim_uniform (or convention to diffusers)"
+                )
 
     @classmethod
     def execute(cls, model, positive, latent, mode, steps, cfg, scheduler, skip_steps, seed,
                 noise_regularization, lambda_ac, lambda_kl, regularization_steps, auto_correlation_rolls,
-                negative=None) -> io.NodeOutput:
+                convention=inv.DIFFUSERS, negative=None) -> io.NodeOutput:
         cls.refuse_invalid(locals())
         if mode not in inv.MODES:
             raise InputError(f"mode: {mode!r} is not one of {list(inv.MODES)}")
@@ -116,6 +131,7 @@ class DDIMInvert(host.PackNode):
 
         sigmas = host.schedule(model, scheduler, steps)
         c_in = host.input_scale(model)
+        previous_level = inv.previous_training_level(host.training_sigmas(model))
         regularization = (
             inv.NoiseRegularization(lambda_ac, lambda_kl, regularization_steps, auto_correlation_rolls)
             if noise_regularization else None
@@ -123,7 +139,11 @@ class DDIMInvert(host.PackNode):
         record: dict = {}
 
         def loop(denoise, x, _sigmas, context, on_step):
-            if mode == inv.DDIM:
+            if mode == inv.DDIM and convention == inv.PIX2PIX_ZERO:
+                latents = inv.invert_ddim_pix2pix_zero(denoise, x, sigmas, skip_steps, c_in, previous_level,
+                                                       regularization, random.Random(seed), on_step)
+                record["latents"], record["noise_maps"] = latents, None
+            elif mode == inv.DDIM:
                 latents = inv.invert_ddim(denoise, x, sigmas, skip_steps, c_in, regularization,
                                           random.Random(seed), on_step)
                 record["latents"], record["noise_maps"] = latents, None

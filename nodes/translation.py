@@ -85,8 +85,12 @@ def _mean_embedding(clip, sentences: tuple[str, ...]) -> tuple[torch.Tensor, Opt
     return mean, mean_pooled, encoders
 
 
+def _custom_sentences(custom: str) -> tuple[str, ...]:
+    return tuple(line.strip() for line in custom.splitlines() if line.strip())
+
+
 def _sentences(concept: str, custom: str, caption: str, concept_input: str, sentences_input: str) -> tuple[str, ...]:
-    lines = tuple(line.strip() for line in custom.splitlines() if line.strip())
+    lines = _custom_sentences(custom)
     if lines:
         return lines
     if not concept.strip():
@@ -106,22 +110,26 @@ class EditDirectionNode(host.PackNode):
             category=CATEGORY,
             description=(
                 "A text-embedding edit direction for CutLossGuidance (pix2pix-zero Sec. 3.2): the mean "
-                "text-encoder output (all 77 tokens) over sentences about the target concept minus the same "
-                "for the source concept, times the multiplier. Sentences come from built-in templates around "
-                "the concept and caption, or from your own lists. SDXL uses both text encoders; the pooled "
-                "CLIP-G embedding gets the same mean difference. Results are cached per CLIP and sentence set."
+                "text-encoder output (all 77 tokens) over sentences about the target minus the same for the "
+                "source, times the multiplier. Caption form (pix2pix-zeroCon): fill caption and target_caption "
+                "(e.g. 'a photo of a cat sitting' -> 'a photo of a dog sitting'); both captions are wrapped in "
+                "the same built-in sentence frames, plus templates around the words that changed. Concept form: "
+                "leave target_caption empty; templates around the source and target words. Your own sentence "
+                "lists replace either side. SDXL uses both text encoders; the pooled CLIP-G embedding gets the "
+                "same mean difference. Results are cached per CLIP and sentence set."
             ),
             inputs=[
                 io.Clip.Input("clip", tooltip="The checkpoint's CLIP (the same one that encodes the caption)."),
                 io.String.Input("source", default="cat",
-                                tooltip="The concept in the image to change (e.g. 'cat', 'photo'). Unused when "
-                                        "source_sentences is filled."),
+                                tooltip="Concept form: the concept in the image to change (e.g. 'cat', 'photo'). "
+                                        "Unused when source_sentences or target_caption is filled."),
                 io.String.Input("target", default="dog",
-                                tooltip="The concept to change it into (e.g. 'dog', 'watercolor painting'). Unused "
-                                        "when target_sentences is filled."),
+                                tooltip="Concept form: the concept to change it into (e.g. 'dog', 'watercolor "
+                                        "painting'). Unused when target_sentences or target_caption is filled."),
                 io.String.Input("caption", default="",
-                                tooltip="Optional caption of the image; the templates also put each concept next "
-                                        "to it. Leave empty for concept-only templates."),
+                                tooltip="The caption of the image (the same text that conditions the inversion and "
+                                        "CutLossGuidance). Caption form: the source side. Concept form: optional, "
+                                        "the templates also put each concept next to it."),
                 io.Float.Input("multiplier", default=1.0, min=-4.0, max=4.0, step=0.05,
                                tooltip="Scales the direction (pix2pix-zero demo: 'edit multiplier', 0-2, default 1). "
                                        "0 gives no edit."),
@@ -131,6 +139,11 @@ class EditDirectionNode(host.PackNode):
                 io.String.Input("target_sentences", default="", multiline=True,
                                 tooltip="Optional: your own sentences about the target concept, one per line. "
                                         "Replaces the templates."),
+                io.String.Input("target_caption", default="", optional=True,
+                                tooltip="Caption form (pix2pix-zeroCon): the caption as it should read after the "
+                                        "edit, e.g. 'a photo of a dog sitting' for 'a photo of a cat sitting'. The "
+                                        "words that differ from caption give the concept templates; source and "
+                                        "target are unused. Empty: concept form."),
             ],
             outputs=[EditDirectionType.Output(
                 display_name="DIRECTION",
@@ -138,12 +151,37 @@ class EditDirectionNode(host.PackNode):
         )
 
     @classmethod
-    def execute(cls, clip, source, target, caption, multiplier, source_sentences, target_sentences) -> io.NodeOutput:
+    def check_inputs(cls, values: dict) -> None:
+        target_caption = values.get("target_caption")
+        if not isinstance(target_caption, str) or not target_caption.strip():
+            return
+        caption = values.get("caption")
+        if isinstance(caption, str):
+            if not caption.strip():
+                raise InputError(
+                    "caption: target_caption is filled (caption form), so type the image's caption here too, "
+                    "e.g. 'a photo of a cat sitting' for target_caption 'a photo of a dog sitting'"
+                )
+            if tr.changed_words(caption, target_caption) == ("", ""):
+                raise InputError(
+                    f"target_caption: {target_caption!r} says the same as caption {caption!r}, so the edit direction "
+                    "would be zero; write the caption as it should read after the edit"
+                )
+
+    @classmethod
+    def execute(cls, clip, source, target, caption, multiplier, source_sentences, target_sentences,
+                target_caption="") -> io.NodeOutput:
         cls.refuse_invalid(locals())
         if clip is None:
             raise InputError("clip: no CLIP; connect the checkpoint's CLIP output")
-        src = _sentences(source, source_sentences, caption, "source", "source_sentences")
-        tgt = _sentences(target, target_sentences, caption, "target", "target_sentences")
+        if target_caption.strip():
+            removed, added = tr.changed_words(caption, target_caption)
+            src = _custom_sentences(source_sentences) or tuple(tr.caption_sentences(caption, removed))
+            tgt = _custom_sentences(target_sentences) or tuple(tr.caption_sentences(target_caption, added))
+            source, target = caption, target_caption
+        else:
+            src = _sentences(source, source_sentences, caption, "source", "source_sentences")
+            tgt = _sentences(target, target_sentences, caption, "target", "target_sentences")
         src_mean, src_pooled, encoders = _mean_embedding(clip, src)
         tgt_mean, tgt_pooled, _ = _mean_embedding(clip, tgt)
         tokens = tr.edit_direction(src_mean, tgt_mean) * multiplier

@@ -54,6 +54,74 @@ def relative_error(a, b) -> float:
     return float((a - b).abs().mean() / b.abs().mean())
 
 
+# --- a small CLIP vision model (random weights, deterministic) --------------------------------
+
+TINY_VISION_CONFIG = {
+    "attention_dropout": 0.0, "dropout": 0.0, "hidden_act": "quick_gelu", "hidden_size": 64, "image_size": 224,
+    "initializer_factor": 1.0, "initializer_range": 0.02, "intermediate_size": 128, "layer_norm_eps": 1e-05,
+    "model_type": "clip_vision_model", "num_attention_heads": 2, "num_channels": 3, "num_hidden_layers": 2,
+    "patch_size": 14, "projection_dim": 768, "torch_dtype": "float32",
+}
+"""A 2-layer, 64-wide ViT with ViT-L/14's patch size, input size and 768-d projection: ComfyUI's
+``ClipVisionModel`` of this config encodes like the real one, in milliseconds."""
+
+
+def make_tiny_clip_vision(folder: Path):
+    """ComfyUI's ``ClipVisionModel`` of :data:`TINY_VISION_CONFIG` (its config file written to
+    ``folder``), with fan-in scaled random weights from the e2e test CLIP's seeded generator."""
+    import json
+    import math
+
+    import comfy.clip_vision
+    import torch
+    from make_test_clip import _randn  # tools/: the same seeded generator as the e2e test CLIP
+
+    folder.mkdir(parents=True, exist_ok=True)
+    config = folder / "tiny_clip_vision.json"
+    config.write_text(json.dumps(TINY_VISION_CONFIG))
+    vision = comfy.clip_vision.ClipVisionModel(str(config))
+    sd = {}
+    for name, tensor in vision.get_sd().items():
+        if tensor.ndim == 1:
+            is_norm = ("layer_norm" in name or "layrnorm" in name or "layernorm" in name) and name.endswith("weight")
+            sd[name] = torch.ones(tensor.shape) if is_norm else _randn(name, tensor.shape, 0.02)
+        else:
+            fan_in = int(math.prod(tensor.shape[1:]))
+            sd[name] = _randn(name, tensor.shape, 1.0 / math.sqrt(fan_in))
+    missing, _ = vision.load_sd(sd)
+    assert not missing, missing
+    return vision
+
+
+class TinyCLIPVisionLoader:
+    """Test-only loader node: the small random CLIP vision model (built once per session). Its
+    config file goes to ``folder`` (a temporary folder when none was set)."""
+
+    folder: Path | None = None
+    _cached = None
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {}}
+
+    RETURN_TYPES = ("CLIP_VISION",)
+    FUNCTION = "load"
+    CATEGORY = "testing"
+
+    def load(self):
+        if TinyCLIPVisionLoader._cached is None:
+            folder = TinyCLIPVisionLoader.folder
+            if folder is None:
+                import atexit
+                import shutil
+                import tempfile
+
+                folder = Path(tempfile.mkdtemp(prefix="ee_clip_vision_"))
+                atexit.register(shutil.rmtree, folder, True)
+            TinyCLIPVisionLoader._cached = make_tiny_clip_vision(folder)
+        return (TinyCLIPVisionLoader._cached,)
+
+
 # --- running API-format graphs through ComfyUI's own validator and executor, in-process -------
 
 CAPTURED: dict[str, tuple] = {}

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import atexit
 import json
-import math
 import shutil
 import tempfile
 import time
@@ -44,10 +43,6 @@ _host.add_model_folder("text_encoders", str(TEXT_ENCODERS))
 # --- small CLIP models (random weights, deterministic) ---------------------------------------
 
 
-
-from make_test_clip import _randn  # noqa: E402  (same seeded generator as the e2e test CLIP)
-
-
 def write_alignment_text_encoder(path: Path) -> Path:
     import make_test_clip  # tools/ is on sys.path (pack_testing): the builder of the e2e test CLIP
     from safetensors.torch import save_file
@@ -57,52 +52,8 @@ def write_alignment_text_encoder(path: Path) -> Path:
     return path
 
 
-TINY_VISION_CONFIG = {
-    "attention_dropout": 0.0, "dropout": 0.0, "hidden_act": "quick_gelu", "hidden_size": 64, "image_size": 224,
-    "initializer_factor": 1.0, "initializer_range": 0.02, "intermediate_size": 128, "layer_norm_eps": 1e-05,
-    "model_type": "clip_vision_model", "num_attention_heads": 2, "num_channels": 3, "num_hidden_layers": 2,
-    "patch_size": 14, "projection_dim": 768, "torch_dtype": "float32",
-}
-
-
-def make_tiny_clip_vision(folder: Path):
-    import comfy.clip_vision
-
-    folder.mkdir(parents=True, exist_ok=True)
-    config = folder / "tiny_clip_vision.json"
-    config.write_text(json.dumps(TINY_VISION_CONFIG))
-    vision = comfy.clip_vision.ClipVisionModel(str(config))
-    sd = {}
-    for name, tensor in vision.get_sd().items():
-        if tensor.ndim == 1:
-            is_norm = ("layer_norm" in name or "layrnorm" in name or "layernorm" in name) and name.endswith("weight")
-            sd[name] = torch.ones(tensor.shape) if is_norm else _randn(name, tensor.shape, 0.02)
-        else:
-            fan_in = int(math.prod(tensor.shape[1:]))
-            sd[name] = _randn(name, tensor.shape, 1.0 / math.sqrt(fan_in))
-    missing, _ = vision.load_sd(sd)
-    assert not missing, missing
-    return vision
-
-
-class TinyCLIPVisionLoader:
-    """Test-only: a small random ComfyUI ClipVisionModel (see module docstring)."""
-
-    folder: Path | None = None
-    _cached = None
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {}}
-
-    RETURN_TYPES = ("CLIP_VISION",)
-    FUNCTION = "load"
-    CATEGORY = "testing"
-
-    def load(self):
-        if TinyCLIPVisionLoader._cached is None:
-            TinyCLIPVisionLoader._cached = make_tiny_clip_vision(TinyCLIPVisionLoader.folder)
-        return (TinyCLIPVisionLoader._cached,)
+# the tiny CLIP vision model is shared with the Analogy Score test (pack_testing)
+from pack_testing import TINY_VISION_CONFIG, TinyCLIPVisionLoader, make_tiny_clip_vision  # noqa: E402,F401
 
 
 @pytest.fixture(scope="module")

@@ -111,17 +111,31 @@ def test_stock_ddim_sampler_replays_a_ddim_inversion_like_the_replay_sampler(gra
     assert relative_error(stock, ours) < 1e-5
 
 
+def _stock_sampler_run(patcher, clip, loop, out: dict) -> torch.Tensor:
+    """``loop`` (a k-diffusion style sampler function) run by a stock KSAMPLER through ComfyUI's own
+    sample_custom, from the graph's original latent, under the graph's caption at cfg 1, on the
+    inversion's schedule: the model evaluations the node's inversion must equal."""
+    import comfy.sample
+    import comfy.samplers
+
+    with torch.inference_mode():
+        tokens = clip.tokenize("a photo of a red cat")
+        cond, pooled = clip.encode_from_tokens(tokens, return_pooled=True)
+        positive = [[cond, {"pooled_output": pooled}]]
+        original = out["original"]["samples"]
+        return comfy.sample.sample_custom(
+            patcher, torch.zeros_like(original), 1.0, comfy.samplers.KSAMPLER(loop),
+            out["inversion"].sigmas, positive, positive, original)
+
+
 def test_ddim_inversion_node_matches_diffusers_on_the_test_model(graph):
     """The node's inversion equals diffusers' DDIMInverseScheduler stepping with the same model's
     predictions (ComfyUI's own guided x0, run through a stock KSAMPLER)."""
     diffusers = pytest.importorskip("diffusers")
-    import comfy.sample
-    import comfy.samplers
     import comfy.sd
 
     steps = 10
     out = graph.run(roundtrip_prompt(SD15, "ddim", steps=steps, cfg=1.0))
-    inversion = out["inversion"]
 
     patcher, clip, _vae, _ = comfy.sd.load_checkpoint_guess_config(str(checkpoint_path(SD15)), output_vae=False)
     sampling = patcher.get_model_object("model_sampling")
@@ -139,17 +153,57 @@ def test_ddim_inversion_node_matches_diffusers_on_the_test_model(graph):
             x = scheduler.step(eps, t, x).prev_sample
         return x * (float(sampling.sigmas[int(scheduler.timesteps[-1])]) ** 2 + 1) ** 0.5
 
-    with torch.inference_mode():
-        tokens = clip.tokenize("a photo of a red cat")
-        cond, pooled = clip.encode_from_tokens(tokens, return_pooled=True)
-        positive = [[cond, {"pooled_output": pooled}]]
-        original = out["original"]["samples"]
-        reference = comfy.sample.sample_custom(
-            patcher, torch.zeros_like(original), 1.0, comfy.samplers.KSAMPLER(diffusers_inversion),
-            inversion.sigmas, positive, positive, original)
+    reference = _stock_sampler_run(patcher, clip, diffusers_inversion, out)
     ours = out["inverted"]["samples"]
     assert relative_error(ours, reference) < 1e-4, relative_error(ours, reference)
-    assert relative_error(ours, original) > 0.5  # and it did move
+    assert relative_error(ours, out["original"]["samples"]) > 0.5  # and it did move
+
+
+def test_pix2pix_zero_convention_equals_the_official_loop_on_the_test_model(graph):
+    """convention pix2pix_zero: the official loop (labels r+1 .. (N-2)r+1, the UNet at the current
+    level, start at alphas_cumprod[r], end at alphas_cumprod[(N-1)r]) written out in VP latents with
+    the same model's eps through a stock KSAMPLER; the edit reads x_T at label (N-1)r+1."""
+    import comfy.sd
+
+    steps = 10
+    prompt = roundtrip_prompt(SD15, "ddim", steps=steps, cfg=1.0)
+    prompt["6"]["inputs"]["convention"] = "pix2pix_zero"
+    out = graph.run(prompt)
+
+    patcher, clip, _vae, _ = comfy.sd.load_checkpoint_guess_config(str(checkpoint_path(SD15)), output_vae=False)
+    sampling = patcher.get_model_object("model_sampling")
+    alphas_cumprod = 1.0 / (sampling.sigmas.double() ** 2 + 1.0)
+    stride = 1000 // steps
+
+    def official_inversion(model, x, sigmas, extra_args=None, callback=None, disable=None):
+        z = x.double()  # the clean VP latent, read as the latent at alphas_cumprod[stride]
+        for t in range(stride + 1, (steps - 2) * stride + 2, stride):
+            sigma = sampling.sigmas[t].to(x.device).reshape(1)
+            x_in = (z * (sigma.double() ** 2 + 1) ** 0.5).to(x.dtype)  # sigma-space latent whose UNet input is z
+            eps = ((x_in - model(x_in, sigma.expand(x.shape[0]), **extra_args)) / sigma).double()
+            a_cur, a_next = alphas_cumprod[t - 1], alphas_cumprod[t - 1 + stride]
+            x0 = (z - (1 - a_cur).sqrt() * eps) / a_cur.sqrt()
+            z = a_next.sqrt() * x0 + (1 - a_next).sqrt() * eps
+        return (z * (float(sigmas[0]) ** 2 + 1) ** 0.5).to(x.dtype)  # read at the edit's first label
+
+    reference = _stock_sampler_run(patcher, clip, official_inversion, out)
+    ours = out["inverted"]["samples"]
+    assert relative_error(ours, reference) < 1e-4, relative_error(ours, reference)
+    diffusers_convention = graph.run(roundtrip_prompt(SD15, "ddim", steps=steps, cfg=1.0))["inverted"]["samples"]
+    assert relative_error(ours, diffusers_convention) > 1e-3
+    # replaying it back lands near the input (the two lowest levels were never inverted)
+    assert relative_error(out["reconstruction"]["samples"], out["original"]["samples"]) < 0.5
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"mode": "edit_friendly_ddpm"}, "convention: pix2pix_zero is a DDIM inversion"),
+    ({"scheduler": "karras"}, "set scheduler to ddim_uniform"),
+])
+def test_pix2pix_zero_convention_refuses_what_it_is_not_defined_for(graph, changes, message):
+    prompt = roundtrip_prompt(SD15, "ddim", steps=4, cfg=1.0)
+    prompt["6"]["inputs"].update({"convention": "pix2pix_zero", **changes})
+    with pytest.raises(GraphError, match=message):
+        graph.run(prompt)
 
 
 def test_noise_regularization_changes_the_inversion_deterministically(graph):

@@ -225,3 +225,40 @@ def test_bad_inputs_name_the_input(graph):
     with pytest.raises(InputError, match=r"^guidance_end_step"):
         nt.CutLossGuidance.execute(model=model, positive=caption, negative=caption, direction=sd15_direction,
                                    **{**settings, "guidance_start_step": 3, "guidance_end_step": 1})
+
+
+def _direction_prompt(**inputs) -> dict:
+    values = {"clip": ["1", 1], "source": "cat", "target": "dog", "caption": CAPTION, "multiplier": 1.0,
+              "source_sentences": "", "target_sentences": "", **inputs}
+    return {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": SD15}},
+        "40": {"class_type": "EditDirection", "inputs": values},
+        "41": {"class_type": "Capture", "inputs": {"key": "direction", "value": ["40", 0]}},
+    }
+
+
+def test_edit_direction_caption_form(graph):
+    """caption + target_caption: both captions in the same sentence frames plus templates around the
+    changed words; swapping the captions negates the direction; it is not the concept form's."""
+    checkpoint_path(SD15)
+    forward = graph.run(_direction_prompt(target_caption="a photo of a dog"))["direction"]
+    backward = graph.run(_direction_prompt(caption="a photo of a dog", target_caption=CAPTION))["direction"]
+    concept = graph.run(_direction_prompt())["direction"]
+    assert forward.tokens.shape == (1, 77, 768) and forward.tokens.abs().max() > 0
+    assert torch.allclose(backward.tokens, -forward.tokens, atol=1e-6)
+    assert relative_error(forward.tokens, concept.tokens) > 1e-2
+    # the concept words are unused in the caption form
+    other_words = graph.run(_direction_prompt(source="tree", target="car", target_caption="a photo of a dog"))
+    assert torch.equal(other_words["direction"].tokens, forward.tokens)
+    # own sentence lists still replace a side
+    custom = graph.run(_direction_prompt(target_caption="a photo of a dog", source_sentences=CAPTION))["direction"]
+    assert relative_error(custom.tokens, forward.tokens) > 1e-3
+
+
+@pytest.mark.parametrize("inputs, message", [
+    ({"caption": "", "target_caption": "a photo of a dog"}, "caption: target_caption is filled"),
+    ({"target_caption": "A photo of a  cat"}, "target_caption: .* says the same as caption"),
+])
+def test_edit_direction_caption_form_refuses_what_gives_no_direction(graph, inputs, message):
+    with pytest.raises(GraphError, match=message):
+        graph.run(_direction_prompt(**inputs))

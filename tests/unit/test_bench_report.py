@@ -45,3 +45,20 @@ def test_newest_row_and_training_verdict():
     assert report._cell(slower, None, None, False)[1] is False  # slower than the plain loop: not met
     assert report._cell(dict(faster, memory_ratio=1.2), None, None, False)[1] is False
     assert report._cell(dict(faster, losses_match=False), None, None, False)[1] is False  # not the same loss
+
+
+def test_floor_targets_judge_the_ratio_over_the_floor():
+    near = _method("translation", "plain", 4.8, floor_ratio=4.5, time_over_floor=1.067)
+    far = _method("translation", "plain", 6.9, floor_ratio=4.5, time_over_floor=1.533)
+    limit = report.FloorLimit(1.1)
+    assert report._cell(near, limit, None, False) == ("4.80× = 1.07× its floor of 4.50×", True)
+    assert report._cell(far, limit, None, False)[1] is False
+    assert report._cell(_method("translation", "plain", 1.0), limit, None, False)[1] is False  # no floor: not met
+    table = "\n".join(report.run_table("f", {**_run("t", {"sd15": [_base("plain"), near]}),
+                                             "machine": {"device": "cpu", "cpu": "x", "cpu_cores": 2,
+                                                         "torch_threads": 1, "torch": "t", "comfyui": "c",
+                                                         "pack_commit": "p", "python": "3"},
+                                             "profile": {"steps": 6, "appearance_steps": 8, "appearance_skip": 3,
+                                                         "repeats": 3}, "memory_method": "m"},
+                                      {"sd15": [_base("plain"), near]}))
+    assert "| 4.50 | 1.07 |" in table

@@ -266,3 +266,72 @@ def test_inversion_record_is_shared_not_copied_on_deepcopy(latent):
     record = inv.Inversion(mode=inv.DDIM, sigmas=torch.ones(3), start_step=0, latents=[latent])
     assert copy.deepcopy({"a": record})["a"] is record
     assert torch.equal(record.remaining_sigmas, torch.ones(3))
+
+
+def official_pix2pix_zero_inversion(model: ToyEps, z: torch.Tensor, steps: int, regularize=None) -> torch.Tensor:
+    """pix2pix-zero's inversion loop written out from its definition (VP latents, alphas_cumprod A):
+    r = 1000 // N; labels t = r + 1, 2r + 1, ..., (N - 2) r + 1; eps = eps(z, t) on the latent at
+    A[t - 1]; x0 = (z - sqrt(1 - A[t-1]) eps) / sqrt(A[t-1]); z = sqrt(A[t-1+r]) x0 + sqrt(1 - A[t-1+r]) eps."""
+    stride = 1000 // steps
+    for t in range(stride + 1, (steps - 2) * stride + 2, stride):
+        a_cur, a_next = float(ALPHAS_CUMPROD[t - 1]), float(ALPHAS_CUMPROD[t - 1 + stride])
+        eps = model(z, t)
+        if regularize is not None:
+            eps = regularize(eps)
+        x0 = (z - (1 - a_cur) ** 0.5 * eps) / a_cur**0.5
+        z = a_next**0.5 * x0 + (1 - a_next) ** 0.5 * eps
+    return z
+
+
+@pytest.mark.parametrize("steps", [50, 10])
+def test_pix2pix_zero_convention_equals_the_official_loop(latent, steps):
+    """48 steps at 50 (labels 21..961), the UNet at the current level's label, start at A[20], end at
+    A[980]; the state is read by the sampler at the label above it (x_T at timestep 981)."""
+    model = ToyEps()
+    sigmas, timesteps = ddim_uniform(steps)
+    calls = []
+
+    def denoise(x, sigma):
+        calls.append(timestep_of(sigma))
+        return toy_denoiser(model)(x, sigma)
+
+    previous = inv.previous_training_level(SIGMAS_ALL.float())
+    ours = inv.invert_ddim_pix2pix_zero(denoise, latent, sigmas, 0, c_in, previous)
+    stride = 1000 // steps
+    assert calls == list(range(stride + 1, (steps - 2) * stride + 2, stride))
+    assert len(ours) == len(sigmas) and torch.equal(ours[-1], latent)
+    official = official_pix2pix_zero_inversion(model, latent.clone(), steps)
+    ours_vp = ours[0] * c_in(float(sigmas[0]))  # the VP latent the edit pass starts from
+    assert torch.allclose(ours_vp, official, atol=1e-6, rtol=1e-6), (ours_vp - official).abs().max()
+    # it is not the diffusers convention (different levels and model evaluations)
+    diffusers_like = inv.invert_ddim(toy_denoiser(model), latent, sigmas, 0, c_in)[0]
+    assert (diffusers_like - ours[0]).norm() > 1e-3 * ours[0].norm()
+    # an earlier stop is the same loop cut short: state after step k read at its label
+    for skip in (1, steps - 3, steps - 2, steps - 1):
+        cut = inv.invert_ddim_pix2pix_zero(toy_denoiser(model), latent, sigmas, skip, c_in, previous)
+        assert len(cut) == len(sigmas) - skip
+        for a, b in zip(cut, ours[skip:]):
+            assert torch.allclose(a, b, atol=1e-9, rtol=1e-9)
+    # the two lowest levels hold the clean latent read at their labels (never stepped from)
+    assert torch.allclose(ours[-2], latent / c_in(float(sigmas[-2])))
+    assert torch.allclose(ours[-3], latent / c_in(float(sigmas[-3])))
+
+
+def test_pix2pix_zero_convention_regularises_each_step_before_the_update(latent):
+    model = ToyEps()
+    sigmas, _ = ddim_uniform(10)
+    settings = inv.NoiseRegularization(num_reg_steps=1, num_ac_rolls=2)
+    previous = inv.previous_training_level(SIGMAS_ALL.float())
+    ours = inv.invert_ddim_pix2pix_zero(toy_denoiser(model), latent, sigmas, 0, c_in, previous,
+                                        settings, random.Random(3))
+    rng = random.Random(3)
+    official = official_pix2pix_zero_inversion(model, latent.clone(), 10,
+                                               lambda eps: inv.regularize_noise(eps, settings, rng))
+    assert torch.allclose(ours[0] * c_in(float(sigmas[0])), official, atol=1e-6, rtol=1e-6)
+
+
+def test_previous_training_level_refuses_levels_off_the_timesteps():
+    previous = inv.previous_training_level(SIGMAS_ALL.float())
+    assert previous(float(SIGMAS_ALL[21])) == pytest.approx(float(SIGMAS_ALL[20]), rel=1e-6)
+    with pytest.raises(ValueError, match="not a training timestep"):
+        previous(float(SIGMAS_ALL[21] + SIGMAS_ALL[22]) / 2)

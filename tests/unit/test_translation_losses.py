@@ -236,3 +236,32 @@ def test_sentence_templates_deterministic():
     assert all("a cat on a sofa" in s for s in with_caption[len(tr.SENTENCE_TEMPLATES):])
     with pytest.raises(ValueError):
         tr.sentence_templates("  ")
+
+
+@pytest.mark.parametrize("caption, target, expected", [
+    ("a photo of a cat sitting", "a photo of a dog sitting", ("cat", "dog")),
+    ("a man", "a man with glasses", ("", "with glasses")),
+    ("A photo of a Cat", "a photo of a cat", ("", "")),
+    ("a cat on a sofa", "a tiger on a bed", ("cat on a sofa", "tiger on a bed")),
+    ("a red car", "a blue car", ("red", "blue")),
+])
+def test_changed_words_strip_the_common_prefix_and_suffix(caption, target, expected):
+    assert tr.changed_words(caption, target) == expected
+
+
+def test_caption_sentences_pair_the_wrappers_on_both_sides():
+    source = tr.caption_sentences("a photo of a cat sitting", "cat")
+    target = tr.caption_sentences("a photo of a dog sitting", "dog")
+    wrappers = len(tr.CAPTION_WRAPPERS)
+    assert source[0] == "a photo of a cat sitting" and target[0] == "a photo of a dog sitting"
+    # the depiction phrase is not stacked: "a photo of a cat sitting", not "a photo of a photo of ..."
+    assert source[1] == "a photo of a cat sitting" and "a close-up of a cat sitting" in source
+    for s, t in zip(source[:wrappers], target[:wrappers]):  # same wrapper, only the changed word differs
+        assert s.replace("cat", "dog") == t
+    assert source[wrappers:] == tr.sentence_templates("cat")
+    assert target[wrappers:] == tr.sentence_templates("dog")
+    # an addition: the source side has only the wrapped caption
+    added = tr.caption_sentences("a man", "")
+    assert len(added) == wrappers and "there is a man" in added
+    with pytest.raises(ValueError):
+        tr.caption_sentences("  ", "dog")
