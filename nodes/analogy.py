@@ -308,7 +308,13 @@ def load_saved_difference(clip, name: str) -> DifferenceEmbedding:
         rows = {s.key: tensors[s.embedding_key].float() for s in host.text_encoder_slots(clip)
                 if s.embedding_key in tensors}
         return DifferenceEmbedding(rows=rows, space=CONDITIONING, name=stem, path=path)
-    return DifferenceEmbedding(rows=host.load_embedding_rows(clip, stem), space=INPUT_EMBEDDING, name=stem)
+    try:
+        rows = host.load_embedding_rows(clip, stem)
+    except InputError:
+        raise InputError(f"embedding_name: no difference {stem!r} in models/differences and no embedding of that name "
+                         "with vectors for this CLIP in models/embeddings; train one with Delta Interpolation Trainer "
+                         "or check the name") from None
+    return DifferenceEmbedding(rows=rows, space=INPUT_EMBEDDING, name=stem)
 
 
 class DeltaInterpolationTrainer(host.PackNode):

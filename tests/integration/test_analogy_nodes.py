@@ -482,6 +482,8 @@ def test_conditioning_space_zero_difference_is_the_prompt_and_minus_one_negates(
         with torch.inference_mode():
             analogy.TokenInjector.execute(clip, full, 1.0,
                                           difference=analogy.DifferenceEmbedding(rows=trained, space="conditioning"))
+    with pytest.raises(_host.InputError, match="embedding_name: no difference 'not_trained' in models/differences"):
+        analogy.load_saved_difference(clip, "not_trained")
 
 
 def test_saved_files_get_the_mode_a_normal_write_gives(tmp_path):
