@@ -298,8 +298,8 @@ def test_bad_embedding_names_are_refused_at_post(server, tmp_path, name, expecte
     _assert_next_valid_prompt_runs(server, tmp_path)
 
 
-def test_existing_embedding_is_named_relative_to_the_models_folder(server, tmp_path):
-    folder = server.base / "models" / "embeddings"
+def test_existing_difference_is_named_relative_to_the_models_folder(server, tmp_path):
+    folder = server.base / "models" / "differences"  # the trainer's default token_space, conditioning
     folder.mkdir(parents=True, exist_ok=True)
     existing = folder / "e2e_taken.safetensors"
     existing.write_bytes(b"a user's file")
@@ -309,7 +309,7 @@ def test_existing_embedding_is_named_relative_to_the_models_folder(server, tmp_p
         with pytest.raises(run_workflow.WorkflowError) as info:  # state, not a value: checked when the node runs
             run_workflow.submit_workflow(server, workflow, images, None, tmp_path / "out", RUN_TIMEOUT)
         message = str(info.value)
-        assert "name: embeddings/e2e_taken.safetensors already exists" in message, message
+        assert "name: differences/e2e_taken.safetensors already exists" in message, message
         assert str(server.base) not in message
         assert existing.read_bytes() == b"a user's file"
     finally:
