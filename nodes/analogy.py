@@ -363,7 +363,7 @@ class DeltaInterpolationTrainer(host.PackNode):
                                         "space, give the name to Token Injector) or models/embeddings/<name>.safetensors "
                                         "(input_embedding space, also 'embedding:<name>'). Letters, digits, '-' and '_'."),
                 io.Combo.Input("if_exists", options=list(IF_EXISTS), default=IF_EXISTS_REUSE,
-                               tooltip="When models/embeddings/<name>.safetensors exists. reuse: load it without training "
+                               tooltip="When the file for name exists (its folder follows token_space). reuse: load it without training "
                                        "when it was trained from the same inputs (images, captions, prompts, settings, "
                                        "models; recorded in the file), refuse naming what differs otherwise. error: stop. "
                                        "overwrite: train again and replace it."),
@@ -447,9 +447,9 @@ class DeltaInterpolationTrainer(host.PackNode):
             clip_vision=host.clip_vision_fingerprint(clip_vision), alignment_text_encoder=alignment_text_encoder,
             image_before=host.content_hash(image_before), image_after=host.content_hash(image_after),
             caption_before=caption_before, caption_after=caption_after, prompt_before=prompt_before,
-            prompt_after=prompt_after, token_space=token_space, num_tokens=num_tokens, alpha=alpha, steps=steps, learning_rate=learning_rate,
-            lambda_mse=lambda_mse, lambda_clip=lambda_clip, seed=seed, keep=keep, validation_every=validation_every,
-            validation_timesteps=validation_timesteps)
+            prompt_after=prompt_after, token_space=token_space, num_tokens=num_tokens, alpha=alpha, steps=steps,
+            learning_rate=learning_rate, lambda_mse=lambda_mse, lambda_clip=lambda_clip, seed=seed, keep=keep,
+            validation_every=validation_every, validation_timesteps=validation_timesteps)
         if os.path.exists(path):
             if if_exists == IF_EXISTS_REUSE:
                 difference = reuse_saved_difference(path, stem, inputs, slots, token_space)
