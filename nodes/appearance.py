@@ -21,6 +21,7 @@ import torch
 from ..core import correspondence as corr
 from ..core.correspondence import TransferSchedule
 from ..core import inversion as inv
+from ..core import segmentation as seg
 from . import host
 from .host import InputError, io
 from .inversion import InversionType
@@ -34,9 +35,11 @@ LAYER_CHOICES = {
 }
 _LAYOUT_KEY = "exemplar_edit_appearance_rows"  # output rows per batch chunk, set by our wrapper
 _STEP_KEY = "exemplar_edit_appearance_step"  # denoising step k of the current UNet call
-_IMAGE_DOWNSCALE = 8
+_IMAGE_DOWNSCALE = 8  # pixels per latent cell for every model family the pack supports
 REPLAYED, FROM_INVERSION = "replayed_each_step", "collected_from_inversion"
-FEATURE_SOURCES = (REPLAYED, FROM_INVERSION)  # pixels per latent cell for every model family the pack supports
+FEATURE_SOURCES = (REPLAYED, FROM_INVERSION)
+SELF_SEGMENTATION, CROSS_ATTENTION, OFF = "self_segmentation", "cross_attention", "off"
+AUTO_MASKS = (SELF_SEGMENTATION, CROSS_ATTENTION, OFF)
 
 
 class AppearanceTransferPatch:
@@ -326,6 +329,72 @@ def collect_features(model, patch: AppearanceTransferPatch, positive) -> None:
     host.run_with_model(recorder, tuple(latent.shape), collect)
 
 
+def automatic_masks(model, reference: inv.Inversion, target: inv.Inversion, positive, token: int, mode: str,
+                    step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(target_mask, reference_mask)``, binary ``[H, W]`` at image size, made from the UNet's own
+    attention as the official code makes them without SAM masks (``core.segmentation``).
+
+    One conditional evaluation of the reference and target inversion latents at editing step
+    ``step`` (the branches' latents there when they retrace their inversions) records, overwriting
+    per call as the official ``Segmentor.update_attention`` does, the head-averaged maps of the
+    last decoder self-attention at the highest attention level and of the last decoder
+    cross-attention at the level below (SD1.5 at 512 px: 64x64 and 32x32, the official
+    ``self_attention_64`` / ``cross_attention_64``); ``self_segmentation`` clusters the former and
+    names the clusters by the word's column of the latter. ``cross_attention`` thresholds the
+    word's column of the last cross-attention two levels below (16x16, the official
+    ``cross_attention_32`` of ``cross_attn_map``). Masks on a token grid are repeated to image size.
+    """
+    levels = host.decoder_attention_downscales(model)
+    downscales = sorted(set(levels.values()))
+    self_downscale = downscales[0]
+    # official levels at 512 px: self-segmentation names 64x64 clusters with the 32x32 cross-attention;
+    # the threshold mask is the 16x16 cross-attention (``cross_attention_32``), the third decoder level
+    cross_downscale = downscales[min(1 if mode == SELF_SEGMENTATION else 2, len(downscales) - 1)]
+    latent_hw = tuple(target.latents[0].shape[-2:])
+    captured: dict[str, torch.Tensor] = {}
+
+    def capture(kind: str):
+        def replace(q, k, v, extra_options):
+            heads = extra_options["n_heads"]
+            captured[kind] = seg.head_averaged_attention(q, k, heads).cpu()
+            captured[kind + "_hw"] = tuple(int(d) for d in extra_options["activations_shape"][-2:])
+            return host.attention(q, k, v, heads)
+        return replace
+
+    recorder = model.clone()
+    for index, downscale in levels.items():
+        if downscale == self_downscale and mode == SELF_SEGMENTATION:
+            recorder.set_model_attn1_replace(capture("self"), "output", index)
+        if downscale == cross_downscale:
+            recorder.set_model_attn2_replace(capture("cross"), "output", index)
+    step = max(0, min(step, len(target.latents) - 2))
+
+    def evaluate(run: host.ModelRun) -> None:
+        device = run.device
+        x = torch.cat([reference.latents[step][:1], target.latents[step][:1]]).to(device)
+        prepared = run.prepare_conditioning(positive, x)
+        sigma = target.sigmas[target.start_step + step].reshape(1).expand(2).to(device)
+        run.denoise(x, sigma, prepared)
+
+    host.run_with_model(recorder, (2, *target.latents[0].shape[1:]), evaluate)
+    image_hw = tuple(d * _IMAGE_DOWNSCALE for d in latent_hw)
+    if token >= captured["cross"].shape[-1]:
+        raise InputError(f"object_word: is text token {token}, past the conditioning's {captured['cross'].shape[-1]} "
+                         "tokens; connect the positive conditioning of the prompt that holds the word")
+    masks = []
+    for row in (1, 0):  # target, reference
+        if mode == SELF_SEGMENTATION:
+            grid = seg.self_segmentation_mask(captured["self"][row], captured["cross"][row], token,
+                                              captured["self_hw"], captured["cross_hw"])
+        else:
+            grid = seg.cross_attention_mask(captured["cross"][row], token, captured["cross_hw"])
+        if float(grid.sum()) == 0:
+            raise InputError(f"object_word: its cross-attention is flat, so {mode} finds no object; connect "
+                             "masks or set auto_mask to off")
+        masks.append(seg.upsample_nearest(grid, image_hw))
+    return masks[0], masks[1]
+
+
 def _check_inversion(inversion, name: str) -> inv.Inversion:
     if not isinstance(inversion, inv.Inversion):
         raise InputError(f"{name}: expected the INVERSION output of DDIMInvert")
@@ -482,9 +551,28 @@ class SemanticFeatureRearrange(host.PackNode):
                                       "object k of the reference. Unconnected: the whole image."),
                 io.Mask.Input("target_mask", optional=True,
                               tooltip="Where the object is in the target image (image size). Outside it the target is "
-                                      "kept, so its background survives. Unconnected: the whole image."),
+                                      "kept, so its background survives. Unconnected: auto_mask decides."),
+                io.Combo.Input("auto_mask", options=list(AUTO_MASKS), default=OFF, optional=True,
+                               tooltip="When no mask is connected, make both masks from the UNet's own attention, as "
+                                       "the official code does without SAM masks. self_segmentation: k-means (5 "
+                                       "clusters) over the self-attention of each image, the clusters the object "
+                                       "word attends to. cross_attention: the object word's cross-attention map, "
+                                       "min-max normalised, above 0.1. off: the whole image (the background is "
+                                       "repainted). Needs positive, clip, prompt and object_word."),
+                io.String.Input("object_word", default="", optional=True,
+                                tooltip="auto_mask: the word of the prompt that names the object (official: the "
+                                        "domain word of 'A photo of a {domain}')."),
+                io.Clip.Input("clip", optional=True,
+                              tooltip="auto_mask: the CLIP that encoded the prompt, to find object_word's token."),
+                io.String.Input("prompt", default="", multiline=True, optional=True,
+                                tooltip="auto_mask: the text of the positive prompt (the same text as its "
+                                        "CLIPTextEncode), to find object_word's token."),
             ],
-            outputs=[io.Model.Output(display_name="MODEL", tooltip="The patched clone of the model.")],
+            outputs=[io.Model.Output(display_name="MODEL", tooltip="The patched clone of the model."),
+                     io.Mask.Output(display_name="target_mask",
+                                    tooltip="The target masks used (connected, automatic, or the whole image)."),
+                     io.Mask.Output(display_name="reference_mask",
+                                    tooltip="The reference masks used (connected, automatic, or the whole image).")],
         )
 
     @classmethod
@@ -498,11 +586,23 @@ class SemanticFeatureRearrange(host.PackNode):
     def execute(cls, model, reference, target, layers, strength, injection_start_step, injection_end_step,
                 structure_interval, structure_end_step, adain_start_step, adain_end_step,
                 restrict_to_reference_mask, feature_source=REPLAYED, positive=None, reference_mask=None,
-                target_mask=None) -> io.NodeOutput:
+                target_mask=None, auto_mask=OFF, object_word="", clip=None, prompt="") -> io.NodeOutput:
         cls.refuse_invalid(locals())
         host.check_sigma_space_model(model)
         schedule = TransferSchedule(injection_start_step, injection_end_step, structure_interval,
                                     structure_end_step, adain_start_step, adain_end_step)
+        if auto_mask != OFF and reference_mask is None and target_mask is None:
+            build_patch(model, reference, target, layers, strength, schedule, restrict_to_reference_mask)  # checks first
+            if positive is None:
+                raise InputError(f"positive: auto_mask {auto_mask} needs the conditioning of the prompt that holds "
+                                 "object_word; connect it, or set auto_mask to off")
+            if clip is None:
+                raise InputError(f"clip: auto_mask {auto_mask} needs the CLIP that encoded the prompt, to find "
+                                 "object_word; connect it, or set auto_mask to off")
+            token = host.word_token_position(clip, prompt, object_word)
+            target_mask, reference_mask = automatic_masks(model, reference, target, positive, token, auto_mask,
+                                                          schedule.adain_start)
+            target_mask, reference_mask = target_mask[None], reference_mask[None]
         patch = build_patch(model, reference, target, layers, strength, schedule, restrict_to_reference_mask,
                             reference_mask, target_mask, feature_source)
         if feature_source == FROM_INVERSION:
@@ -510,4 +610,8 @@ class SemanticFeatureRearrange(host.PackNode):
                 raise InputError("positive: collected_from_inversion needs the conditioning the images were inverted "
                                  "with; connect it, or use replayed_each_step")
             collect_features(model, patch, positive)
-        return io.NodeOutput(apply_patch(model, patch))
+        image_hw = tuple(d * _IMAGE_DOWNSCALE for d in patch.target.latents[0].shape[-2:])
+        pairs = patch.masks or [(torch.ones(image_hw), torch.ones(image_hw))]
+        used_target = torch.stack([t for t, _ in pairs])
+        used_reference = torch.stack([r for _, r in pairs])
+        return io.NodeOutput(apply_patch(model, patch), used_target, used_reference)

@@ -2,6 +2,9 @@
 checkpoints of both model families."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -211,3 +214,84 @@ def test_reference_and_target_inverted_with_different_steps_is_named(host):
         appearance.build_patch(Model, inversion(6), inversion(5), "official", 1.0, None, False)
     with pytest.raises(InputError, match="reference: inverted from a batch of 2 images but the target from 1"):
         appearance.build_patch(Model, inversion(5, batch=2), inversion(5), "official", 1.0, None, False)
+
+
+WORKFLOW = Path(__file__).resolve().parents[2] / "workflows" / "api" / "appearance_transfer.json"
+
+
+def shipped_workflow(*, patched: bool = True, max_steps: int = 8, **settings) -> dict:
+    """The shipped appearance_transfer workflow retargeted like the e2e test (test SD1.5, 64 px, few
+    steps), the two LoadImage+encode chains replaced by model-made latents, the decoded image by a
+    capture of the output latent and the mask preview by a capture of the masks used."""
+    import demo  # tools/
+
+    wf = demo.retarget(json.loads(WORKFLOW.read_text()), SD15, max_steps=max_steps)
+    for node_id, seed, text in (("7", 99, "a green striped car at night"), ("8", 7, "a photo of a red cat")):
+        wf[node_id + "0"] = {"class_type": "CLIPTextEncode", "inputs": {"text": text, "clip": ["1", 1]}}
+        wf[node_id + "1"] = {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}}
+        wf[node_id] = {"class_type": "KSampler", "inputs": {
+            "model": ["1", 0], "seed": seed, "steps": 3, "cfg": 4.0, "sampler_name": "euler", "scheduler": "normal",
+            "positive": [node_id + "0", 0], "negative": ["10", 0], "latent_image": [node_id + "1", 0], "denoise": 1.0}}
+    for node_id in ("3", "4", "5", "6", "16", "17"):
+        del wf[node_id]
+    wf["13"]["inputs"].update(settings)
+    if not patched:
+        wf["15"]["inputs"]["model"] = wf["13"]["inputs"]["model"]
+        del wf["18"]
+    else:
+        wf["18"] = {"class_type": "Capture", "inputs": {"key": "target_mask", "value": ["13", 1]}}
+    wf["19"] = {"class_type": "Capture", "inputs": {"key": "out", "value": ["15", 0]}}
+    return wf
+
+
+def _inside_outside(change: torch.Tensor, mask: torch.Tensor) -> tuple[float, float]:
+    """Mean latent change inside and outside a binary image-size mask (on the 8x coarser latent grid)."""
+    cells = mask[0, ::8, ::8] > 0.5
+    per_cell = change.abs().mean(dim=(0, 1))
+    return float(per_cell[cells].mean()), float(per_cell[~cells].mean())
+
+
+def test_shipped_workflow_keeps_the_targets_background(graph):
+    """The shipped workflow makes its masks itself (self-segmentation on the object word): its change
+    from the plain reconstruction of the target lies mostly inside the automatic mask. With
+    auto_mask off the same mask does not separate the change (the test can fail)."""
+    plain = graph.run(shipped_workflow(patched=False))["out"]["samples"].float()
+    result = graph.run(shipped_workflow())
+    mask = result["target_mask"].float()
+    assert mask.shape == (1, 64, 64) and set(mask.unique().tolist()) <= {0.0, 1.0}
+    coverage = float(mask.mean())
+    assert 0.05 < coverage < 0.95, f"the automatic mask should hold an object, not {coverage:.0%} of the image"
+    inside, outside = _inside_outside(result["out"]["samples"].float() - plain, mask)
+    assert inside > 10 * outside, (inside, outside)
+    unmasked = graph.run(shipped_workflow(auto_mask="off"))
+    assert torch.equal(unmasked["target_mask"], torch.ones(1, 64, 64))
+    inside_off, outside_off = _inside_outside(unmasked["out"]["samples"].float() - plain, mask)
+    assert inside_off < 2 * outside_off, (inside_off, outside_off)
+
+
+@pytest.mark.parametrize("auto_mask", ["self_segmentation", "cross_attention"])
+def test_automatic_masks_are_made_for_both_images(graph, auto_mask):
+    prompt = shipped_workflow(auto_mask=auto_mask)
+    prompt["20"] = {"class_type": "Capture", "inputs": {"key": "reference_mask", "value": ["13", 2]}}
+    result = graph.run(prompt)
+    for key in ("target_mask", "reference_mask"):
+        mask = result[key]
+        assert mask.shape == (1, 64, 64) and 0 < float(mask.mean()) < 1, (key, float(mask.mean()))
+    assert torch.isfinite(result["out"]["samples"]).all()
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"object_word": "dog"}, "object_word: 'dog' is not a word of the prompt"),
+    ({"object_word": ""}, "object_word: empty"),
+    ({"clip": None}, "clip: auto_mask self_segmentation needs the CLIP"),
+    ({"positive": None}, "positive: auto_mask self_segmentation needs the conditioning"),
+])
+def test_automatic_mask_inputs_are_named(graph, change, message):
+    prompt = shipped_workflow()
+    for name, value in change.items():
+        if value is None:
+            del prompt["13"]["inputs"][name]
+        else:
+            prompt["13"]["inputs"][name] = value
+    with pytest.raises(GraphError, match=message):
+        graph.run(prompt)
