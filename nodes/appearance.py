@@ -20,6 +20,7 @@ import torch
 
 from ..core import correspondence as corr
 from ..core.correspondence import TransferSchedule
+from ..core import freeu
 from ..core import inversion as inv
 from ..core import segmentation as seg
 from . import host
@@ -615,3 +616,60 @@ class SemanticFeatureRearrange(host.PackNode):
         used_target = torch.stack([t for t, _ in pairs])
         used_reference = torch.stack([r for _, r in pairs])
         return io.NodeOutput(apply_patch(model, patch), used_target, used_reference)
+
+
+class OfficialFreeUPatch:
+    """``output_block_patch``: the official Eye-for-an-eye FreeU (``core.freeu``) at the first output
+    block of each decoder level, on the backbone ``h`` only (the skip passes unchanged)."""
+
+    def __init__(self, level_starts: frozenset[int], model_channels: int, b1: float, b2: float, s1: float,
+                 s2: float):
+        self.level_starts, self.model_channels = level_starts, model_channels
+        self.b1, self.b2, self.s1, self.s2 = b1, b2, s1, s2
+
+    def __call__(self, h, hsp, transformer_options):
+        block = transformer_options.get("block")
+        if block is None or block[0] != "output" or block[1] not in self.level_starts:
+            return h, hsp
+        constants = freeu.level_constants(h.shape[1], self.model_channels, self.b1, self.b2, self.s1, self.s2)
+        if constants is None:
+            return h, hsp
+        return freeu.official_freeu(h, *constants), hsp
+
+
+class EyeForAnEyeFreeU(host.PackNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        (b1, b2), (s1, s2) = freeu.BACKBONE_SCALES, freeu.SKIP_FREQUENCY_SCALES
+        return io.Schema(
+            node_id="EyeForAnEyeFreeU",
+            display_name="FreeU (Eye-for-an-eye official)",
+            category=CATEGORY,
+            description=(
+                "FreeU as the official Eye-for-an-eye UNet hard-codes it: once per decoder level, on the backbone "
+                "features entering the level (before the skip is concatenated), the first half of the channels "
+                "is scaled by b and the whole backbone's lowest frequencies by s. ComfyUI's FreeU node acts at "
+                "every output block and filters the skip features instead. Apply it to the model that inverts "
+                "AND samples (the official code runs it in both)."
+            ),
+            inputs=[
+                io.Model.Input("model", tooltip="The model to patch (a clone is patched; the input stays untouched)."),
+                io.Float.Input("b1", default=b1, min=0.0, max=10.0, step=0.01,
+                               tooltip="Backbone scale at levels with 4x the base channels (SD1.5: 1280; official 1.2)."),
+                io.Float.Input("b2", default=b2, min=0.0, max=10.0, step=0.01,
+                               tooltip="Backbone scale at levels with 2x the base channels (SD1.5: 640; official 1.4)."),
+                io.Float.Input("s1", default=s1, min=0.0, max=10.0, step=0.01,
+                               tooltip="Low-frequency scale of the backbone at the b1 levels (official 0.9)."),
+                io.Float.Input("s2", default=s2, min=0.0, max=10.0, step=0.01,
+                               tooltip="Low-frequency scale of the backbone at the b2 levels (official 0.2)."),
+            ],
+            outputs=[io.Model.Output(display_name="MODEL", tooltip="The patched clone of the model.")],
+        )
+
+    @classmethod
+    def execute(cls, model, b1, b2, s1, s2) -> io.NodeOutput:
+        cls.refuse_invalid(locals())
+        patched = model.clone()
+        patched.set_model_output_block_patch(
+            OfficialFreeUPatch(host.decoder_level_starts(model), host.model_channels(model), b1, b2, s1, s2))
+        return io.NodeOutput(patched)

@@ -295,3 +295,33 @@ def test_automatic_mask_inputs_are_named(graph, change, message):
             prompt["13"]["inputs"][name] = value
     with pytest.raises(GraphError, match=message):
         graph.run(prompt)
+
+
+@pytest.mark.parametrize("channel_mult, num_res_blocks, starts", [
+    ([1, 2, 4, 4], 2, {0, 3, 6, 9}),  # SD1.5: the diffusers up blocks 0-3
+    ([1, 2, 4], 2, {0, 3, 6}),  # SDXL
+    ([1, 1], [1, 1], {0, 2}),  # the SD15 test model
+])
+def test_official_freeu_acts_once_per_decoder_level_on_the_backbone(host, channel_mult, num_res_blocks, starts):
+    from exemplar_edit.core import freeu
+    from exemplar_edit.nodes import appearance
+    from exemplar_edit.nodes import host as pack_host
+
+    class Model:  # what the level facts read
+        class model:
+            class model_config:
+                unet_config = {"channel_mult": channel_mult, "num_res_blocks": num_res_blocks, "model_channels": 4}
+
+    assert pack_host.decoder_level_starts(Model) == starts
+    patch = appearance.OfficialFreeUPatch(pack_host.decoder_level_starts(Model), pack_host.model_channels(Model),
+                                          1.2, 1.4, 0.9, 0.2)
+    g = torch.Generator().manual_seed(0)
+    for block in range(max(starts) + 2):
+        for channels, constants in ((16, (1.2, 0.9)), (8, (1.4, 0.2)), (4, None)):
+            h, hsp = torch.randn(1, channels, 8, 8, generator=g), torch.randn(1, 4, 8, 8, generator=g)
+            new_h, new_hsp = patch(h, hsp, {"block": ("output", block)})
+            assert new_hsp is hsp
+            if block in starts and constants:
+                assert torch.allclose(new_h, freeu.official_freeu(h, *constants))
+            else:
+                assert new_h is h
