@@ -41,6 +41,8 @@ REPLAYED, FROM_INVERSION = "replayed_each_step", "collected_from_inversion"
 FEATURE_SOURCES = (REPLAYED, FROM_INVERSION)
 SELF_SEGMENTATION, CROSS_ATTENTION, OFF = "self_segmentation", "cross_attention", "off"
 AUTO_MASKS = (SELF_SEGMENTATION, CROSS_ATTENTION, OFF)
+OFFICIAL_ROWS, CONDITIONAL_ROWS = "official", "conditional"
+STRUCTURE_ROWS = (OFFICIAL_ROWS, CONDITIONAL_ROWS)
 
 
 class AppearanceTransferPatch:
@@ -49,8 +51,9 @@ class AppearanceTransferPatch:
     def __init__(self, reference: inv.Inversion, target: inv.Inversion, blocks: frozenset[int],
                  masks: list[tuple[torch.Tensor, torch.Tensor]], schedule: TransferSchedule,
                  strength: float, restrict_to_reference_mask: bool, feature_source: str = REPLAYED,
-                 chunk_size: int = 1024):
+                 chunk_size: int = 1024, structure_rows: str = OFFICIAL_ROWS):
         self.reference, self.target = reference, target
+        self.structure_rows = structure_rows
         self.feature_source = feature_source
         # collected_from_inversion: (step, block, block_index) -> [HW, C] features of the branch
         # the step needs (structure steps: the target; others: the reference), see collect_features
@@ -77,6 +80,7 @@ class AppearanceTransferPatch:
         self._step: Optional[int] = None
         self._awaiting_step_hook = False
         self._uploads: dict[tuple, torch.Tensor] = {}  # (name, device) -> fixed inversion data on the device
+        self._uncond_steps: set[int] = set()  # steps whose UNet calls included an unconditional chunk
 
     # --- schedule bookkeeping -----------------------------------------------------------------
 
@@ -137,6 +141,8 @@ class AppearanceTransferPatch:
         if self._step != step:
             self._predictions = {}
         self._step = step
+        if 1 in cond_or_uncond:
+            self._uncond_steps.add(step)
         # Other patches (e.g. Perturbed-Attention Guidance) may run extra UNet passes in the same
         # step; only the sampler's own first pass per cond/uncond, before CFG, steps the branches.
         record = not self._awaiting_step_hook
@@ -207,7 +213,10 @@ class AppearanceTransferPatch:
         masks = self._layer_masks(hw, n.device)
         new = n.clone()
         for chunk, kind in enumerate(cond_or_uncond):
-            if kind != 0:  # the unconditional branch is left unrearranged
+            if structure:
+                if not self._takes_structure_features(kind, step, cond_or_uncond):
+                    continue
+            elif kind != 0:  # the unconditional branch is left unrearranged
                 continue
             base = chunk * per_chunk
             if self.feature_source == FROM_INVERSION:
@@ -221,6 +230,19 @@ class AppearanceTransferPatch:
                     continue
                 new[row] = self._rearranged(n[row], reference, masks)
         return new, new, new
+
+    def _takes_structure_features(self, kind: int, step: int, cond_or_uncond) -> bool:
+        """Whether the output rows of a chunk of ``kind`` (0 cond, 1 uncond) take the target's features
+        on a structure step. ``official``: the unconditional output when the step runs one (cfg > 1;
+        the official ``h[OUT_INDEX] = h[STRUCT_INDEX]`` with global indices 0/2 of its batch of 6,
+        appearance_transfer_model_final.py L205), the conditional output left alone; at cfg 1, where
+        the official code has no behaviour, the conditional output. ``conditional``: always the
+        conditional output. Whether the step runs an unconditional pass is known from this call, or
+        from the step or the one before when ComfyUI splits cond and uncond into separate calls."""
+        if self.structure_rows == CONDITIONAL_ROWS:
+            return kind == 0
+        runs_uncond = 1 in cond_or_uncond or step in self._uncond_steps or step - 1 in self._uncond_steps
+        return kind == (1 if runs_uncond else 0)
 
     def _rearranged(self, out_feat, ref_feat, masks):
         # fp16 cosines on CUDA (core casts after normalising): a near-tie may flip an argmax. CPU: unchanged.
@@ -425,7 +447,7 @@ def _mask_list(mask: Optional[torch.Tensor], name: str, image_hw: tuple[int, int
 
 def build_patch(model, reference, target, layers: str, strength: float, schedule: TransferSchedule,
                 restrict_to_reference_mask: bool, reference_mask=None, target_mask=None,
-                feature_source: str = REPLAYED) -> AppearanceTransferPatch:
+                feature_source: str = REPLAYED, structure_rows: str = OFFICIAL_ROWS) -> AppearanceTransferPatch:
     """Validates the inputs and makes the patch for ``model`` (not yet applied)."""
     reference = _check_inversion(reference, "reference")
     target = _check_inversion(target, "target")
@@ -473,8 +495,10 @@ def build_patch(model, reference, target, layers: str, strength: float, schedule
         masks = list(zip(target_masks, reference_masks))
     if feature_source not in FEATURE_SOURCES:
         raise InputError(f"feature_source: {feature_source!r} is not one of {list(FEATURE_SOURCES)}")
+    if structure_rows not in STRUCTURE_ROWS:
+        raise InputError(f"structure_rows: {structure_rows!r} is not one of {list(STRUCTURE_ROWS)}")
     return AppearanceTransferPatch(reference, target, blocks, masks, schedule, strength, restrict_to_reference_mask,
-                                   feature_source)
+                                   feature_source, structure_rows=structure_rows)
 
 
 def apply_patch(model, patch: AppearanceTransferPatch):
@@ -565,6 +589,12 @@ class SemanticFeatureRearrange(host.PackNode):
                                         "domain word of 'A photo of a {domain}')."),
                 io.Clip.Input("clip", optional=True,
                               tooltip="auto_mask: the CLIP that encoded the prompt, to find object_word's token."),
+                io.Combo.Input("structure_rows", options=list(STRUCTURE_ROWS), default=OFFICIAL_ROWS, optional=True,
+                               tooltip="At cfg above 1, which output rows take the target's features on structure "
+                                       "steps. official: the unconditional output (as the official code at its "
+                                       "README's cfg 2.5; the conditional output keeps its own features). "
+                                       "conditional: the conditional output, the unconditional left alone. At cfg 1 "
+                                       "both take the conditional output."),
                 io.String.Input("prompt", default="", multiline=True, optional=True,
                                 tooltip="auto_mask: the text of the positive prompt (the same text as its "
                                         "CLIPTextEncode), to find object_word's token."),
@@ -587,7 +617,8 @@ class SemanticFeatureRearrange(host.PackNode):
     def execute(cls, model, reference, target, layers, strength, injection_start_step, injection_end_step,
                 structure_interval, structure_end_step, adain_start_step, adain_end_step,
                 restrict_to_reference_mask, feature_source=REPLAYED, positive=None, reference_mask=None,
-                target_mask=None, auto_mask=OFF, object_word="", clip=None, prompt="") -> io.NodeOutput:
+                target_mask=None, auto_mask=OFF, object_word="", clip=None, structure_rows=OFFICIAL_ROWS,
+                prompt="") -> io.NodeOutput:
         cls.refuse_invalid(locals())
         host.check_sigma_space_model(model)
         schedule = TransferSchedule(injection_start_step, injection_end_step, structure_interval,
@@ -605,7 +636,7 @@ class SemanticFeatureRearrange(host.PackNode):
                                                           schedule.adain_start)
             target_mask, reference_mask = target_mask[None], reference_mask[None]
         patch = build_patch(model, reference, target, layers, strength, schedule, restrict_to_reference_mask,
-                            reference_mask, target_mask, feature_source)
+                            reference_mask, target_mask, feature_source, structure_rows)
         if feature_source == FROM_INVERSION:
             if positive is None:
                 raise InputError("positive: collected_from_inversion needs the conditioning the images were inverted "

@@ -155,9 +155,10 @@ def test_bad_masks_name_the_input(graph, masks, input_name):
 
 def test_features_collected_from_the_inversion_equal_the_replayed_branches(graph):
     """At the inversion's own cfg and prompt the replayed branches retrace their inversions, so
-    features collected once from the stored latents must give the same output."""
-    replayed = _out(graph, transfer_prompt(SD15, cfg=3.5))
-    prompt = transfer_prompt(SD15, cfg=3.5, feature_source="collected_from_inversion")
+    features collected once from the stored latents must give the same output. The collection has
+    conditional features only, so the structure steps write the conditional rows here."""
+    replayed = _out(graph, transfer_prompt(SD15, cfg=3.5, structure_rows="conditional"))
+    prompt = transfer_prompt(SD15, cfg=3.5, feature_source="collected_from_inversion", structure_rows="conditional")
     prompt["11"]["inputs"]["positive"] = ["2", 0]
     collected = _out(graph, prompt)
     plain = _out(graph, transfer_prompt(SD15, patched=False, cfg=3.5))
@@ -325,3 +326,65 @@ def test_official_freeu_acts_once_per_decoder_level_on_the_backbone(host, channe
                 assert torch.allclose(new_h, freeu.official_freeu(h, *constants))
             else:
                 assert new_h is h
+
+
+def _hand_built_patch(structure_rows: str):
+    from exemplar_edit.core import inversion as inv
+    from exemplar_edit.core.correspondence import TransferSchedule
+    from exemplar_edit.nodes import appearance
+
+    def inversion() -> inv.Inversion:
+        return inv.Inversion(mode="ddim", sigmas=torch.linspace(10, 0, 7), start_step=0,
+                             latents=[torch.zeros(1, 4, 4, 4) for _ in range(7)], model_family="SD15")
+
+    schedule = TransferSchedule(injection_start=0, injection_end=70, structure_interval=2, structure_end=40,
+                                adain_start=99, adain_end=100)
+    return appearance.AppearanceTransferPatch(inversion(), inversion(), frozenset({1}), [], schedule, 1.0, False,
+                                              structure_rows=structure_rows)
+
+
+def _layer_call(patch, step: int, cond_or_uncond: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """One attn1 call on a hand-built batch: per chunk the rows [output, reference, target], every
+    row's features distinct."""
+    from exemplar_edit.nodes import appearance
+
+    n = torch.randn(3 * len(cond_or_uncond), 16, 8, generator=torch.Generator().manual_seed(step))
+    options = {appearance._LAYOUT_KEY: 1, appearance._STEP_KEY: step, "block": ("output", 1),
+               "cond_or_uncond": cond_or_uncond, "activations_shape": (n.shape[0], 8, 4, 4)}
+    return n, patch.attn1_patch(n, n, n, options)[0]
+
+
+@pytest.mark.parametrize("structure_rows", ["official", "conditional"])
+def test_structure_rows_rule_on_a_hand_built_batch(host, structure_rows):
+    """Structure step (counter 2) at cfg > 1, chunks [uncond, cond] as ComfyUI may order them.
+    official: uncond output <- uncond target, cond output keeps its own features (the official
+    appearance_transfer_model_final.py L205 with its global indices 0/2). conditional: cond output <-
+    cond target, uncond untouched. Matching steps rearrange only the cond output in both; at cfg 1
+    (cond only) structure steps write the cond output in both."""
+    patch = _hand_built_patch(structure_rows)
+    uncond_out, uncond_tgt, cond_out, cond_tgt = 0, 2, 3, 5
+    n, new = _layer_call(patch, step=3, cond_or_uncond=[1, 0])
+    unchanged = [r for r in range(6) if r not in (uncond_out, cond_out)]
+    assert torch.equal(new[unchanged], n[unchanged])
+    if structure_rows == "official":
+        assert torch.equal(new[uncond_out], n[uncond_tgt]) and torch.equal(new[cond_out], n[cond_out])
+    else:
+        assert torch.equal(new[cond_out], n[cond_tgt]) and torch.equal(new[uncond_out], n[uncond_out])
+    n, new = _layer_call(patch, step=2, cond_or_uncond=[1, 0])  # a matching step (counter 1)
+    assert torch.equal(new[uncond_out], n[uncond_out]) and not torch.equal(new[cond_out], n[cond_out])
+    rows = set(map(tuple, new[cond_out].tolist()))
+    assert rows <= set(map(tuple, n[cond_out + 1].tolist())), "the cond output must take reference features"
+    cfg1 = _hand_built_patch(structure_rows)
+    n, new = _layer_call(cfg1, step=3, cond_or_uncond=[0])
+    assert torch.equal(new[0], n[2]) and torch.equal(new[1:], n[1:])
+
+
+def test_structure_rows_matter_only_above_cfg_one(graph):
+    """Structure steps at counters 0 and 2 (steps 0, 1, 3): at steps 0 and 1 the output still equals
+    the target, so only step 3, after a matching step, can tell the rules apart."""
+    steps = {"structure_interval": 2, "structure_end_step": 4}
+    official = _out(graph, transfer_prompt(SD15, cfg=2.5, structure_rows="official", **steps))
+    conditional = _out(graph, transfer_prompt(SD15, cfg=2.5, structure_rows="conditional", **steps))
+    assert (official - conditional).abs().mean() > 1e-3 * official.abs().mean()
+    assert torch.equal(_out(graph, transfer_prompt(SD15, structure_rows="official", **steps)),
+                       _out(graph, transfer_prompt(SD15, structure_rows="conditional", **steps)))
