@@ -53,13 +53,14 @@ class AppearanceTransferPatch:
                  strength: float, restrict_to_reference_mask: bool, feature_source: str = REPLAYED,
                  chunk_size: int = 1024, structure_rows: str = OFFICIAL_ROWS):
         self.reference, self.target = reference, target
+        self.num_references = reference.latents[0].shape[0]  # object k takes reference k when > 1
         self.structure_rows = structure_rows
         self.feature_source = feature_source
         # collected_from_inversion: (step, block, block_index) -> [HW, C] features of the branch
         # the step needs (structure steps: the target; others: the reference), see collect_features
         self.collected: dict[tuple, torch.Tensor] = {}
         self.blocks = blocks
-        self.masks = masks  # [(target_mask [H, W], reference_mask [H, W]), ...] at image size
+        self.masks = masks  # [(target_mask [H, W], reference_mask [H, W]), ...] at image size, one per object
         self.schedule = schedule
         self.strength = strength
         self.restrict_to_reference_mask = restrict_to_reference_mask
@@ -75,8 +76,9 @@ class AppearanceTransferPatch:
         return self
 
     def _reset(self) -> None:
-        self._branches: dict[int, torch.Tensor] = {}  # step -> [2, C, h, w]: reference, structure
-        self._predictions: dict[int, torch.Tensor] = {}  # cond_or_uncond -> branch x0 [2, C, h, w]
+        # branch rows: the N reference images, then the structure (target) image
+        self._branches: dict[int, torch.Tensor] = {}  # step -> [N + 1, C, h, w]
+        self._predictions: dict[int, torch.Tensor] = {}  # cond_or_uncond -> branch x0 [N + 1, C, h, w]
         self._step: Optional[int] = None
         self._awaiting_step_hook = False
         self._uploads: dict[tuple, torch.Tensor] = {}  # (name, device) -> fixed inversion data on the device
@@ -102,19 +104,19 @@ class AppearanceTransferPatch:
         return self._run_first_sigma
 
     def _uploaded(self, name: str, tensors: list[torch.Tensor], device) -> torch.Tensor:
-        """``[t[0] for t in tensors]`` stacked on ``device``: uploaded on first use in a sampling run,
-        then indexed there, so no step blocks on a host-to-device copy."""
+        """``tensors`` (one ``[batch, ...]`` per step) stacked on ``device``: uploaded on first use in a
+        sampling run, then indexed there, so no step blocks on a host-to-device copy."""
         key = (name, str(device))
         if key not in self._uploads:
-            self._uploads[key] = torch.stack([t[0] for t in tensors]).to(device)
+            self._uploads[key] = torch.stack(list(tensors)).to(device)
         return self._uploads[key]
 
     def _branch_latents(self, step: int, device, dtype) -> torch.Tensor:
         if step not in self._branches:
             if step >= len(self.target.latents) - 1:
                 raise InputError("sigmas: the sampler went past the target inversion's schedule")
-            pair = torch.stack([self.reference.latents[step][0], self.target.latents[step][0]])
-            self._branches[step] = pair.to(device)  # one upload per run; later steps are made on the device
+            rows = torch.cat([self.reference.latents[step], self.target.latents[step][:1]])
+            self._branches[step] = rows.to(device)  # one upload per run; later steps are made on the device
         return self._branches[step].to(device=device, dtype=dtype)
 
     # --- 1. apply-model wrapper: append the reference and structure branches to every chunk ----
@@ -154,23 +156,24 @@ class AppearanceTransferPatch:
                 self._predictions.setdefault(0, x)  # marks the step as run for post_cfg
             return executor(x, sigma, c_concat, c_crossattn, control, options, **extra_conds)
         branches = self._branch_latents(step, x.device, x.dtype)
+        extra_rows = branches.shape[0]
 
         def extend(tensor):
             if not torch.is_tensor(tensor) or tensor.ndim == 0 or tensor.shape[0] != x.shape[0]:
                 return tensor
             per_chunk = tensor.reshape(chunks, rows, *tensor.shape[1:])
-            extra = per_chunk[:, :1].expand(chunks, 2, *tensor.shape[1:])
-            return torch.cat([per_chunk, extra], dim=1).reshape(chunks * (rows + 2), *tensor.shape[1:])
+            extra = per_chunk[:, :1].expand(chunks, extra_rows, *tensor.shape[1:])
+            return torch.cat([per_chunk, extra], dim=1).reshape(chunks * (rows + extra_rows), *tensor.shape[1:])
 
         x_chunks = x.reshape(chunks, rows, *x.shape[1:])
         x_ext = torch.cat([x_chunks, branches[None].expand(chunks, *branches.shape)], dim=1)
-        x_ext = x_ext.reshape(chunks * (rows + 2), *x.shape[1:])
+        x_ext = x_ext.reshape(chunks * (rows + extra_rows), *x.shape[1:])
         options = dict(transformer_options)
         options[_LAYOUT_KEY] = rows
         options[_STEP_KEY] = step
         out = executor(x_ext, extend(sigma), extend(c_concat), extend(c_crossattn), control, options,
                        **{name: extend(value) for name, value in extra_conds.items()})
-        out = out.reshape(chunks, rows + 2, *out.shape[1:])
+        out = out.reshape(chunks, rows + extra_rows, *out.shape[1:])
         for chunk, kind in enumerate(cond_or_uncond):
             if record and kind not in self._predictions:
                 self._predictions[kind] = out[chunk, rows:].detach()
@@ -221,14 +224,16 @@ class AppearanceTransferPatch:
             base = chunk * per_chunk
             if self.feature_source == FROM_INVERSION:
                 stored = self.collected[(step, tuple(block), extra_options.get("block_index", 0))]
-                reference = structure_feat = stored.to(n.device, n.dtype)
+                references, structure_feat = [stored.to(n.device, n.dtype)], stored.to(n.device, n.dtype)
             else:
-                reference, structure_feat = n[base + rows], n[base + rows + 1]
+                first = base + rows
+                references = list(n[first : first + self.num_references])
+                structure_feat = n[first + self.num_references]
             for row in range(base, base + rows):
                 if structure:
                     new[row] = structure_feat
                     continue
-                new[row] = self._rearranged(n[row], reference, masks)
+                new[row] = self._rearranged(n[row], references, masks)
         return new, new, new
 
     def _takes_structure_features(self, kind: int, step: int, cond_or_uncond) -> bool:
@@ -244,17 +249,20 @@ class AppearanceTransferPatch:
         runs_uncond = 1 in cond_or_uncond or step in self._uncond_steps or step - 1 in self._uncond_steps
         return kind == (1 if runs_uncond else 0)
 
-    def _rearranged(self, out_feat, ref_feat, masks):
+    def _rearranged(self, out_feat, references: list[torch.Tensor], masks):
+        """``references``: one feature map per reference image (object k takes reference k when
+        there are several; one reference serves every object)."""
         # fp16 cosines on CUDA (core casts after normalising): a near-tie may flip an argmax. CPU: unchanged.
         dtype = torch.float16 if out_feat.is_cuda else None
         if len(masks) > 1:
-            indices, valid = corr.semantic_nearest_neighbours_pairs(out_feat, ref_feat, masks, self.chunk_size, dtype)
-        else:
-            out_mask, ref_mask = masks[0] if masks else (None, None)
-            indices, valid = corr.semantic_nearest_neighbours(
-                out_feat, ref_feat, out_mask, ref_mask, chunk_size=self.chunk_size, dtype=dtype,
-                restrict_to_ref_mask=self.restrict_to_reference_mask,
-            )
+            per_object = references if len(references) > 1 else references * len(masks)
+            return corr.rearrange_pairs(out_feat, per_object, masks, self.strength, self.chunk_size, dtype)
+        ref_feat = references[0]
+        out_mask, ref_mask = masks[0] if masks else (None, None)
+        indices, valid = corr.semantic_nearest_neighbours(
+            out_feat, ref_feat, out_mask, ref_mask, chunk_size=self.chunk_size, dtype=dtype,
+            restrict_to_ref_mask=self.restrict_to_reference_mask,
+        )
         return corr.rearrange_features(out_feat, ref_feat, indices, valid, self.strength)
 
     # --- 3. after CFG: step the branches; after the sampler's step: masked AdaIN -------------
@@ -275,11 +283,12 @@ class AppearanceTransferPatch:
         sigma_t, sigma_s = self._target_sigmas[index], self._target_sigmas[index + 1]
         current = self._branch_latents(step, x0.device, x0.dtype)
         stepped = []
-        for b, inversion in enumerate((self.reference, self.target)):
+        branches = [("reference", self.reference, k) for k in range(self.num_references)]
+        for b, (name, inversion, image) in enumerate(branches + [("target", self.target, 0)]):
             noise_map = None
             if inversion.noise_maps is not None:
-                noise_maps = self._uploaded(f"noise_maps_{b}", inversion.noise_maps, x0.device)
-                noise_map = noise_maps[index - inversion.start_step].to(x0.dtype)
+                noise_maps = self._uploaded(f"noise_maps_{name}", inversion.noise_maps, x0.device)
+                noise_map = noise_maps[index - inversion.start_step][image].to(x0.dtype)
             stepped.append(inv.replay_step(current[b], x0[b], sigma_t, sigma_s, noise_map, True))
         self._branches[step + 1] = torch.stack(stepped)
         self._predictions = {}
@@ -292,20 +301,22 @@ class AppearanceTransferPatch:
             return x
         if self.feature_source == FROM_INVERSION:
             latents = self._uploaded("reference_latents", self.reference.latents, x.device)
-            reference = latents[min(self._step + 1, len(self.reference.latents) - 1)]
+            references = latents[min(self._step + 1, len(self.reference.latents) - 1)]
         else:
-            reference = self._branches.get(self._step + 1)
-            if reference is None:
+            branches = self._branches.get(self._step + 1)
+            if branches is None:
                 return x
-            reference = reference[0]
-        reference = reference.to(x.device, x.dtype)
+            references = branches[: self.num_references]
+        references = references.to(x.device, x.dtype)  # [N, C, h, w]: object k's statistics from reference k
         hw = tuple(x.shape[-2:])
         aligned = []
         for latent in x:
             if not self.masks:
-                aligned.append(corr.adain(latent, reference))
+                aligned.append(corr.adain(latent, references[0]))
                 continue
-            for target_mask, reference_mask, target_pixels, reference_pixels in self._adain_masks(hw, x.device):
+            for k, (target_mask, reference_mask, target_pixels, reference_pixels) in enumerate(
+                    self._adain_masks(hw, x.device)):
+                reference = references[k if self.num_references > 1 else 0]
                 latent = corr.masked_adain(latent, reference, target_mask, reference_mask,
                                            content_selection=target_pixels, style_selection=reference_pixels)
             aligned.append(latent)
@@ -457,10 +468,10 @@ def build_patch(model, reference, target, layers: str, strength: float, schedule
             raise InputError(f"{name}: inverted with a {inversion.model_family} model but the model is {family}; "
                              "invert with the same model family")
     ref_batch, tgt_batch = reference.latents[0].shape[0], target.latents[0].shape[0]
-    if ref_batch != tgt_batch:
-        raise InputError(f"reference: inverted from a batch of {ref_batch} images but the target from {tgt_batch}; "
-                         "invert as many reference images as target images (one each)")
-    if reference.latents[0].shape != target.latents[0].shape:
+    if tgt_batch != 1:
+        raise InputError(f"target: inverted from a batch of {tgt_batch} images; invert one target image (several "
+                         "references, one per object, are a batch on the reference side)")
+    if reference.latents[0].shape[1:] != target.latents[0].shape[1:]:
         ref_hw = tuple(d * _IMAGE_DOWNSCALE for d in reference.latents[0].shape[-2:])
         tgt_hw = tuple(d * _IMAGE_DOWNSCALE for d in target.latents[0].shape[-2:])
         raise InputError(f"reference: its image is {ref_hw[1]}x{ref_hw[0]} px but the target's is {tgt_hw[1]}x{tgt_hw[0]} px; "
@@ -473,12 +484,6 @@ def build_patch(model, reference, target, layers: str, strength: float, schedule
         raise InputError(f"layers: {layers!r} is not one of {list(LAYER_CHOICES)}")
     if not 0.0 <= strength <= 1.0:
         raise InputError(f"strength: {strength} must be between 0 and 1")
-    levels = host.decoder_attention_downscales(model)
-    chosen = sorted(set(levels.values()))
-    if LAYER_CHOICES[layers] is not None:
-        chosen = chosen[: LAYER_CHOICES[layers]]
-    blocks = frozenset(index for index, downscale in levels.items() if downscale in chosen)
-
     image_hw = tuple(d * _IMAGE_DOWNSCALE for d in target.latents[0].shape[-2:])
     target_masks = _mask_list(target_mask, "target_mask", image_hw)
     reference_masks = _mask_list(reference_mask, "reference_mask", image_hw)
@@ -495,6 +500,19 @@ def build_patch(model, reference, target, layers: str, strength: float, schedule
         masks = list(zip(target_masks, reference_masks))
     if feature_source not in FEATURE_SOURCES:
         raise InputError(f"feature_source: {feature_source!r} is not one of {list(FEATURE_SOURCES)}")
+    if ref_batch > 1:
+        if target_mask is None or len(masks) != ref_batch:
+            given = "none" if target_mask is None else len(masks)
+            raise InputError(f"target_mask: the reference is a batch of {ref_batch} images, so connect {ref_batch} "
+                             f"target masks (object k takes reference image k's appearance); it has {given}")
+        if feature_source == FROM_INVERSION:
+            raise InputError("feature_source: collected_from_inversion takes one reference image; use "
+                             "replayed_each_step with a batch of references")
+    levels = host.decoder_attention_downscales(model)
+    chosen = sorted(set(levels.values()))
+    if LAYER_CHOICES[layers] is not None:
+        chosen = chosen[: LAYER_CHOICES[layers]]
+    blocks = frozenset(index for index, downscale in levels.items() if downscale in chosen)
     if structure_rows not in STRUCTURE_ROWS:
         raise InputError(f"structure_rows: {structure_rows!r} is not one of {list(STRUCTURE_ROWS)}")
     return AppearanceTransferPatch(reference, target, blocks, masks, schedule, strength, restrict_to_reference_mask,

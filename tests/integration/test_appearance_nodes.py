@@ -213,8 +213,11 @@ def test_reference_and_target_inverted_with_different_steps_is_named(host):
 
     with pytest.raises(InputError, match="reference: inverted with another schedule than the target"):
         appearance.build_patch(Model, inversion(6), inversion(5), "official", 1.0, None, False)
-    with pytest.raises(InputError, match="reference: inverted from a batch of 2 images but the target from 1"):
-        appearance.build_patch(Model, inversion(5, batch=2), inversion(5), "official", 1.0, None, False)
+    with pytest.raises(InputError, match="target_mask: the reference is a batch of 2 images, so connect 2 target masks"):
+        appearance.build_patch(Model, inversion(5, batch=2), inversion(5), "two_highest_decoder_levels", 1.0, None,
+                               False)
+    with pytest.raises(InputError, match="target: inverted from a batch of 2 images; invert one target image"):
+        appearance.build_patch(Model, inversion(5), inversion(5, batch=2), "official", 1.0, None, False)
 
 
 WORKFLOW = Path(__file__).resolve().parents[2] / "workflows" / "api" / "appearance_transfer.json"
@@ -388,3 +391,66 @@ def test_structure_rows_matter_only_above_cfg_one(graph):
     assert (official - conditional).abs().mean() > 1e-3 * official.abs().mean()
     assert torch.equal(_out(graph, transfer_prompt(SD15, structure_rows="official", **steps)),
                        _out(graph, transfer_prompt(SD15, structure_rows="conditional", **steps)))
+
+
+def test_several_references_each_object_takes_its_own_references_features(host):
+    """A batch of 2 reference inversions with 2 target masks (left and right half): at a matching
+    step every token of the left half takes a feature of reference 0, every token of the right half
+    one of reference 1."""
+    from exemplar_edit.core import inversion as inv
+    from exemplar_edit.core.correspondence import TransferSchedule
+    from exemplar_edit.nodes import appearance
+
+    def inversion(batch: int) -> inv.Inversion:
+        return inv.Inversion(mode="ddim", sigmas=torch.linspace(10, 0, 7), start_step=0,
+                             latents=[torch.zeros(batch, 4, 4, 4) for _ in range(7)], model_family="SD15")
+
+    left = torch.zeros(32, 32)
+    left[:, :16] = 1
+    whole = torch.ones(32, 32)
+    schedule = TransferSchedule(injection_start=0, injection_end=70, structure_interval=0)
+    patch = appearance.AppearanceTransferPatch(inversion(2), inversion(1), frozenset({1}),
+                                               [(left, whole), (1 - left, whole)], schedule, 1.0, False)
+    n = torch.randn(4, 16, 8, generator=torch.Generator().manual_seed(0))  # [output, reference 0, reference 1, target]
+    options = {appearance._LAYOUT_KEY: 1, appearance._STEP_KEY: 2, "block": ("output", 1), "cond_or_uncond": [0],
+               "activations_shape": (4, 8, 4, 4)}
+    new = patch.attn1_patch(n, n, n, options)[0]
+    assert torch.equal(new[1:], n[1:])
+    features = [set(map(tuple, n[row].tolist())) for row in (1, 2)]
+    for token in range(16):
+        reference = 0 if token % 4 < 2 else 1
+        assert tuple(new[0, token].tolist()) in features[reference], token
+
+
+def test_several_references_end_to_end(graph):
+    """Reference batch [car, cat] against [car, car] with the target split into halves: the right half
+    (object 1) follows its own reference, the left half (object 0, the car in both) much less."""
+    def prompt(second_reference: str) -> dict:
+        p = transfer_prompt(SD15, masks={"target_mask": "24"})
+        p["20"] = {"class_type": "SolidMask", "inputs": {"value": 0.0, "width": 64, "height": 64}}
+        p["21"] = {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 32, "height": 64}}
+        p["22"] = {"class_type": "MaskComposite", "inputs": {"destination": ["20", 0], "source": ["21", 0],
+                                                             "x": 0, "y": 0, "operation": "add"}}
+        p["23"] = {"class_type": "InvertMask", "inputs": {"mask": ["22", 0]}}
+        p["25"] = {"class_type": "MaskToImage", "inputs": {"mask": ["22", 0]}}
+        p["26"] = {"class_type": "MaskToImage", "inputs": {"mask": ["23", 0]}}
+        p["27"] = {"class_type": "ImageBatch", "inputs": {"image1": ["25", 0], "image2": ["26", 0]}}
+        p["24"] = {"class_type": "ImageToMask", "inputs": {"image": ["27", 0], "channel": "red"}}
+        p["28"] = {"class_type": "LatentBatch", "inputs": {"samples1": ["8", 0], "samples2": [second_reference, 0]}}
+        p["10"]["inputs"]["latent"] = ["28", 0]
+        return p
+
+    mixed = _out(graph, prompt("7"))
+    same = _out(graph, prompt("8"))
+    assert torch.isfinite(mixed).all()
+    left = (mixed - same)[..., :, :4].abs().mean()
+    right = (mixed - same)[..., :, 4:].abs().mean()
+    assert right > 5 * left, (left, right)
+
+
+def test_several_references_need_one_target_mask_each(graph):
+    p = transfer_prompt(SD15)
+    p["28"] = {"class_type": "LatentBatch", "inputs": {"samples1": ["8", 0], "samples2": ["7", 0]}}
+    p["10"]["inputs"]["latent"] = ["28", 0]
+    with pytest.raises(GraphError, match="target_mask: the reference is a batch of 2 images, so connect 2"):
+        graph.run(p)
