@@ -122,8 +122,6 @@ class AppearanceTransferPatch:
     # --- 1. apply-model wrapper: append the reference and structure branches to every chunk ----
 
     def apply_model(self, executor, x, sigma, c_concat, c_crossattn, control, transformer_options, **extra_conds):
-        if control is not None:
-            raise InputError("model: SemanticFeatureRearrange cannot run with a ControlNet applied; remove it")
         cond_or_uncond = list(transformer_options["cond_or_uncond"])
         chunks = len(cond_or_uncond)
         rows = x.shape[0] // chunks
@@ -171,6 +169,8 @@ class AppearanceTransferPatch:
         options = dict(transformer_options)
         options[_LAYOUT_KEY] = rows
         options[_STEP_KEY] = step
+        # a ControlNet acts on the output rows only: the branches stay exact replays of their inversions
+        control = host.control_with_extra_rows(control, chunks, rows, extra_rows)
         out = executor(x_ext, extend(sigma), extend(c_concat), extend(c_crossattn), control, options,
                        **{name: extend(value) for name, value in extra_conds.items()})
         out = out.reshape(chunks, rows + extra_rows, *out.shape[1:])
@@ -351,7 +351,7 @@ def collect_features(model, patch: AppearanceTransferPatch, positive) -> None:
 
     def collect(run: host.ModelRun) -> None:
         device = run.device
-        prepared = run.prepare_conditioning(positive, latent.to(device))
+        prepared = run.prepare_conditioning(host.without_control(positive), latent.to(device))
         for step in steps:
             host.check_interrupted()
             source = patch.target if patch.schedule.takes_structure(step) else patch.reference
@@ -406,7 +406,7 @@ def automatic_masks(model, reference: inv.Inversion, target: inv.Inversion, posi
     def evaluate(run: host.ModelRun) -> None:
         device = run.device
         x = torch.cat([reference.latents[step][:1], target.latents[step][:1]]).to(device)
-        prepared = run.prepare_conditioning(positive, x)
+        prepared = run.prepare_conditioning(host.without_control(positive), x)
         sigma = target.sigmas[target.start_step + step].reshape(1).expand(2).to(device)
         run.denoise(x, sigma, prepared)
 

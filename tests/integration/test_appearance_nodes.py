@@ -454,3 +454,62 @@ def test_several_references_need_one_target_mask_each(graph):
     p["10"]["inputs"]["latent"] = ["28", 0]
     with pytest.raises(GraphError, match="target_mask: the reference is a batch of 2 images, so connect 2"):
         graph.run(p)
+
+
+@pytest.fixture(scope="module")
+def test_controlnet(host) -> str:
+    """A tiny random-weight ControlNet of the SD15 test model's encoder, saved where ControlNetLoader
+    looks, in the ldm layout (``control_model.*``) that ComfyUI's loader detects."""
+    import tempfile
+
+    import comfy.cldm.cldm
+    import comfy.ops
+    from safetensors.torch import save_file
+
+    import make_test_checkpoints  # tools/
+    from exemplar_edit.nodes import host as pack_host
+
+    config = {k: v for k, v in make_test_checkpoints.SD15_UNET.items() if k != "out_channels"}
+    net = comfy.cldm.cldm.ControlNet(**config, hint_channels=3, num_heads=8, operations=comfy.ops.manual_cast,
+                                     device="meta")
+    g = torch.Generator().manual_seed(0)
+    tensors = {}
+    for key, value in net.state_dict().items():
+        if value.ndim > 1:
+            tensor = 0.05 * torch.randn(value.shape, generator=g)
+        elif key.endswith("weight"):  # norms
+            tensor = torch.ones(value.shape)
+        else:
+            tensor = 0.02 * torch.randn(value.shape, generator=g)
+        tensors["control_model." + key] = tensor
+    folder = Path(tempfile.mkdtemp(prefix="ee_controlnet_"))
+    save_file(tensors, str(folder / "test_controlnet_sd15.safetensors"))
+    pack_host.add_model_folder("controlnet", str(folder))
+    return "test_controlnet_sd15.safetensors"
+
+
+def _with_controlnet(prompt: dict, name: str) -> dict:
+    """The sampler's positive and negative through ControlNetApplyAdvanced with a flat grey hint."""
+    prompt["40"] = {"class_type": "ControlNetLoader", "inputs": {"control_net_name": name}}
+    prompt["41"] = {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0x808080}}
+    prompt["42"] = {"class_type": "ControlNetApplyAdvanced", "inputs": {
+        "positive": ["2", 0], "negative": ["3", 0], "control_net": ["40", 0], "image": ["41", 0], "strength": 1.0,
+        "start_percent": 0.0, "end_percent": 1.0}}
+    prompt["14"]["inputs"]["positive"] = ["42", 0]
+    prompt["14"]["inputs"]["negative"] = ["42", 1]
+    return prompt
+
+
+def test_controlnet_acts_on_the_output_and_the_branches_stay_replays(graph, test_controlnet):
+    """At the inversion's cfg and prompt, features collected from the stored inversion latents (no
+    ControlNet there) equal the replayed branches' exactly when the ControlNet does not reach the
+    branches; and the ControlNet must change the output."""
+    settings = {"cfg": 3.5, "structure_rows": "conditional"}
+    without = _out(graph, transfer_prompt(SD15, **settings))
+    replayed = _out(graph, _with_controlnet(transfer_prompt(SD15, **settings), test_controlnet))
+    collected_prompt = _with_controlnet(transfer_prompt(SD15, feature_source="collected_from_inversion", **settings),
+                                        test_controlnet)
+    collected_prompt["11"]["inputs"]["positive"] = ["42", 0]  # the ControlNet-applied conditioning: stripped
+    collected = _out(graph, collected_prompt)
+    assert (replayed - without).abs().mean() > 1e-2 * without.abs().mean(), "the ControlNet had no effect"
+    assert torch.allclose(collected, replayed, rtol=1e-3, atol=1e-3), (collected - replayed).abs().max()
