@@ -251,10 +251,10 @@ def word_token_position(clip, prompt: str, word: str, input_name: str = "object_
     def token_ids(text: str) -> list[int]:
         return [int(entry[0]) for entry in clip.tokenize(text)[key][0] if not torch.is_tensor(entry[0])]
 
-    empty = token_ids("")
-    start, end = empty[0], empty[1]
+    end = token_ids("")[1]  # [start, end, padding...]
     prompt_ids = token_ids(prompt)
-    word_ids = [t for t in token_ids(word) if t not in (start, end)]
+    word_tokens = token_ids(word)  # [start, word tokens..., end, padding...]
+    word_ids = word_tokens[1 : word_tokens.index(end)] if end in word_tokens else []
     if not word.strip() or not word_ids:
         raise InputError(f"{input_name}: empty; type the object's word as it appears in the prompt (e.g. 'cat')")
     for position in range(len(prompt_ids) - len(word_ids) + 1):

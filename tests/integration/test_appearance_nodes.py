@@ -513,3 +513,24 @@ def test_controlnet_acts_on_the_output_and_the_branches_stay_replays(graph, test
     collected = _out(graph, collected_prompt)
     assert (replayed - without).abs().mean() > 1e-2 * without.abs().mean(), "the ControlNet had no effect"
     assert torch.allclose(collected, replayed, rtol=1e-3, atol=1e-3), (collected - replayed).abs().max()
+
+
+@pytest.mark.parametrize("ckpt", [SD15, SDXL])
+def test_object_word_token_position(graph, ckpt):
+    """Start token 0, then one token per word here: 'cat' of 'a photo of a red cat' is column 6, on
+    every text encoder layout (SDXL's CLIP-G pads with 0, not with the end token)."""
+    from exemplar_edit.nodes import host as pack_host
+
+    clip = graph.run({"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
+                      "2": {"class_type": "Capture", "inputs": {"key": "clip", "value": ["1", 1]}}})["clip"]
+    assert pack_host.word_token_position(clip, "a photo of a red cat", "cat") == 6
+    assert pack_host.word_token_position(clip, "A photo of a Red Cat", "red cat") == 5
+
+
+def test_automatic_masks_on_sdxl(graph):
+    prompt = transfer_prompt(SDXL, auto_mask="self_segmentation", object_word="cat", prompt="a photo of a red cat")
+    prompt["11"]["inputs"].update(positive=["2", 0], clip=["1", 1])
+    prompt["16"] = {"class_type": "Capture", "inputs": {"key": "target_mask", "value": ["11", 1]}}
+    result = graph.run(prompt)
+    assert 0 < float(result["target_mask"].mean()) < 1
+    assert torch.isfinite(result["out"]["samples"]).all()
