@@ -60,8 +60,11 @@ class KMeansResult(NamedTuple):
     inertia: float  # sum of squared distances to the assigned centers
 
 
-def _squared_distances(x: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
-    return (x.square().sum(1, keepdim=True) - 2 * x @ centers.t() + centers.square().sum(1)[None]).clamp_min(0)
+def _squared_distances(x: torch.Tensor, centers: torch.Tensor, x_norms: torch.Tensor | None = None) -> torch.Tensor:
+    """``[N, k]`` squared Euclidean distances; ``x_norms`` = ``|x|^2`` per row, if already known."""
+    if x_norms is None:
+        x_norms = x.square().sum(1, keepdim=True)
+    return (x_norms - 2 * x @ centers.t() + centers.square().sum(1)[None]).clamp_min(0)
 
 
 def kmeans_plus_plus(x: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
@@ -100,11 +103,12 @@ def kmeans(x: torch.Tensor, k: int = NUM_SEGMENTS, n_init: int = NUM_INITS, seed
     x = x.float()
     generator = torch.Generator().manual_seed(seed)
     threshold = tol * float(x.var(dim=0, unbiased=False).mean())
+    x_norms = x.square().sum(1, keepdim=True)
     best: KMeansResult | None = None
     for _ in range(n_init):
         centers = kmeans_plus_plus(x, k, generator)
         for _ in range(max_iter):
-            distances = _squared_distances(x, centers)
+            distances = _squared_distances(x, centers, x_norms)
             labels = distances.argmin(dim=1)
             counts = torch.bincount(labels, minlength=k)
             sums = torch.zeros_like(centers).index_add_(0, labels, x)
@@ -117,7 +121,7 @@ def kmeans(x: torch.Tensor, k: int = NUM_SEGMENTS, n_init: int = NUM_INITS, seed
             centers = new_centers
             if shift <= threshold:
                 break
-        distances = _squared_distances(x, centers)
+        distances = _squared_distances(x, centers, x_norms)
         labels = distances.argmin(dim=1)
         inertia = float(distances.gather(1, labels[:, None]).sum())
         if best is None or inertia < best.inertia:

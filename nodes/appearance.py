@@ -390,7 +390,7 @@ def automatic_masks(model, reference: inv.Inversion, target: inv.Inversion, posi
     def capture(kind: str):
         def replace(q, k, v, extra_options):
             heads = extra_options["n_heads"]
-            captured[kind] = seg.head_averaged_attention(q, k, heads).cpu()
+            captured[kind] = seg.head_averaged_attention(q, k, heads)  # k-means runs where the model runs
             captured[kind + "_hw"] = tuple(int(d) for d in extra_options["activations_shape"][-2:])
             return host.attention(q, k, v, heads)
         return replace
