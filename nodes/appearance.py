@@ -543,7 +543,10 @@ class SemanticFeatureRearrange(host.PackNode):
                 "the target's structure and takes the reference's appearance, eye to eye and wheel to wheel. Returns "
                 "a patched MODEL; sample it with SamplerCustom (add_noise off, cfg 1 by default), the Inversion Replay "
                 "Sampler of the TARGET's inversion, and the target DDIMInvert's LATENT and SIGMAS. Invert both images "
-                "with DDIMInvert (edit_friendly_ddpm, 100 steps, cfg 3.5, skip_steps 32 in the paper's code)."
+                "with DDIMInvert (edit_friendly_ddpm, 100 steps, cfg 3.5, skip_steps 32 in the paper's code). With no "
+                "mask connected, auto_mask can make the object masks from the model's own attention (official "
+                "self-segmentation); a batch of N reference images with N target masks gives object k reference "
+                "k's appearance; a ControlNet on the sampler's conditioning acts on the output only."
             ),
             inputs=[
                 io.Model.Input("model", tooltip="The model to patch (a clone is patched; the input stays untouched). "
@@ -586,8 +589,9 @@ class SemanticFeatureRearrange(host.PackNode):
                                        "step; identical when the sampler's cfg and prompt equal the inversion's). "
                                        "Needs 'positive'."),
                 io.Conditioning.Input("positive", optional=True,
-                                      tooltip="collected_from_inversion only: the conditioning the images were "
-                                              "inverted with (DDIMInvert's positive)."),
+                                      tooltip="For auto_mask and collected_from_inversion: the conditioning the "
+                                              "images were inverted with (DDIMInvert's positive). A ControlNet "
+                                              "attached to it is ignored there."),
                 io.Mask.Input("reference_mask", optional=True,
                               tooltip="Where the object is in the reference image (image size). A batch of N masks "
                                       "pairs with N target masks: object k of the target takes the appearance of "
