@@ -178,9 +178,15 @@ def appearance_settings(ctx: Context) -> tuple[dict, dict, dict]:
     return invert, rearrange, sampler
 
 
-def build_appearance_transfer(ctx: Context, run: int, feature_source: str = "replayed_each_step") -> dict:
+def build_appearance_transfer(ctx: Context, run: int, feature_source: str = "replayed_each_step",
+                              cfg: float | None = None, auto_mask: str = "off") -> dict:
+    """The shipped workflow's graph without FreeU and VAE; ``auto_mask`` off unless asked (the
+    figures before issue 16 were taken without masks), ``cfg`` the workflow's unless given."""
     invert, rearrange, sampler = appearance_settings(ctx)
     rearrange["feature_source"] = feature_source
+    rearrange.update(auto_mask=auto_mask, object_word="cat", prompt=POSITIVE)
+    if cfg is not None:
+        sampler["cfg"] = cfg
     prompt = _base(ctx)
     prompt["4"] = _latent(ctx, 1, run)   # reference
     prompt["5"] = _latent(ctx, 2, run)   # target
@@ -189,8 +195,10 @@ def build_appearance_transfer(ctx: Context, run: int, feature_source: str = "rep
     prompt["7"] = {"class_type": "DDIMInvert", "inputs": {**common, "latent": ["5", 0], "seed": 1}}
     prompt["8"] = {"class_type": "SemanticFeatureRearrange", "inputs": {
         **rearrange, "model": ["1", 0], "reference": ["6", 1], "target": ["7", 1]}}
-    if feature_source == "collected_from_inversion":
+    if feature_source == "collected_from_inversion" or auto_mask != "off":
         prompt["8"]["inputs"]["positive"] = ["2", 0]
+    if auto_mask != "off":
+        prompt["8"]["inputs"]["clip"] = ["1", 1]
     prompt["9"] = {"class_type": "InversionReplaySampler", "inputs": {"inversion": ["7", 1], "exact_final_step": False}}
     prompt["10"] = {"class_type": "SamplerCustom", "inputs": {
         **sampler, "model": ["8", 0], "positive": ["2", 0], "negative": ["3", 0], "sampler": ["9", 0],
@@ -286,6 +294,18 @@ CASES: list[Case] = [
          requires=("DDIMInvert", "SemanticFeatureRearrange", "InversionReplaySampler"),
          notes="same graph as appearance_transfer; reference/structure features from one conditional evaluation "
                "per injected step instead of two extra batch rows per step"),
+    Case("appearance_cfg2.5", "Appearance transfer end to end at cfg 2.5 (the official README's guidance)",
+         lambda ctx, run: build_appearance_transfer(ctx, run + 200_000, cfg=2.5),
+         steps=lambda ctx: ctx.profile.appearance_steps, baseline=appearance_baseline,
+         requires=("DDIMInvert", "SemanticFeatureRearrange", "InversionReplaySampler"),
+         notes="same graph as appearance_transfer, sampled at cfg 2.5: every step's batch carries the output, "
+               "reference and structure rows for cond and uncond (6 rows, as the official batch)"),
+    Case("appearance_auto_mask", "Appearance transfer end to end with automatic masks (auto_mask self_segmentation)",
+         lambda ctx, run: build_appearance_transfer(ctx, run + 300_000, auto_mask="self_segmentation"),
+         steps=lambda ctx: ctx.profile.appearance_steps, baseline=appearance_baseline,
+         requires=("DDIMInvert", "SemanticFeatureRearrange", "InversionReplaySampler"),
+         notes="same graph as appearance_transfer plus the mask pre-pass: one conditional evaluation of both "
+               "inversion latents, k-means over the highest level's self-attention"),
     Case("translation", "CutLossGuidance sampling (pix2pix-zeroCon), inversion cached", build_translation,
          steps=lambda ctx: ctx.profile.steps, baseline=translation_baseline,
          requires=("EditDirection", "CutLossGuidance"), small_default=False, floor=translation_floor,

@@ -283,7 +283,7 @@ def render() -> str:
         "in-process through ComfyUI's own validator and executor; each graph runs once to warm up, then the "
         "repeats of all graphs are interleaved and the medians kept. Figures are from latents to latents: text "
         "encodings and loaded models stay cached between repeats (as in a session), VAE encode/decode are left "
-        "out (equal with or without a method), and so is FreeU in the appearance workflow (a stock node).",
+        "out (equal with or without a method), and so is FreeU in the appearance workflow (FreeU (Eye-for-an-eye official): a filter on 4 decoder levels, a few FFTs of the backbone per UNet call; it does nothing on the small test models, whose widths it does not act on).",
         "",
         "- **CUDA**: random-weight checkpoints at the real SD1.5 (512²) and SDXL (1024²) architecture sizes are "
         "built once (`bench/models.py`, from tools/make_test_checkpoints.py's recipe; cached in "

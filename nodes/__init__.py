@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 from .host import ComfyExtension, io
-from .appearance import SemanticFeatureRearrange
+from .appearance import EyeForAnEyeFreeU, SemanticFeatureRearrange
 from .analogy import DeltaInterpolationTrainer, TokenInjector
 from .analogy_score import AnalogyScore
 from .inversion import DDIMInvert, InversionReplaySampler
 from .translation import CutLossGuidance, EditDirectionNode
 
-NODES: list[type[io.ComfyNode]] = [DDIMInvert, InversionReplaySampler, SemanticFeatureRearrange,
+NODES: list[type[io.ComfyNode]] = [DDIMInvert, InversionReplaySampler, SemanticFeatureRearrange, EyeForAnEyeFreeU,
                                  EditDirectionNode, CutLossGuidance, DeltaInterpolationTrainer, TokenInjector,
                                  AnalogyScore]
 

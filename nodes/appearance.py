@@ -20,7 +20,9 @@ import torch
 
 from ..core import correspondence as corr
 from ..core.correspondence import TransferSchedule
+from ..core import freeu
 from ..core import inversion as inv
+from ..core import segmentation as seg
 from . import host
 from .host import InputError, io
 from .inversion import InversionType
@@ -34,9 +36,13 @@ LAYER_CHOICES = {
 }
 _LAYOUT_KEY = "exemplar_edit_appearance_rows"  # output rows per batch chunk, set by our wrapper
 _STEP_KEY = "exemplar_edit_appearance_step"  # denoising step k of the current UNet call
-_IMAGE_DOWNSCALE = 8
+_IMAGE_DOWNSCALE = 8  # pixels per latent cell for every model family the pack supports
 REPLAYED, FROM_INVERSION = "replayed_each_step", "collected_from_inversion"
-FEATURE_SOURCES = (REPLAYED, FROM_INVERSION)  # pixels per latent cell for every model family the pack supports
+FEATURE_SOURCES = (REPLAYED, FROM_INVERSION)
+SELF_SEGMENTATION, CROSS_ATTENTION, OFF = "self_segmentation", "cross_attention", "off"
+AUTO_MASKS = (SELF_SEGMENTATION, CROSS_ATTENTION, OFF)
+OFFICIAL_ROWS, CONDITIONAL_ROWS = "official", "conditional"
+STRUCTURE_ROWS = (OFFICIAL_ROWS, CONDITIONAL_ROWS)
 
 
 class AppearanceTransferPatch:
@@ -45,14 +51,16 @@ class AppearanceTransferPatch:
     def __init__(self, reference: inv.Inversion, target: inv.Inversion, blocks: frozenset[int],
                  masks: list[tuple[torch.Tensor, torch.Tensor]], schedule: TransferSchedule,
                  strength: float, restrict_to_reference_mask: bool, feature_source: str = REPLAYED,
-                 chunk_size: int = 1024):
+                 chunk_size: int = 1024, structure_rows: str = OFFICIAL_ROWS):
         self.reference, self.target = reference, target
+        self.num_references = reference.latents[0].shape[0]  # object k takes reference k when > 1
+        self.structure_rows = structure_rows
         self.feature_source = feature_source
         # collected_from_inversion: (step, block, block_index) -> [HW, C] features of the branch
         # the step needs (structure steps: the target; others: the reference), see collect_features
         self.collected: dict[tuple, torch.Tensor] = {}
         self.blocks = blocks
-        self.masks = masks  # [(target_mask [H, W], reference_mask [H, W]), ...] at image size
+        self.masks = masks  # [(target_mask [H, W], reference_mask [H, W]), ...] at image size, one per object
         self.schedule = schedule
         self.strength = strength
         self.restrict_to_reference_mask = restrict_to_reference_mask
@@ -68,11 +76,13 @@ class AppearanceTransferPatch:
         return self
 
     def _reset(self) -> None:
-        self._branches: dict[int, torch.Tensor] = {}  # step -> [2, C, h, w]: reference, structure
-        self._predictions: dict[int, torch.Tensor] = {}  # cond_or_uncond -> branch x0 [2, C, h, w]
+        # branch rows: the N reference images, then the structure (target) image
+        self._branches: dict[int, torch.Tensor] = {}  # step -> [N + 1, C, h, w]
+        self._predictions: dict[int, torch.Tensor] = {}  # cond_or_uncond -> branch x0 [N + 1, C, h, w]
         self._step: Optional[int] = None
         self._awaiting_step_hook = False
         self._uploads: dict[tuple, torch.Tensor] = {}  # (name, device) -> fixed inversion data on the device
+        self._uncond_steps: set[int] = set()  # steps whose UNet calls included an unconditional chunk
 
     # --- schedule bookkeeping -----------------------------------------------------------------
 
@@ -94,26 +104,24 @@ class AppearanceTransferPatch:
         return self._run_first_sigma
 
     def _uploaded(self, name: str, tensors: list[torch.Tensor], device) -> torch.Tensor:
-        """``[t[0] for t in tensors]`` stacked on ``device``: uploaded on first use in a sampling run,
-        then indexed there, so no step blocks on a host-to-device copy."""
+        """``tensors`` (one ``[batch, ...]`` per step) stacked on ``device``: uploaded on first use in a
+        sampling run, then indexed there, so no step blocks on a host-to-device copy."""
         key = (name, str(device))
         if key not in self._uploads:
-            self._uploads[key] = torch.stack([t[0] for t in tensors]).to(device)
+            self._uploads[key] = torch.stack(list(tensors)).to(device)
         return self._uploads[key]
 
     def _branch_latents(self, step: int, device, dtype) -> torch.Tensor:
         if step not in self._branches:
             if step >= len(self.target.latents) - 1:
                 raise InputError("sigmas: the sampler went past the target inversion's schedule")
-            pair = torch.stack([self.reference.latents[step][0], self.target.latents[step][0]])
-            self._branches[step] = pair.to(device)  # one upload per run; later steps are made on the device
+            rows = torch.cat([self.reference.latents[step], self.target.latents[step][:1]])
+            self._branches[step] = rows.to(device)  # one upload per run; later steps are made on the device
         return self._branches[step].to(device=device, dtype=dtype)
 
     # --- 1. apply-model wrapper: append the reference and structure branches to every chunk ----
 
     def apply_model(self, executor, x, sigma, c_concat, c_crossattn, control, transformer_options, **extra_conds):
-        if control is not None:
-            raise InputError("model: SemanticFeatureRearrange cannot run with a ControlNet applied; remove it")
         cond_or_uncond = list(transformer_options["cond_or_uncond"])
         chunks = len(cond_or_uncond)
         rows = x.shape[0] // chunks
@@ -133,6 +141,8 @@ class AppearanceTransferPatch:
         if self._step != step:
             self._predictions = {}
         self._step = step
+        if 1 in cond_or_uncond:
+            self._uncond_steps.add(step)
         # Other patches (e.g. Perturbed-Attention Guidance) may run extra UNet passes in the same
         # step; only the sampler's own first pass per cond/uncond, before CFG, steps the branches.
         record = not self._awaiting_step_hook
@@ -144,23 +154,26 @@ class AppearanceTransferPatch:
                 self._predictions.setdefault(0, x)  # marks the step as run for post_cfg
             return executor(x, sigma, c_concat, c_crossattn, control, options, **extra_conds)
         branches = self._branch_latents(step, x.device, x.dtype)
+        extra_rows = branches.shape[0]
 
         def extend(tensor):
             if not torch.is_tensor(tensor) or tensor.ndim == 0 or tensor.shape[0] != x.shape[0]:
                 return tensor
             per_chunk = tensor.reshape(chunks, rows, *tensor.shape[1:])
-            extra = per_chunk[:, :1].expand(chunks, 2, *tensor.shape[1:])
-            return torch.cat([per_chunk, extra], dim=1).reshape(chunks * (rows + 2), *tensor.shape[1:])
+            extra = per_chunk[:, :1].expand(chunks, extra_rows, *tensor.shape[1:])
+            return torch.cat([per_chunk, extra], dim=1).reshape(chunks * (rows + extra_rows), *tensor.shape[1:])
 
         x_chunks = x.reshape(chunks, rows, *x.shape[1:])
         x_ext = torch.cat([x_chunks, branches[None].expand(chunks, *branches.shape)], dim=1)
-        x_ext = x_ext.reshape(chunks * (rows + 2), *x.shape[1:])
+        x_ext = x_ext.reshape(chunks * (rows + extra_rows), *x.shape[1:])
         options = dict(transformer_options)
         options[_LAYOUT_KEY] = rows
         options[_STEP_KEY] = step
+        # a ControlNet acts on the output rows only: the branches stay exact replays of their inversions
+        control = host.control_with_extra_rows(control, chunks, rows, extra_rows)
         out = executor(x_ext, extend(sigma), extend(c_concat), extend(c_crossattn), control, options,
                        **{name: extend(value) for name, value in extra_conds.items()})
-        out = out.reshape(chunks, rows + 2, *out.shape[1:])
+        out = out.reshape(chunks, rows + extra_rows, *out.shape[1:])
         for chunk, kind in enumerate(cond_or_uncond):
             if record and kind not in self._predictions:
                 self._predictions[kind] = out[chunk, rows:].detach()
@@ -203,32 +216,53 @@ class AppearanceTransferPatch:
         masks = self._layer_masks(hw, n.device)
         new = n.clone()
         for chunk, kind in enumerate(cond_or_uncond):
-            if kind != 0:  # the unconditional branch is left unrearranged
+            if structure:
+                if not self._takes_structure_features(kind, step, cond_or_uncond):
+                    continue
+            elif kind != 0:  # the unconditional branch is left unrearranged
                 continue
             base = chunk * per_chunk
             if self.feature_source == FROM_INVERSION:
                 stored = self.collected[(step, tuple(block), extra_options.get("block_index", 0))]
-                reference = structure_feat = stored.to(n.device, n.dtype)
+                references, structure_feat = [stored.to(n.device, n.dtype)], stored.to(n.device, n.dtype)
             else:
-                reference, structure_feat = n[base + rows], n[base + rows + 1]
+                first = base + rows
+                references = list(n[first : first + self.num_references])
+                structure_feat = n[first + self.num_references]
             for row in range(base, base + rows):
                 if structure:
                     new[row] = structure_feat
                     continue
-                new[row] = self._rearranged(n[row], reference, masks)
+                new[row] = self._rearranged(n[row], references, masks)
         return new, new, new
 
-    def _rearranged(self, out_feat, ref_feat, masks):
+    def _takes_structure_features(self, kind: int, step: int, cond_or_uncond) -> bool:
+        """Whether the output rows of a chunk of ``kind`` (0 cond, 1 uncond) take the target's features
+        on a structure step. ``official``: the unconditional output when the step runs one (cfg > 1;
+        the official ``h[OUT_INDEX] = h[STRUCT_INDEX]`` with global indices 0/2 of its batch of 6,
+        appearance_transfer_model_final.py L205), the conditional output left alone; at cfg 1, where
+        the official code has no behaviour, the conditional output. ``conditional``: always the
+        conditional output. Whether the step runs an unconditional pass is known from this call, or
+        from the step or the one before when ComfyUI splits cond and uncond into separate calls."""
+        if self.structure_rows == CONDITIONAL_ROWS:
+            return kind == 0
+        runs_uncond = 1 in cond_or_uncond or step in self._uncond_steps or step - 1 in self._uncond_steps
+        return kind == (1 if runs_uncond else 0)
+
+    def _rearranged(self, out_feat, references: list[torch.Tensor], masks):
+        """``references``: one feature map per reference image (object k takes reference k when
+        there are several; one reference serves every object)."""
         # fp16 cosines on CUDA (core casts after normalising): a near-tie may flip an argmax. CPU: unchanged.
         dtype = torch.float16 if out_feat.is_cuda else None
         if len(masks) > 1:
-            indices, valid = corr.semantic_nearest_neighbours_pairs(out_feat, ref_feat, masks, self.chunk_size, dtype)
-        else:
-            out_mask, ref_mask = masks[0] if masks else (None, None)
-            indices, valid = corr.semantic_nearest_neighbours(
-                out_feat, ref_feat, out_mask, ref_mask, chunk_size=self.chunk_size, dtype=dtype,
-                restrict_to_ref_mask=self.restrict_to_reference_mask,
-            )
+            per_object = references if len(references) > 1 else references * len(masks)
+            return corr.rearrange_pairs(out_feat, per_object, masks, self.strength, self.chunk_size, dtype)
+        ref_feat = references[0]
+        out_mask, ref_mask = masks[0] if masks else (None, None)
+        indices, valid = corr.semantic_nearest_neighbours(
+            out_feat, ref_feat, out_mask, ref_mask, chunk_size=self.chunk_size, dtype=dtype,
+            restrict_to_ref_mask=self.restrict_to_reference_mask,
+        )
         return corr.rearrange_features(out_feat, ref_feat, indices, valid, self.strength)
 
     # --- 3. after CFG: step the branches; after the sampler's step: masked AdaIN -------------
@@ -249,11 +283,12 @@ class AppearanceTransferPatch:
         sigma_t, sigma_s = self._target_sigmas[index], self._target_sigmas[index + 1]
         current = self._branch_latents(step, x0.device, x0.dtype)
         stepped = []
-        for b, inversion in enumerate((self.reference, self.target)):
+        branches = [("reference", self.reference, k) for k in range(self.num_references)]
+        for b, (name, inversion, image) in enumerate(branches + [("target", self.target, 0)]):
             noise_map = None
             if inversion.noise_maps is not None:
-                noise_maps = self._uploaded(f"noise_maps_{b}", inversion.noise_maps, x0.device)
-                noise_map = noise_maps[index - inversion.start_step].to(x0.dtype)
+                noise_maps = self._uploaded(f"noise_maps_{name}", inversion.noise_maps, x0.device)
+                noise_map = noise_maps[index - inversion.start_step][image].to(x0.dtype)
             stepped.append(inv.replay_step(current[b], x0[b], sigma_t, sigma_s, noise_map, True))
         self._branches[step + 1] = torch.stack(stepped)
         self._predictions = {}
@@ -266,20 +301,22 @@ class AppearanceTransferPatch:
             return x
         if self.feature_source == FROM_INVERSION:
             latents = self._uploaded("reference_latents", self.reference.latents, x.device)
-            reference = latents[min(self._step + 1, len(self.reference.latents) - 1)]
+            references = latents[min(self._step + 1, len(self.reference.latents) - 1)]
         else:
-            reference = self._branches.get(self._step + 1)
-            if reference is None:
+            branches = self._branches.get(self._step + 1)
+            if branches is None:
                 return x
-            reference = reference[0]
-        reference = reference.to(x.device, x.dtype)
+            references = branches[: self.num_references]
+        references = references.to(x.device, x.dtype)  # [N, C, h, w]: object k's statistics from reference k
         hw = tuple(x.shape[-2:])
         aligned = []
         for latent in x:
             if not self.masks:
-                aligned.append(corr.adain(latent, reference))
+                aligned.append(corr.adain(latent, references[0]))
                 continue
-            for target_mask, reference_mask, target_pixels, reference_pixels in self._adain_masks(hw, x.device):
+            for k, (target_mask, reference_mask, target_pixels, reference_pixels) in enumerate(
+                    self._adain_masks(hw, x.device)):
+                reference = references[k if self.num_references > 1 else 0]
                 latent = corr.masked_adain(latent, reference, target_mask, reference_mask,
                                            content_selection=target_pixels, style_selection=reference_pixels)
             aligned.append(latent)
@@ -314,7 +351,7 @@ def collect_features(model, patch: AppearanceTransferPatch, positive) -> None:
 
     def collect(run: host.ModelRun) -> None:
         device = run.device
-        prepared = run.prepare_conditioning(positive, latent.to(device))
+        prepared = run.prepare_conditioning(host.without_control(positive), latent.to(device))
         for step in steps:
             host.check_interrupted()
             source = patch.target if patch.schedule.takes_structure(step) else patch.reference
@@ -324,6 +361,72 @@ def collect_features(model, patch: AppearanceTransferPatch, positive) -> None:
             run.denoise(x, sigma, prepared)
 
     host.run_with_model(recorder, tuple(latent.shape), collect)
+
+
+def automatic_masks(model, reference: inv.Inversion, target: inv.Inversion, positive, token: int, mode: str,
+                    step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(target_mask, reference_mask)``, binary ``[H, W]`` at image size, made from the UNet's own
+    attention as the official code makes them without SAM masks (``core.segmentation``).
+
+    One conditional evaluation of the reference and target inversion latents at editing step
+    ``step`` (the branches' latents there when they retrace their inversions) records, overwriting
+    per call as the official ``Segmentor.update_attention`` does, the head-averaged maps of the
+    last decoder self-attention at the highest attention level and of the last decoder
+    cross-attention at the level below (SD1.5 at 512 px: 64x64 and 32x32, the official
+    ``self_attention_64`` / ``cross_attention_64``); ``self_segmentation`` clusters the former and
+    names the clusters by the word's column of the latter. ``cross_attention`` thresholds the
+    word's column of the last cross-attention two levels below (16x16, the official
+    ``cross_attention_32`` of ``cross_attn_map``). Masks on a token grid are repeated to image size.
+    """
+    levels = host.decoder_attention_downscales(model)
+    downscales = sorted(set(levels.values()))
+    self_downscale = downscales[0]
+    # official levels at 512 px: self-segmentation names 64x64 clusters with the 32x32 cross-attention;
+    # the threshold mask is the 16x16 cross-attention (``cross_attention_32``), the third decoder level
+    cross_downscale = downscales[min(1 if mode == SELF_SEGMENTATION else 2, len(downscales) - 1)]
+    latent_hw = tuple(target.latents[0].shape[-2:])
+    captured: dict[str, torch.Tensor] = {}
+
+    def capture(kind: str):
+        def replace(q, k, v, extra_options):
+            heads = extra_options["n_heads"]
+            captured[kind] = seg.head_averaged_attention(q, k, heads)  # k-means runs where the model runs
+            captured[kind + "_hw"] = tuple(int(d) for d in extra_options["activations_shape"][-2:])
+            return host.attention(q, k, v, heads)
+        return replace
+
+    recorder = model.clone()
+    for index, downscale in levels.items():
+        if downscale == self_downscale and mode == SELF_SEGMENTATION:
+            recorder.set_model_attn1_replace(capture("self"), "output", index)
+        if downscale == cross_downscale:
+            recorder.set_model_attn2_replace(capture("cross"), "output", index)
+    step = max(0, min(step, len(target.latents) - 2))
+
+    def evaluate(run: host.ModelRun) -> None:
+        device = run.device
+        x = torch.cat([reference.latents[step][:1], target.latents[step][:1]]).to(device)
+        prepared = run.prepare_conditioning(host.without_control(positive), x)
+        sigma = target.sigmas[target.start_step + step].reshape(1).expand(2).to(device)
+        run.denoise(x, sigma, prepared)
+
+    host.run_with_model(recorder, (2, *target.latents[0].shape[1:]), evaluate)
+    image_hw = tuple(d * _IMAGE_DOWNSCALE for d in latent_hw)
+    if token >= captured["cross"].shape[-1]:
+        raise InputError(f"object_word: is text token {token}, past the conditioning's {captured['cross'].shape[-1]} "
+                         "tokens; connect the positive conditioning of the prompt that holds the word")
+    masks = []
+    for row in (1, 0):  # target, reference
+        if mode == SELF_SEGMENTATION:
+            grid = seg.self_segmentation_mask(captured["self"][row], captured["cross"][row], token,
+                                              captured["self_hw"], captured["cross_hw"])
+        else:
+            grid = seg.cross_attention_mask(captured["cross"][row], token, captured["cross_hw"])
+        if float(grid.sum()) == 0:
+            raise InputError(f"object_word: its cross-attention is flat, so {mode} finds no object; connect "
+                             "masks or set auto_mask to off")
+        masks.append(seg.upsample_nearest(grid, image_hw))
+    return masks[0], masks[1]
 
 
 def _check_inversion(inversion, name: str) -> inv.Inversion:
@@ -355,7 +458,7 @@ def _mask_list(mask: Optional[torch.Tensor], name: str, image_hw: tuple[int, int
 
 def build_patch(model, reference, target, layers: str, strength: float, schedule: TransferSchedule,
                 restrict_to_reference_mask: bool, reference_mask=None, target_mask=None,
-                feature_source: str = REPLAYED) -> AppearanceTransferPatch:
+                feature_source: str = REPLAYED, structure_rows: str = OFFICIAL_ROWS) -> AppearanceTransferPatch:
     """Validates the inputs and makes the patch for ``model`` (not yet applied)."""
     reference = _check_inversion(reference, "reference")
     target = _check_inversion(target, "target")
@@ -365,10 +468,10 @@ def build_patch(model, reference, target, layers: str, strength: float, schedule
             raise InputError(f"{name}: inverted with a {inversion.model_family} model but the model is {family}; "
                              "invert with the same model family")
     ref_batch, tgt_batch = reference.latents[0].shape[0], target.latents[0].shape[0]
-    if ref_batch != tgt_batch:
-        raise InputError(f"reference: inverted from a batch of {ref_batch} images but the target from {tgt_batch}; "
-                         "invert as many reference images as target images (one each)")
-    if reference.latents[0].shape != target.latents[0].shape:
+    if tgt_batch != 1:
+        raise InputError(f"target: inverted from a batch of {tgt_batch} images; invert one target image (several "
+                         "references, one per object, are a batch on the reference side)")
+    if reference.latents[0].shape[1:] != target.latents[0].shape[1:]:
         ref_hw = tuple(d * _IMAGE_DOWNSCALE for d in reference.latents[0].shape[-2:])
         tgt_hw = tuple(d * _IMAGE_DOWNSCALE for d in target.latents[0].shape[-2:])
         raise InputError(f"reference: its image is {ref_hw[1]}x{ref_hw[0]} px but the target's is {tgt_hw[1]}x{tgt_hw[0]} px; "
@@ -381,12 +484,6 @@ def build_patch(model, reference, target, layers: str, strength: float, schedule
         raise InputError(f"layers: {layers!r} is not one of {list(LAYER_CHOICES)}")
     if not 0.0 <= strength <= 1.0:
         raise InputError(f"strength: {strength} must be between 0 and 1")
-    levels = host.decoder_attention_downscales(model)
-    chosen = sorted(set(levels.values()))
-    if LAYER_CHOICES[layers] is not None:
-        chosen = chosen[: LAYER_CHOICES[layers]]
-    blocks = frozenset(index for index, downscale in levels.items() if downscale in chosen)
-
     image_hw = tuple(d * _IMAGE_DOWNSCALE for d in target.latents[0].shape[-2:])
     target_masks = _mask_list(target_mask, "target_mask", image_hw)
     reference_masks = _mask_list(reference_mask, "reference_mask", image_hw)
@@ -403,8 +500,23 @@ def build_patch(model, reference, target, layers: str, strength: float, schedule
         masks = list(zip(target_masks, reference_masks))
     if feature_source not in FEATURE_SOURCES:
         raise InputError(f"feature_source: {feature_source!r} is not one of {list(FEATURE_SOURCES)}")
+    if ref_batch > 1:
+        if target_mask is None or len(masks) != ref_batch:
+            given = "none" if target_mask is None else len(masks)
+            raise InputError(f"target_mask: the reference is a batch of {ref_batch} images, so connect {ref_batch} "
+                             f"target masks (object k takes reference image k's appearance); it has {given}")
+        if feature_source == FROM_INVERSION:
+            raise InputError("feature_source: collected_from_inversion takes one reference image; use "
+                             "replayed_each_step with a batch of references")
+    levels = host.decoder_attention_downscales(model)
+    chosen = sorted(set(levels.values()))
+    if LAYER_CHOICES[layers] is not None:
+        chosen = chosen[: LAYER_CHOICES[layers]]
+    blocks = frozenset(index for index, downscale in levels.items() if downscale in chosen)
+    if structure_rows not in STRUCTURE_ROWS:
+        raise InputError(f"structure_rows: {structure_rows!r} is not one of {list(STRUCTURE_ROWS)}")
     return AppearanceTransferPatch(reference, target, blocks, masks, schedule, strength, restrict_to_reference_mask,
-                                   feature_source)
+                                   feature_source, structure_rows=structure_rows)
 
 
 def apply_patch(model, patch: AppearanceTransferPatch):
@@ -431,7 +543,10 @@ class SemanticFeatureRearrange(host.PackNode):
                 "the target's structure and takes the reference's appearance, eye to eye and wheel to wheel. Returns "
                 "a patched MODEL; sample it with SamplerCustom (add_noise off, cfg 1 by default), the Inversion Replay "
                 "Sampler of the TARGET's inversion, and the target DDIMInvert's LATENT and SIGMAS. Invert both images "
-                "with DDIMInvert (edit_friendly_ddpm, 100 steps, cfg 3.5, skip_steps 32 in the paper's code)."
+                "with DDIMInvert (edit_friendly_ddpm, 100 steps, cfg 3.5, skip_steps 32 in the paper's code). With no "
+                "mask connected, auto_mask can make the object masks from the model's own attention (official "
+                "self-segmentation); a batch of N reference images with N target masks gives object k reference "
+                "k's appearance; a ControlNet on the sampler's conditioning acts on the output only."
             ),
             inputs=[
                 io.Model.Input("model", tooltip="The model to patch (a clone is patched; the input stays untouched). "
@@ -474,17 +589,43 @@ class SemanticFeatureRearrange(host.PackNode):
                                        "step; identical when the sampler's cfg and prompt equal the inversion's). "
                                        "Needs 'positive'."),
                 io.Conditioning.Input("positive", optional=True,
-                                      tooltip="collected_from_inversion only: the conditioning the images were "
-                                              "inverted with (DDIMInvert's positive)."),
+                                      tooltip="For auto_mask and collected_from_inversion: the conditioning the "
+                                              "images were inverted with (DDIMInvert's positive). A ControlNet "
+                                              "attached to it is ignored there."),
                 io.Mask.Input("reference_mask", optional=True,
                               tooltip="Where the object is in the reference image (image size). A batch of N masks "
                                       "pairs with N target masks: object k of the target takes the appearance of "
                                       "object k of the reference. Unconnected: the whole image."),
                 io.Mask.Input("target_mask", optional=True,
                               tooltip="Where the object is in the target image (image size). Outside it the target is "
-                                      "kept, so its background survives. Unconnected: the whole image."),
+                                      "kept, so its background survives. Unconnected: auto_mask decides."),
+                io.Combo.Input("auto_mask", options=list(AUTO_MASKS), default=OFF, optional=True,
+                               tooltip="When no mask is connected, make both masks from the UNet's own attention, as "
+                                       "the official code does without SAM masks. self_segmentation: k-means (5 "
+                                       "clusters) over the self-attention of each image, the clusters the object "
+                                       "word attends to. cross_attention: the object word's cross-attention map, "
+                                       "min-max normalised, above 0.1. off: the whole image (the background is "
+                                       "repainted). Needs positive, clip, prompt and object_word."),
+                io.String.Input("object_word", default="", optional=True,
+                                tooltip="auto_mask: the word of the prompt that names the object (official: the "
+                                        "domain word of 'A photo of a {domain}')."),
+                io.Clip.Input("clip", optional=True,
+                              tooltip="auto_mask: the CLIP that encoded the prompt, to find object_word's token."),
+                io.Combo.Input("structure_rows", options=list(STRUCTURE_ROWS), default=OFFICIAL_ROWS, optional=True,
+                               tooltip="At cfg above 1, which output rows take the target's features on structure "
+                                       "steps. official: the unconditional output (as the official code at its "
+                                       "README's cfg 2.5; the conditional output keeps its own features). "
+                                       "conditional: the conditional output, the unconditional left alone. At cfg 1 "
+                                       "both take the conditional output."),
+                io.String.Input("prompt", default="", multiline=True, optional=True,
+                                tooltip="auto_mask: the text of the positive prompt (the same text as its "
+                                        "CLIPTextEncode), to find object_word's token."),
             ],
-            outputs=[io.Model.Output(display_name="MODEL", tooltip="The patched clone of the model.")],
+            outputs=[io.Model.Output(display_name="MODEL", tooltip="The patched clone of the model."),
+                     io.Mask.Output(display_name="target_mask",
+                                    tooltip="The target masks used (connected, automatic, or the whole image)."),
+                     io.Mask.Output(display_name="reference_mask",
+                                    tooltip="The reference masks used (connected, automatic, or the whole image).")],
         )
 
     @classmethod
@@ -498,16 +639,90 @@ class SemanticFeatureRearrange(host.PackNode):
     def execute(cls, model, reference, target, layers, strength, injection_start_step, injection_end_step,
                 structure_interval, structure_end_step, adain_start_step, adain_end_step,
                 restrict_to_reference_mask, feature_source=REPLAYED, positive=None, reference_mask=None,
-                target_mask=None) -> io.NodeOutput:
+                target_mask=None, auto_mask=OFF, object_word="", clip=None, structure_rows=OFFICIAL_ROWS,
+                prompt="") -> io.NodeOutput:
         cls.refuse_invalid(locals())
         host.check_sigma_space_model(model)
         schedule = TransferSchedule(injection_start_step, injection_end_step, structure_interval,
                                     structure_end_step, adain_start_step, adain_end_step)
+        if auto_mask != OFF and reference_mask is None and target_mask is None:
+            build_patch(model, reference, target, layers, strength, schedule, restrict_to_reference_mask)  # checks first
+            if positive is None:
+                raise InputError(f"positive: auto_mask {auto_mask} needs the conditioning of the prompt that holds "
+                                 "object_word; connect it, or set auto_mask to off")
+            if clip is None:
+                raise InputError(f"clip: auto_mask {auto_mask} needs the CLIP that encoded the prompt, to find "
+                                 "object_word; connect it, or set auto_mask to off")
+            token = host.word_token_position(clip, prompt, object_word)
+            target_mask, reference_mask = automatic_masks(model, reference, target, positive, token, auto_mask,
+                                                          schedule.adain_start)
+            target_mask, reference_mask = target_mask[None], reference_mask[None]
         patch = build_patch(model, reference, target, layers, strength, schedule, restrict_to_reference_mask,
-                            reference_mask, target_mask, feature_source)
+                            reference_mask, target_mask, feature_source, structure_rows)
         if feature_source == FROM_INVERSION:
             if positive is None:
                 raise InputError("positive: collected_from_inversion needs the conditioning the images were inverted "
                                  "with; connect it, or use replayed_each_step")
             collect_features(model, patch, positive)
-        return io.NodeOutput(apply_patch(model, patch))
+        image_hw = tuple(d * _IMAGE_DOWNSCALE for d in patch.target.latents[0].shape[-2:])
+        pairs = patch.masks or [(torch.ones(image_hw), torch.ones(image_hw))]
+        used_target = torch.stack([t for t, _ in pairs])
+        used_reference = torch.stack([r for _, r in pairs])
+        return io.NodeOutput(apply_patch(model, patch), used_target, used_reference)
+
+
+class OfficialFreeUPatch:
+    """``output_block_patch``: the official Eye-for-an-eye FreeU (``core.freeu``) at the first output
+    block of each decoder level, on the backbone ``h`` only (the skip passes unchanged)."""
+
+    def __init__(self, level_starts: frozenset[int], model_channels: int, b1: float, b2: float, s1: float,
+                 s2: float):
+        self.level_starts, self.model_channels = level_starts, model_channels
+        self.b1, self.b2, self.s1, self.s2 = b1, b2, s1, s2
+
+    def __call__(self, h, hsp, transformer_options):
+        block = transformer_options.get("block")
+        if block is None or block[0] != "output" or block[1] not in self.level_starts:
+            return h, hsp
+        constants = freeu.level_constants(h.shape[1], self.model_channels, self.b1, self.b2, self.s1, self.s2)
+        if constants is None:
+            return h, hsp
+        return freeu.official_freeu(h, *constants), hsp
+
+
+class EyeForAnEyeFreeU(host.PackNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        (b1, b2), (s1, s2) = freeu.BACKBONE_SCALES, freeu.SKIP_FREQUENCY_SCALES
+        return io.Schema(
+            node_id="EyeForAnEyeFreeU",
+            display_name="FreeU (Eye-for-an-eye official)",
+            category=CATEGORY,
+            description=(
+                "FreeU as the official Eye-for-an-eye UNet hard-codes it: once per decoder level, on the backbone "
+                "features entering the level (before the skip is concatenated), the first half of the channels "
+                "is scaled by b and the whole backbone's lowest frequencies by s. ComfyUI's FreeU node acts at "
+                "every output block and filters the skip features instead. Apply it to the model that inverts "
+                "AND samples (the official code runs it in both)."
+            ),
+            inputs=[
+                io.Model.Input("model", tooltip="The model to patch (a clone is patched; the input stays untouched)."),
+                io.Float.Input("b1", default=b1, min=0.0, max=10.0, step=0.01,
+                               tooltip="Backbone scale at levels with 4x the base channels (SD1.5: 1280; official 1.2)."),
+                io.Float.Input("b2", default=b2, min=0.0, max=10.0, step=0.01,
+                               tooltip="Backbone scale at levels with 2x the base channels (SD1.5: 640; official 1.4)."),
+                io.Float.Input("s1", default=s1, min=0.0, max=10.0, step=0.01,
+                               tooltip="Low-frequency scale of the backbone at the b1 levels (official 0.9)."),
+                io.Float.Input("s2", default=s2, min=0.0, max=10.0, step=0.01,
+                               tooltip="Low-frequency scale of the backbone at the b2 levels (official 0.2)."),
+            ],
+            outputs=[io.Model.Output(display_name="MODEL", tooltip="The patched clone of the model.")],
+        )
+
+    @classmethod
+    def execute(cls, model, b1, b2, s1, s2) -> io.NodeOutput:
+        cls.refuse_invalid(locals())
+        patched = model.clone()
+        patched.set_model_output_block_patch(
+            OfficialFreeUPatch(host.decoder_level_starts(model), host.model_channels(model), b1, b2, s1, s2))
+        return io.NodeOutput(patched)

@@ -149,3 +149,23 @@ def decoder_attention_downscales(model) -> dict[int, int]:
         levels += [level] * (num_res_blocks[level] + 1)
     depths = list(reversed(depth_output)) if depth_output else [1] * len(levels)
     return {index: 2 ** level for index, (level, depth) in enumerate(zip(levels, depths)) if depth > 0}
+
+
+def decoder_level_starts(model) -> frozenset[int]:
+    """The output block indices that open a decoder level (SD1.5: 0, 3, 6, 9): where the backbone
+    ``h`` of an ``output_block_patch`` is the input of a diffusers up block."""
+    config = model.model.model_config.unet_config
+    num_res_blocks = config["num_res_blocks"]
+    levels = len(config["channel_mult"])
+    if isinstance(num_res_blocks, int):
+        num_res_blocks = [num_res_blocks] * levels
+    starts, index = [], 0
+    for level in reversed(range(levels)):
+        starts.append(index)
+        index += num_res_blocks[level] + 1
+    return frozenset(starts)
+
+
+def model_channels(model) -> int:
+    """The UNet's base channel count (``model_channels``: 320 for SD1.5 and SDXL)."""
+    return int(model.model.model_config.unet_config["model_channels"])

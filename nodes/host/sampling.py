@@ -179,6 +179,32 @@ def add_apply_model_wrapper(model, key: str, wrapper: Callable) -> None:
     model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, key, wrapper)
 
 
+def control_with_extra_rows(control: Optional[dict], chunks: int, rows: int, extra_rows: int) -> Optional[dict]:
+    """The ``control`` an apply-model wrapper received (ControlNet / T2I-Adapter residuals: lists of
+    ``[chunks*rows, C, h, w]`` tensors under "input", "middle", "output") for a batch the wrapper
+    widened to ``rows + extra_rows`` per chunk: the original rows keep their residuals, the extra
+    rows get zeros, so they run as without the control."""
+    if control is None:
+        return None
+
+    def widen(residual):
+        if not torch.is_tensor(residual):
+            return residual
+        if residual.shape[0] != chunks * rows:
+            residual = residual.expand(chunks * rows, *residual.shape[1:])
+        per_chunk = residual.reshape(chunks, rows, *residual.shape[1:])
+        zeros = per_chunk.new_zeros(chunks, extra_rows, *residual.shape[1:])
+        return torch.cat([per_chunk, zeros], dim=1).reshape(chunks * (rows + extra_rows), *residual.shape[1:])
+
+    return {key: [widen(r) for r in value] if isinstance(value, list) else value for key, value in control.items()}
+
+
+def without_control(conditioning: list) -> list:
+    """A CONDITIONING without the ControlNets attached to it (ControlNetApply puts them in each
+    entry's options under "control"), for evaluations that must not see them."""
+    return [[tensor, {k: v for k, v in options.items() if k != "control"}] for tensor, options in conditioning]
+
+
 def add_post_cfg_function(model, function: Callable) -> None:
     """``function(args) -> denoised`` after CFG; args carry cond_scale, cond/uncond_denoised, sigma."""
     model.set_model_sampler_post_cfg_function(function)

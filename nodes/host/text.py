@@ -275,3 +275,27 @@ def clip_identity(clip) -> object:
     return clip.patcher
 
 
+
+
+def word_token_position(clip, prompt: str, word: str, input_name: str = "object_word") -> int:
+    """The position of ``word``'s first sub-token among the text tokens of ``prompt`` as the CLIP
+    tokenizes it (start token = 0), i.e. the column of that word in the model's cross-attention
+    maps. The official Eye-for-an-eye code takes NLTK word index + 1, which is the same when every
+    word before it is one token. Looks in the first 77-token chunk (the one cross-attention maps of
+    short prompts have)."""
+    key = sorted(clip.tokenize(""))[0]
+
+    def token_ids(text: str) -> list[int]:
+        return [int(entry[0]) for entry in clip.tokenize(text)[key][0] if not torch.is_tensor(entry[0])]
+
+    end = token_ids("")[1]  # [start, end, padding...]
+    prompt_ids = token_ids(prompt)
+    word_tokens = token_ids(word)  # [start, word tokens..., end, padding...]
+    word_ids = word_tokens[1 : word_tokens.index(end)] if end in word_tokens else []
+    if not word.strip() or not word_ids:
+        raise InputError(f"{input_name}: empty; type the object's word as it appears in the prompt (e.g. 'cat')")
+    for position in range(len(prompt_ids) - len(word_ids) + 1):
+        if prompt_ids[position : position + len(word_ids)] == word_ids:
+            return position
+    raise InputError(f"{input_name}: {word!r} is not a word of the prompt {prompt!r}; type a word of the prompt "
+                     "the images were inverted with (the same text as its CLIPTextEncode)")

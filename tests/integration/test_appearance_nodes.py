@@ -2,6 +2,9 @@
 checkpoints of both model families."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -152,9 +155,10 @@ def test_bad_masks_name_the_input(graph, masks, input_name):
 
 def test_features_collected_from_the_inversion_equal_the_replayed_branches(graph):
     """At the inversion's own cfg and prompt the replayed branches retrace their inversions, so
-    features collected once from the stored latents must give the same output."""
-    replayed = _out(graph, transfer_prompt(SD15, cfg=3.5))
-    prompt = transfer_prompt(SD15, cfg=3.5, feature_source="collected_from_inversion")
+    features collected once from the stored latents must give the same output. The collection has
+    conditional features only, so the structure steps write the conditional rows here."""
+    replayed = _out(graph, transfer_prompt(SD15, cfg=3.5, structure_rows="conditional"))
+    prompt = transfer_prompt(SD15, cfg=3.5, feature_source="collected_from_inversion", structure_rows="conditional")
     prompt["11"]["inputs"]["positive"] = ["2", 0]
     collected = _out(graph, prompt)
     plain = _out(graph, transfer_prompt(SD15, patched=False, cfg=3.5))
@@ -209,5 +213,324 @@ def test_reference_and_target_inverted_with_different_steps_is_named(host):
 
     with pytest.raises(InputError, match="reference: inverted with another schedule than the target"):
         appearance.build_patch(Model, inversion(6), inversion(5), "official", 1.0, None, False)
-    with pytest.raises(InputError, match="reference: inverted from a batch of 2 images but the target from 1"):
-        appearance.build_patch(Model, inversion(5, batch=2), inversion(5), "official", 1.0, None, False)
+    with pytest.raises(InputError, match="target_mask: the reference is a batch of 2 images, so connect 2 target masks"):
+        appearance.build_patch(Model, inversion(5, batch=2), inversion(5), "two_highest_decoder_levels", 1.0, None,
+                               False)
+    with pytest.raises(InputError, match="target: inverted from a batch of 2 images; invert one target image"):
+        appearance.build_patch(Model, inversion(5), inversion(5, batch=2), "official", 1.0, None, False)
+
+
+WORKFLOW = Path(__file__).resolve().parents[2] / "workflows" / "api" / "appearance_transfer.json"
+
+
+def shipped_workflow(*, patched: bool = True, max_steps: int = 8, **settings) -> dict:
+    """The shipped appearance_transfer workflow retargeted like the e2e test (test SD1.5, 64 px, few
+    steps), the two LoadImage+encode chains replaced by model-made latents, the decoded image by a
+    capture of the output latent and the mask preview by a capture of the masks used."""
+    import demo  # tools/
+
+    wf = demo.retarget(json.loads(WORKFLOW.read_text()), SD15, max_steps=max_steps)
+    for node_id, seed, text in (("7", 99, "a green striped car at night"), ("8", 7, "a photo of a red cat")):
+        wf[node_id + "0"] = {"class_type": "CLIPTextEncode", "inputs": {"text": text, "clip": ["1", 1]}}
+        wf[node_id + "1"] = {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}}
+        wf[node_id] = {"class_type": "KSampler", "inputs": {
+            "model": ["1", 0], "seed": seed, "steps": 3, "cfg": 4.0, "sampler_name": "euler", "scheduler": "normal",
+            "positive": [node_id + "0", 0], "negative": ["10", 0], "latent_image": [node_id + "1", 0], "denoise": 1.0}}
+    for node_id in ("3", "4", "5", "6", "16", "17"):
+        del wf[node_id]
+    wf["13"]["inputs"].update(settings)
+    if not patched:
+        wf["15"]["inputs"]["model"] = wf["13"]["inputs"]["model"]
+        del wf["18"]
+    else:
+        wf["18"] = {"class_type": "Capture", "inputs": {"key": "target_mask", "value": ["13", 1]}}
+    wf["19"] = {"class_type": "Capture", "inputs": {"key": "out", "value": ["15", 0]}}
+    return wf
+
+
+def _inside_outside(change: torch.Tensor, mask: torch.Tensor) -> tuple[float, float]:
+    """Mean latent change inside and outside a binary image-size mask (on the 8x coarser latent grid)."""
+    cells = mask[0, ::8, ::8] > 0.5
+    per_cell = change.abs().mean(dim=(0, 1))
+    return float(per_cell[cells].mean()), float(per_cell[~cells].mean())
+
+
+def test_shipped_workflow_keeps_the_targets_background(graph):
+    """The shipped workflow makes its masks itself (self-segmentation on the object word): its change
+    from the plain reconstruction of the target lies mostly inside the automatic mask. With
+    auto_mask off the same mask does not separate the change (the test can fail)."""
+    plain = graph.run(shipped_workflow(patched=False))["out"]["samples"].float()
+    result = graph.run(shipped_workflow())
+    mask = result["target_mask"].float()
+    assert mask.shape == (1, 64, 64) and set(mask.unique().tolist()) <= {0.0, 1.0}
+    coverage = float(mask.mean())
+    assert 0.05 < coverage < 0.95, f"the automatic mask should hold an object, not {coverage:.0%} of the image"
+    inside, outside = _inside_outside(result["out"]["samples"].float() - plain, mask)
+    assert inside > 10 * outside, (inside, outside)
+    unmasked = graph.run(shipped_workflow(auto_mask="off"))
+    assert torch.equal(unmasked["target_mask"], torch.ones(1, 64, 64))
+    inside_off, outside_off = _inside_outside(unmasked["out"]["samples"].float() - plain, mask)
+    assert inside_off < 2 * outside_off, (inside_off, outside_off)
+
+
+@pytest.mark.parametrize("auto_mask", ["self_segmentation", "cross_attention"])
+def test_automatic_masks_are_made_for_both_images(graph, auto_mask):
+    prompt = shipped_workflow(auto_mask=auto_mask)
+    prompt["20"] = {"class_type": "Capture", "inputs": {"key": "reference_mask", "value": ["13", 2]}}
+    result = graph.run(prompt)
+    for key in ("target_mask", "reference_mask"):
+        mask = result[key]
+        assert mask.shape == (1, 64, 64) and 0 < float(mask.mean()) < 1, (key, float(mask.mean()))
+    assert torch.isfinite(result["out"]["samples"]).all()
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"object_word": "dog"}, "object_word: 'dog' is not a word of the prompt"),
+    ({"object_word": ""}, "object_word: empty"),
+    ({"clip": None}, "clip: auto_mask self_segmentation needs the CLIP"),
+    ({"positive": None}, "positive: auto_mask self_segmentation needs the conditioning"),
+])
+def test_automatic_mask_inputs_are_named(graph, change, message):
+    prompt = shipped_workflow()
+    for name, value in change.items():
+        if value is None:
+            del prompt["13"]["inputs"][name]
+        else:
+            prompt["13"]["inputs"][name] = value
+    with pytest.raises(GraphError, match=message):
+        graph.run(prompt)
+
+
+@pytest.mark.parametrize("channel_mult, num_res_blocks, starts", [
+    ([1, 2, 4, 4], 2, {0, 3, 6, 9}),  # SD1.5: the diffusers up blocks 0-3
+    ([1, 2, 4], 2, {0, 3, 6}),  # SDXL
+    ([1, 1], [1, 1], {0, 2}),  # the SD15 test model
+])
+def test_official_freeu_acts_once_per_decoder_level_on_the_backbone(host, channel_mult, num_res_blocks, starts):
+    from exemplar_edit.core import freeu
+    from exemplar_edit.nodes import appearance
+    from exemplar_edit.nodes import host as pack_host
+
+    class Model:  # what the level facts read
+        class model:
+            class model_config:
+                unet_config = {"channel_mult": channel_mult, "num_res_blocks": num_res_blocks, "model_channels": 4}
+
+    assert pack_host.decoder_level_starts(Model) == starts
+    patch = appearance.OfficialFreeUPatch(pack_host.decoder_level_starts(Model), pack_host.model_channels(Model),
+                                          1.2, 1.4, 0.9, 0.2)
+    g = torch.Generator().manual_seed(0)
+    for block in range(max(starts) + 2):
+        for channels, constants in ((16, (1.2, 0.9)), (8, (1.4, 0.2)), (4, None)):
+            h, hsp = torch.randn(1, channels, 8, 8, generator=g), torch.randn(1, 4, 8, 8, generator=g)
+            new_h, new_hsp = patch(h, hsp, {"block": ("output", block)})
+            assert new_hsp is hsp
+            if block in starts and constants:
+                assert torch.allclose(new_h, freeu.official_freeu(h, *constants))
+            else:
+                assert new_h is h
+
+
+def _hand_built_patch(structure_rows: str):
+    from exemplar_edit.core import inversion as inv
+    from exemplar_edit.core.correspondence import TransferSchedule
+    from exemplar_edit.nodes import appearance
+
+    def inversion() -> inv.Inversion:
+        return inv.Inversion(mode="ddim", sigmas=torch.linspace(10, 0, 7), start_step=0,
+                             latents=[torch.zeros(1, 4, 4, 4) for _ in range(7)], model_family="SD15")
+
+    schedule = TransferSchedule(injection_start=0, injection_end=70, structure_interval=2, structure_end=40,
+                                adain_start=99, adain_end=100)
+    return appearance.AppearanceTransferPatch(inversion(), inversion(), frozenset({1}), [], schedule, 1.0, False,
+                                              structure_rows=structure_rows)
+
+
+def _layer_call(patch, step: int, cond_or_uncond: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """One attn1 call on a hand-built batch: per chunk the rows [output, reference, target], every
+    row's features distinct."""
+    from exemplar_edit.nodes import appearance
+
+    n = torch.randn(3 * len(cond_or_uncond), 16, 8, generator=torch.Generator().manual_seed(step))
+    options = {appearance._LAYOUT_KEY: 1, appearance._STEP_KEY: step, "block": ("output", 1),
+               "cond_or_uncond": cond_or_uncond, "activations_shape": (n.shape[0], 8, 4, 4)}
+    return n, patch.attn1_patch(n, n, n, options)[0]
+
+
+@pytest.mark.parametrize("structure_rows", ["official", "conditional"])
+def test_structure_rows_rule_on_a_hand_built_batch(host, structure_rows):
+    """Structure step (counter 2) at cfg > 1, chunks [uncond, cond] as ComfyUI may order them.
+    official: uncond output <- uncond target, cond output keeps its own features (the official
+    appearance_transfer_model_final.py L205 with its global indices 0/2). conditional: cond output <-
+    cond target, uncond untouched. Matching steps rearrange only the cond output in both; at cfg 1
+    (cond only) structure steps write the cond output in both."""
+    patch = _hand_built_patch(structure_rows)
+    uncond_out, uncond_tgt, cond_out, cond_tgt = 0, 2, 3, 5
+    n, new = _layer_call(patch, step=3, cond_or_uncond=[1, 0])
+    unchanged = [r for r in range(6) if r not in (uncond_out, cond_out)]
+    assert torch.equal(new[unchanged], n[unchanged])
+    if structure_rows == "official":
+        assert torch.equal(new[uncond_out], n[uncond_tgt]) and torch.equal(new[cond_out], n[cond_out])
+    else:
+        assert torch.equal(new[cond_out], n[cond_tgt]) and torch.equal(new[uncond_out], n[uncond_out])
+    n, new = _layer_call(patch, step=2, cond_or_uncond=[1, 0])  # a matching step (counter 1)
+    assert torch.equal(new[uncond_out], n[uncond_out]) and not torch.equal(new[cond_out], n[cond_out])
+    rows = set(map(tuple, new[cond_out].tolist()))
+    assert rows <= set(map(tuple, n[cond_out + 1].tolist())), "the cond output must take reference features"
+    cfg1 = _hand_built_patch(structure_rows)
+    n, new = _layer_call(cfg1, step=3, cond_or_uncond=[0])
+    assert torch.equal(new[0], n[2]) and torch.equal(new[1:], n[1:])
+
+
+def test_structure_rows_matter_only_above_cfg_one(graph):
+    """Structure steps at counters 0 and 2 (steps 0, 1, 3): at steps 0 and 1 the output still equals
+    the target, so only step 3, after a matching step, can tell the rules apart."""
+    steps = {"structure_interval": 2, "structure_end_step": 4}
+    official = _out(graph, transfer_prompt(SD15, cfg=2.5, structure_rows="official", **steps))
+    conditional = _out(graph, transfer_prompt(SD15, cfg=2.5, structure_rows="conditional", **steps))
+    assert (official - conditional).abs().mean() > 1e-3 * official.abs().mean()
+    assert torch.equal(_out(graph, transfer_prompt(SD15, structure_rows="official", **steps)),
+                       _out(graph, transfer_prompt(SD15, structure_rows="conditional", **steps)))
+
+
+def test_several_references_each_object_takes_its_own_references_features(host):
+    """A batch of 2 reference inversions with 2 target masks (left and right half): at a matching
+    step every token of the left half takes a feature of reference 0, every token of the right half
+    one of reference 1."""
+    from exemplar_edit.core import inversion as inv
+    from exemplar_edit.core.correspondence import TransferSchedule
+    from exemplar_edit.nodes import appearance
+
+    def inversion(batch: int) -> inv.Inversion:
+        return inv.Inversion(mode="ddim", sigmas=torch.linspace(10, 0, 7), start_step=0,
+                             latents=[torch.zeros(batch, 4, 4, 4) for _ in range(7)], model_family="SD15")
+
+    left = torch.zeros(32, 32)
+    left[:, :16] = 1
+    whole = torch.ones(32, 32)
+    schedule = TransferSchedule(injection_start=0, injection_end=70, structure_interval=0)
+    patch = appearance.AppearanceTransferPatch(inversion(2), inversion(1), frozenset({1}),
+                                               [(left, whole), (1 - left, whole)], schedule, 1.0, False)
+    n = torch.randn(4, 16, 8, generator=torch.Generator().manual_seed(0))  # [output, reference 0, reference 1, target]
+    options = {appearance._LAYOUT_KEY: 1, appearance._STEP_KEY: 2, "block": ("output", 1), "cond_or_uncond": [0],
+               "activations_shape": (4, 8, 4, 4)}
+    new = patch.attn1_patch(n, n, n, options)[0]
+    assert torch.equal(new[1:], n[1:])
+    features = [set(map(tuple, n[row].tolist())) for row in (1, 2)]
+    for token in range(16):
+        reference = 0 if token % 4 < 2 else 1
+        assert tuple(new[0, token].tolist()) in features[reference], token
+
+
+def test_several_references_end_to_end(graph):
+    """Reference batch [car, cat] against [car, car] with the target split into halves: the right half
+    (object 1) follows its own reference, the left half (object 0, the car in both) much less."""
+    def prompt(second_reference: str) -> dict:
+        p = transfer_prompt(SD15, masks={"target_mask": "24"})
+        p["20"] = {"class_type": "SolidMask", "inputs": {"value": 0.0, "width": 64, "height": 64}}
+        p["21"] = {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 32, "height": 64}}
+        p["22"] = {"class_type": "MaskComposite", "inputs": {"destination": ["20", 0], "source": ["21", 0],
+                                                             "x": 0, "y": 0, "operation": "add"}}
+        p["23"] = {"class_type": "InvertMask", "inputs": {"mask": ["22", 0]}}
+        p["25"] = {"class_type": "MaskToImage", "inputs": {"mask": ["22", 0]}}
+        p["26"] = {"class_type": "MaskToImage", "inputs": {"mask": ["23", 0]}}
+        p["27"] = {"class_type": "ImageBatch", "inputs": {"image1": ["25", 0], "image2": ["26", 0]}}
+        p["24"] = {"class_type": "ImageToMask", "inputs": {"image": ["27", 0], "channel": "red"}}
+        p["28"] = {"class_type": "LatentBatch", "inputs": {"samples1": ["8", 0], "samples2": [second_reference, 0]}}
+        p["10"]["inputs"]["latent"] = ["28", 0]
+        return p
+
+    mixed = _out(graph, prompt("7"))
+    same = _out(graph, prompt("8"))
+    assert torch.isfinite(mixed).all()
+    left = (mixed - same)[..., :, :4].abs().mean()
+    right = (mixed - same)[..., :, 4:].abs().mean()
+    assert right > 5 * left, (left, right)
+
+
+def test_several_references_need_one_target_mask_each(graph):
+    p = transfer_prompt(SD15)
+    p["28"] = {"class_type": "LatentBatch", "inputs": {"samples1": ["8", 0], "samples2": ["7", 0]}}
+    p["10"]["inputs"]["latent"] = ["28", 0]
+    with pytest.raises(GraphError, match="target_mask: the reference is a batch of 2 images, so connect 2"):
+        graph.run(p)
+
+
+@pytest.fixture(scope="module")
+def test_controlnet(host) -> str:
+    """A tiny random-weight ControlNet of the SD15 test model's encoder, saved where ControlNetLoader
+    looks, in the ldm layout (``control_model.*``) that ComfyUI's loader detects."""
+    import tempfile
+
+    import comfy.cldm.cldm
+    import comfy.ops
+    from safetensors.torch import save_file
+
+    import make_test_checkpoints  # tools/
+    from exemplar_edit.nodes import host as pack_host
+
+    config = {k: v for k, v in make_test_checkpoints.SD15_UNET.items() if k != "out_channels"}
+    net = comfy.cldm.cldm.ControlNet(**config, hint_channels=3, num_heads=8, operations=comfy.ops.manual_cast,
+                                     device="meta")
+    g = torch.Generator().manual_seed(0)
+    tensors = {}
+    for key, value in net.state_dict().items():
+        if value.ndim > 1:
+            tensor = 0.05 * torch.randn(value.shape, generator=g)
+        elif key.endswith("weight"):  # norms
+            tensor = torch.ones(value.shape)
+        else:
+            tensor = 0.02 * torch.randn(value.shape, generator=g)
+        tensors["control_model." + key] = tensor
+    folder = Path(tempfile.mkdtemp(prefix="ee_controlnet_"))
+    save_file(tensors, str(folder / "test_controlnet_sd15.safetensors"))
+    pack_host.add_model_folder("controlnet", str(folder))
+    return "test_controlnet_sd15.safetensors"
+
+
+def _with_controlnet(prompt: dict, name: str) -> dict:
+    """The sampler's positive and negative through ControlNetApplyAdvanced with a flat grey hint."""
+    prompt["40"] = {"class_type": "ControlNetLoader", "inputs": {"control_net_name": name}}
+    prompt["41"] = {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0x808080}}
+    prompt["42"] = {"class_type": "ControlNetApplyAdvanced", "inputs": {
+        "positive": ["2", 0], "negative": ["3", 0], "control_net": ["40", 0], "image": ["41", 0], "strength": 1.0,
+        "start_percent": 0.0, "end_percent": 1.0}}
+    prompt["14"]["inputs"]["positive"] = ["42", 0]
+    prompt["14"]["inputs"]["negative"] = ["42", 1]
+    return prompt
+
+
+def test_controlnet_acts_on_the_output_and_the_branches_stay_replays(graph, test_controlnet):
+    """At the inversion's cfg and prompt, features collected from the stored inversion latents (no
+    ControlNet there) equal the replayed branches' exactly when the ControlNet does not reach the
+    branches; and the ControlNet must change the output."""
+    settings = {"cfg": 3.5, "structure_rows": "conditional"}
+    without = _out(graph, transfer_prompt(SD15, **settings))
+    replayed = _out(graph, _with_controlnet(transfer_prompt(SD15, **settings), test_controlnet))
+    collected_prompt = _with_controlnet(transfer_prompt(SD15, feature_source="collected_from_inversion", **settings),
+                                        test_controlnet)
+    collected_prompt["11"]["inputs"]["positive"] = ["42", 0]  # the ControlNet-applied conditioning: stripped
+    collected = _out(graph, collected_prompt)
+    assert (replayed - without).abs().mean() > 1e-2 * without.abs().mean(), "the ControlNet had no effect"
+    assert torch.allclose(collected, replayed, rtol=1e-3, atol=1e-3), (collected - replayed).abs().max()
+
+
+@pytest.mark.parametrize("ckpt", [SD15, SDXL])
+def test_object_word_token_position(graph, ckpt):
+    """Start token 0, then one token per word here: 'cat' of 'a photo of a red cat' is column 6, on
+    every text encoder layout (SDXL's CLIP-G pads with 0, not with the end token)."""
+    from exemplar_edit.nodes import host as pack_host
+
+    clip = graph.run({"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
+                      "2": {"class_type": "Capture", "inputs": {"key": "clip", "value": ["1", 1]}}})["clip"]
+    assert pack_host.word_token_position(clip, "a photo of a red cat", "cat") == 6
+    assert pack_host.word_token_position(clip, "A photo of a Red Cat", "red cat") == 5
+
+
+def test_automatic_masks_on_sdxl(graph):
+    prompt = transfer_prompt(SDXL, auto_mask="self_segmentation", object_word="cat", prompt="a photo of a red cat")
+    prompt["11"]["inputs"].update(positive=["2", 0], clip=["1", 1])
+    prompt["16"] = {"class_type": "Capture", "inputs": {"key": "target_mask", "value": ["11", 1]}}
+    result = graph.run(prompt)
+    assert 0 < float(result["target_mask"].mean()) < 1
+    assert torch.isfinite(result["out"]["samples"]).all()

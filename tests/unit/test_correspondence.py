@@ -444,3 +444,29 @@ def test_official_schedule_at_68_steps():
     assert [k for k in steps if schedule.aligns_colour(k)] == list(range(49, 68))
     assert schedule.counter(0) == schedule.counter(1) == 0
     assert not corr.TransferSchedule(structure_interval=0).takes_structure(11)
+
+
+def test_rearrange_pairs_with_one_reference_equals_the_pairs_matcher():
+    out_feat, ref_feat = _features(11)
+    g = torch.Generator().manual_seed(12)
+    pairs = [((torch.rand(H * W, generator=g) > 0.5).float(), (torch.rand(H * W, generator=g) > 0.4).float())
+             for _ in range(2)]
+    indices, valid = corr.semantic_nearest_neighbours_pairs(out_feat, ref_feat, pairs)
+    expected = corr.rearrange_features(out_feat, ref_feat, indices, valid, 0.7)
+    assert torch.equal(corr.rearrange_pairs(out_feat, [ref_feat, ref_feat], pairs, 0.7), expected)
+
+
+def test_rearrange_pairs_takes_each_object_from_its_own_reference():
+    out_feat, ref_a = _features(13)
+    ref_b = _features(14)[1] + 100.0  # far from ref_a: any mix-up shows
+    left = torch.zeros(H, W)
+    left[:, : W // 2] = 1
+    left = left.reshape(-1)
+    right = 1 - left
+    whole = torch.ones(H * W)
+    result = corr.rearrange_pairs(out_feat, [ref_a, ref_b], [(left, whole), (right, whole)])
+    rows_a = set(map(tuple, ref_a.tolist()))
+    rows_b = set(map(tuple, ref_b.tolist()))
+    for token in range(H * W):
+        row = tuple(result[token].tolist())
+        assert row in (rows_a if left[token] else rows_b), token
