@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -356,3 +357,30 @@ def test_a_zero_caption_delta_is_refused_unless_alpha_is_zero(server, tmp_path, 
     image_only = _analogy_prompt(caption_before=before, caption_after=after, alpha=0.0, name="e2e_image_delta_only")
     images = demo.synthetic_inputs(image_only, tmp_path / "inputs")
     assert run_workflow.submit_workflow(server, image_only, images, None, tmp_path / "out", RUN_TIMEOUT)
+
+
+def test_shipped_analogy_workflow_runs_twice_and_trains_once(server, tmp_path):
+    """The shipped image_analogy workflow (trainer on if_exists reuse) run, the server's caches emptied
+    (POST /free, as after a restart), then run again: the second run executes the trainer, which
+    loads the saved difference instead of training (the file is not written again) and the run
+    succeeds instead of stopping with "already exists"."""
+    name = f"e2e_twice_{os.getpid()}"
+    path = server.base / "models" / "differences" / f"{name}.safetensors"
+    workflow = _analogy_prompt(name=name, if_exists="reuse")
+    trainer = next(k for k, v in workflow.items() if v["class_type"] == "DeltaInterpolationTrainer")
+    images = demo.synthetic_inputs(workflow, tmp_path / "inputs")
+    try:
+        first = run_workflow.submit_workflow(server, workflow, images, None, tmp_path / "first", RUN_TIMEOUT)
+        assert first and path.exists()
+        written = (path.stat().st_mtime_ns, path.read_bytes())
+        status, _ = run_workflow._json_request("POST", server + "/free", {"free_memory": True})
+        assert status == 200
+        wf = run_workflow.apply_images(server, workflow, images)
+        prompt_id = run_workflow.queue_prompt(server, wf)
+        entry = run_workflow.wait_for_prompt(server, prompt_id, wf, timeout=RUN_TIMEOUT)
+        assert entry["status"]["status_str"] == "success"
+        cached = [set(data.get("nodes") or []) for kind, data in entry["status"]["messages"] if kind == "execution_cached"]
+        assert cached and trainer not in set().union(*cached), "the trainer did not run again (cache not emptied)"
+        assert (path.stat().st_mtime_ns, path.read_bytes()) == written  # loaded, not trained and saved again
+    finally:
+        path.unlink(missing_ok=True)
