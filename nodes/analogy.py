@@ -544,9 +544,10 @@ def _train(model, space, slots, projection, d_interp, latent_before, latent_afte
         def train_steps(run: host.ModelRun) -> None:
             def validate(step: int) -> float:
                 with torch.no_grad():
+                    prompts = space.prompts(rows)  # the same tokens at every validation timestep: encode once
                     return dif.validation_loss(
                         lambda sigma, noise: sum(consistency_step(
-                            run, space.prompts(rows), clean_before, clean_after, sigma, noise)),
+                            run, prompts, clean_before, clean_after, sigma, noise)),
                         check_sigmas, check_noise)
 
             with host.gradient_mode():

@@ -430,15 +430,10 @@ def test_workflow_end_to_end_sdxl_saves_both_encoders(analogy_graph):
 
 
 def conditioning_injection_prompt(ckpt: str, text: str, name: str, strength: float) -> dict:
-    return {
-        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
-        "3": {"class_type": "TokenInjector", "inputs": {"clip": ["1", 1], "text": text, "strength": strength,
-                                                        "embedding_name": name}},
-        "4": {"class_type": "CLIPTextEncode", "inputs": {"text": text, "clip": ["1", 1]}},
-        "6": {"class_type": "Capture", "inputs": {"key": "injected", "value": ["3", 0]}},
-        "7": {"class_type": "Capture", "inputs": {"key": "plain", "value": ["4", 0]}},
-        "8": {"class_type": "Capture", "inputs": {"key": "clip", "value": ["1", 1]}},
-    }
+    """``injection_prompt`` without the stock ``embedding:`` encode (a conditioning-space file is no embedding)."""
+    prompt = injection_prompt(ckpt, text, name, strength)
+    del prompt["2"], prompt["5"]
+    return prompt
 
 
 LONG_PROMPT = " ".join(["a snowy cabin"] * 28)  # 84 words: two 77-token chunks, room left in the second
