@@ -1,10 +1,16 @@
 """Diffusion inversion in sigma space, in plain PyTorch.
 
-Every function here works in the sigma ("variance exploding") coordinates that ComfyUI's
-samplers use: a latent at noise level sigma is ``x = x0 + sigma * eps``. For the usual
-variance-preserving SD models (eps or v prediction) this is the same process as
+Every function here works in the coordinates that ComfyUI's samplers use for the model. For the
+usual SD models (eps or v prediction) that is sigma ("variance exploding") space, process ``VE``:
+a latent at noise level sigma is ``x = x0 + sigma * eps``, the same process as
 ``x_vp = sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) eps`` with ``x = x_vp / sqrt(alpha_bar)``
 and ``sigma = sqrt((1 - alpha_bar) / alpha_bar)``, so DDIM and DDPM steps keep their meaning.
+For rectified-flow models (FLUX.1, ComfyUI's ``CONST``), process ``FLOW``, the latent at level
+sigma in [0, 1] is ``x = (1 - sigma) x0 + sigma eps``. It is the same Gaussian process rescaled:
+``x / (1 - sigma) = x0 + (sigma / (1 - sigma)) eps``. So the deterministic step, written with
+``d = (x - x0_hat) / sigma`` as ``x + (sigma_to - sigma_from) d``, is DDIM in VE coordinates and the
+rectified-flow Euler step in FLOW coordinates (there ``d`` is the velocity eps - x0); only the
+stochastic (DDPM) posterior and the noisy latents of a trajectory differ between the processes.
 
 The model is only ever seen through a *denoiser* ``denoise(x, sigma) -> x0_hat`` (ComfyUI's
 ``model_sampling`` turns eps or v predictions into that), which keeps this module free of any
@@ -17,6 +23,8 @@ References
   Models", 2022, Eq. 1-3.
 - Edit-friendly DDPM inversion: Huberman-Spiegelglas, Kulikov, Michaeli, "An Edit Friendly
   DDPM Noise Space: Inversion and Manipulations", CVPR 2024, Eq. 4-5.
+- Rectified flow: Liu, Gong, Liu, "Flow Straight and Fast", ICLR 2023, Eq. 1; Esser et al.,
+  "Scaling Rectified Flow Transformers for High-Resolution Image Synthesis" (SD3), 2024, Eq. 2-3.
 - Noise regularisation: Parmar et al., "Zero-shot Image-to-Image Translation" (pix2pix-zero),
   SIGGRAPH 2023, Sec. 3.1 and the official ``src/utils/ddim_inv.py``.
 """
@@ -39,6 +47,12 @@ StepCallback = Callable[[int, torch.Tensor, torch.Tensor], None]
 DDIM = "ddim"
 EDIT_FRIENDLY_DDPM = "edit_friendly_ddpm"
 MODES = (DDIM, EDIT_FRIENDLY_DDPM)
+
+VE = "variance_exploding"
+"""x = x0 + sigma * eps: ComfyUI's sigma space for eps- and v-prediction models (SD1.x, SD2.x, SDXL)."""
+FLOW = "rectified_flow"
+"""x = (1 - sigma) x0 + sigma * eps, sigma in [0, 1]: ComfyUI's CONST models (FLUX.1, SD3.x)."""
+PROCESSES = (VE, FLOW)
 
 
 def _per_sample(value: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor | float:
@@ -83,6 +97,43 @@ def ddpm_posterior(
     return x0_hat + (x_t - x0_hat) * (sigma_s**2 / sigma_t**2), std
 
 
+def flow_posterior(
+    x_t: torch.Tensor, x0_hat: torch.Tensor, sigma_t: float, sigma_s: float
+) -> tuple[torch.Tensor, float]:
+    """Mean and standard deviation of q(x_s | x_t, x0_hat), s < t, for the rectified-flow process
+    x_s = (1 - s) x0 + s eps: the DDPM posterior (Ho et al. 2020, Eq. 6-7) of the same Gaussian
+    process, written in flow coordinates so that t = 1 (pure noise) needs no division by 1 - t.
+
+    With eps_hat = (x_t - (1 - t) x0_hat) / t (the noise the model's x0 implies) and
+    r = s (1 - t) / ((1 - s) t) (the ratio of the VE levels sigma_s / sigma_t):
+    mean = (1 - s) x0_hat + s r eps_hat and std = s sqrt(1 - r^2). At t = 1, r = 0: the mean is
+    (1 - s) x0_hat and the step draws fresh noise of std s; at s = 0 it is x0_hat with std 0.
+    """
+    if sigma_s <= 0.0:
+        return x0_hat, 0.0
+    ratio = sigma_s * (1.0 - sigma_t) / ((1.0 - sigma_s) * sigma_t)
+    eps_hat = (x_t - (1.0 - sigma_t) * x0_hat) / sigma_t
+    mean = (1.0 - sigma_s) * x0_hat + (sigma_s * ratio) * eps_hat
+    return mean, sigma_s * max(1.0 - ratio**2, 0.0) ** 0.5
+
+
+def posterior(
+    x_t: torch.Tensor, x0_hat: torch.Tensor, sigma_t: float, sigma_s: float, process: str = VE
+) -> tuple[torch.Tensor, float]:
+    """The DDPM posterior of ``process`` (:func:`ddpm_posterior` or :func:`flow_posterior`)."""
+    if process == FLOW:
+        return flow_posterior(x_t, x0_hat, sigma_t, sigma_s)
+    return ddpm_posterior(x_t, x0_hat, sigma_t, sigma_s)
+
+
+def noisy_latent(x0: torch.Tensor, noise: torch.Tensor, sigma: float, process: str = VE) -> torch.Tensor:
+    """x_sigma of the forward process: ``x0 + sigma * noise`` (VE) or ``(1 - sigma) x0 + sigma * noise``
+    (FLOW; Liu et al. 2023, Eq. 1)."""
+    if process == FLOW:
+        return (1.0 - sigma) * x0 + sigma * noise
+    return x0 + sigma * noise
+
+
 def edit_friendly_noise_map(x_s: torch.Tensor, mean: torch.Tensor, std: float) -> torch.Tensor:
     """z_t = (x_{t-1} - mu_t(x_t)) / sigma_t  (Huberman-Spiegelglas et al. 2024, Eq. 5).
 
@@ -96,10 +147,11 @@ def edit_friendly_noise_map(x_s: torch.Tensor, mean: torch.Tensor, std: float) -
 
 
 def sample_edit_friendly_trajectory(
-    x0: torch.Tensor, sigmas: list[float], generator: torch.Generator
+    x0: torch.Tensor, sigmas: list[float], generator: torch.Generator, process: str = VE
 ) -> list[torch.Tensor]:
     """x_t = x0 + sigma_t * n_t with n_t ~ N(0, I) drawn independently for every t
-    (Huberman-Spiegelglas et al. 2024, Eq. 4; the official ``sample_xts_from_x0``).
+    (Huberman-Spiegelglas et al. 2024, Eq. 4; the official ``sample_xts_from_x0``); for the FLOW
+    process x_t = (1 - sigma_t) x0 + sigma_t n_t.
 
     ``sigmas`` is the descending schedule without the final 0. Noise is drawn on the CPU in
     schedule order, so a seed gives the same trajectory on every device.
@@ -107,7 +159,7 @@ def sample_edit_friendly_trajectory(
     out = []
     for sigma in sigmas:
         noise = torch.randn(x0.shape, generator=generator, dtype=torch.float32, device="cpu")
-        out.append(x0 + sigma * noise.to(device=x0.device, dtype=x0.dtype))
+        out.append(noisy_latent(x0, noise.to(device=x0.device, dtype=x0.dtype), sigma, process))
     return out
 
 
@@ -195,7 +247,8 @@ class Inversion:
     ``noise_maps[k]`` (edit-friendly mode only) drives the step from ``sigmas[start_step + k]``
     to ``sigmas[start_step + k + 1]``. Latents are in the sampler's internal space (after the
     model's ``process_latent_in``). ``model_family`` names the latent format the inversion was
-    made with, so another family's sampler refuses it; ``cfg`` is the guidance it was made with.
+    made with, so another family's sampler refuses it; ``cfg`` is the guidance it was made with;
+    ``process`` is the model's diffusion process (``VE`` or ``FLOW``), which the replay steps follow.
     """
 
     mode: str
@@ -205,6 +258,7 @@ class Inversion:
     noise_maps: Optional[list[torch.Tensor]] = None
     model_family: str = ""
     cfg: float = 1.0
+    process: str = VE
 
     @property
     def remaining_sigmas(self) -> torch.Tensor:
@@ -333,23 +387,26 @@ def invert_edit_friendly(
     start_step: int,
     generator: torch.Generator,
     callback: Optional[StepCallback] = None,
+    process: str = VE,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Edit-friendly DDPM inversion (Huberman-Spiegelglas et al. 2024, Alg. 1).
 
     Samples x_t for every level of the full schedule independently (Eq. 4; all levels are drawn
     so that ``start_step`` does not change the random stream), then for each step from
     ``start_step`` on extracts the noise map that makes the DDPM step hit the sampled x_{t-1}
-    exactly (Eq. 5). Returns ``(latents, noise_maps)`` as stored in :class:`Inversion`.
+    exactly (Eq. 5). Returns ``(latents, noise_maps)`` as stored in :class:`Inversion`. For the
+    FLOW process the trajectory and the posterior are the rectified-flow ones (:func:`noisy_latent`,
+    :func:`flow_posterior`): the exact-replay counterpart of edit-friendly inversion for flow models.
     """
     levels = sigmas.tolist()
-    noisy = sample_edit_friendly_trajectory(x0, levels[:-1], generator)
+    noisy = sample_edit_friendly_trajectory(x0, levels[:-1], generator, process)
     latents = noisy[start_step:] + [x0]
     noise_maps = []
     for i in range(start_step, len(levels) - 1):
         x_t, x_s = noisy[i], (noisy[i + 1] if i + 1 < len(noisy) else x0)
         sigma = torch.full((x0.shape[0],), levels[i], dtype=x0.dtype, device=x0.device)
         x0_hat = denoise(x_t, sigma)
-        mean, std = ddpm_posterior(x_t, x0_hat, levels[i], levels[i + 1])
+        mean, std = posterior(x_t, x0_hat, levels[i], levels[i + 1], process)
         noise_maps.append(edit_friendly_noise_map(x_s, mean, std))
         if callback is not None:
             callback(i - start_step, x_t, x0_hat)
@@ -358,19 +415,20 @@ def invert_edit_friendly(
 
 def replay_step(
     x: torch.Tensor, x0_hat: torch.Tensor, sigma_t: float, sigma_s: float,
-    noise_map: Optional[torch.Tensor], exact_final_step: bool = True,
+    noise_map: Optional[torch.Tensor], exact_final_step: bool = True, process: str = VE,
 ) -> torch.Tensor:
     """One denoising step of an inversion replay.
 
-    Without noise maps: the DDIM step (Song et al. 2021, Eq. 12, eta = 0). With noise maps: the
-    edit-friendly DDPM step x_{t-1} = mu_t(x_t) + sigma_t z_t (Huberman-Spiegelglas et al. 2024,
-    Eq. 3); on the final step to sigma = 0 the stored residual is added when
+    Without noise maps: the DDIM step (Song et al. 2021, Eq. 12, eta = 0; for the FLOW process the
+    rectified-flow Euler step, see the module docstring). With noise maps: the edit-friendly DDPM
+    step x_{t-1} = mu_t(x_t) + sigma_t z_t (Huberman-Spiegelglas et al. 2024, Eq. 3) with the
+    process's posterior; on the final step to sigma = 0 the stored residual is added when
     ``exact_final_step`` (exact reconstruction), and dropped otherwise (the official code sets the
     last noise map to zero, which ends on the model's x0 prediction).
     """
     if noise_map is None:
         return ddim_step(x, predicted_noise(x, x0_hat, sigma_t), sigma_t, sigma_s)
-    mean, std = ddpm_posterior(x, x0_hat, sigma_t, sigma_s)
+    mean, std = posterior(x, x0_hat, sigma_t, sigma_s, process)
     if std == 0.0:
         return mean + noise_map if exact_final_step else mean
     return mean + std * noise_map

@@ -289,7 +289,7 @@ class AppearanceTransferPatch:
             if inversion.noise_maps is not None:
                 noise_maps = self._uploaded(f"noise_maps_{name}", inversion.noise_maps, x0.device)
                 noise_map = noise_maps[index - inversion.start_step][image].to(x0.dtype)
-            stepped.append(inv.replay_step(current[b], x0[b], sigma_t, sigma_s, noise_map, True))
+            stepped.append(inv.replay_step(current[b], x0[b], sigma_t, sigma_s, noise_map, True, self.target.process))
         self._branches[step + 1] = torch.stack(stepped)
         self._predictions = {}
         self._awaiting_step_hook = True

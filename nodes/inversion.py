@@ -41,17 +41,21 @@ class DDIMInvert(host.PackNode):
                 "Inverts an encoded image into the model's noise space. 'ddim' runs the deterministic "
                 "DDIM ODE backwards (Song et al. 2021), optionally with pix2pix-zero's noise regularisation; "
                 "'edit_friendly_ddpm' extracts per-step noise maps (Huberman-Spiegelglas et al. 2024) that "
-                "reproduce the image exactly. Sample back with SamplerCustom + Inversion Replay Sampler, "
-                "add_noise off, the SIGMAS output and the LATENT output."
+                "reproduce the image exactly. On rectified-flow models (FLUX.1 family) 'ddim' is the Euler "
+                "inversion of the flow ODE and 'edit_friendly_ddpm' its exact-replay counterpart. Sample back "
+                "with SamplerCustom + Inversion Replay Sampler, add_noise off, the SIGMAS output and the LATENT "
+                "output."
             ),
             inputs=[
                 io.Model.Input("model", tooltip="The model to invert under; sample back with the same model (patches may differ)."),
                 io.Conditioning.Input("positive", tooltip="Conditioning describing the image (its caption)."),
                 io.Latent.Input("latent", tooltip="The image to invert, encoded with this model's VAE (VAE Encode)."),
                 io.Combo.Input("mode", options=list(inv.MODES), default=inv.DDIM,
-                               tooltip="ddim: deterministic DDIM inversion (pix2pix-zero, most editing methods). "
-                                       "edit_friendly_ddpm: edit-friendly DDPM inversion with noise maps (Eye-for-an-eye); "
-                                       "replaying it reconstructs the input exactly."),
+                               tooltip="ddim: deterministic DDIM inversion (pix2pix-zero, most editing methods); on "
+                                       "FLUX-class flow models the Euler inversion of the flow ODE. "
+                                       "edit_friendly_ddpm: edit-friendly DDPM inversion with noise maps (Eye-for-an-eye; "
+                                       "on flow models the same with the rectified-flow posterior); replaying it "
+                                       "reconstructs the input exactly."),
                 io.Int.Input("steps", default=50, min=1, max=1000,
                              tooltip="Number of steps of the full schedule (pix2pix-zero: 50, Eye-for-an-eye: 100)."),
                 io.Float.Input("cfg", default=1.0, min=0.0, max=30.0, step=0.1, round=0.01,
@@ -85,6 +89,11 @@ class DDIMInvert(host.PackNode):
                                        "scheduler ddim_uniform."),
                 io.Conditioning.Input("negative", optional=True,
                                       tooltip="Negative conditioning, needed only when cfg is above 1."),
+                io.Float.Input("guidance", default=-1.0, min=-1.0, max=100.0, step=0.1, round=0.01, optional=True,
+                               tooltip="Guidance-distilled flow models only (FLUX.1-dev class): the distilled "
+                                       "guidance the model gets during inversion. -1 keeps the conditioning's own "
+                                       "(FluxGuidance; 3.5 when unset). Stable Flow inverts FLUX.1-dev with 1. Sample "
+                                       "back with the guidance you want the edit to have."),
             ],
             outputs=[
                 io.Latent.Output(display_name="LATENT", tooltip="The inverted latent at the start of editing (after skip_steps). "
@@ -102,6 +111,9 @@ class DDIMInvert(host.PackNode):
             raise InputError(f"skip_steps: {skip_steps} must be between 0 and steps - 1 = {steps - 1}")
         if values.get("noise_regularization") and values.get("mode") not in (None, inv.DDIM):
             raise InputError("noise_regularization: only applies to mode 'ddim'; turn it off for edit_friendly_ddpm")
+        guidance = values.get("guidance")
+        if guidance is not None and guidance != -1.0 and guidance < 0.0:
+            raise InputError(f"guidance: {guidance} is negative; give -1 (the conditioning's own) or a value from 0")
         if values.get("convention") == inv.PIX2PIX_ZERO:
             if values.get("mode") not in (None, inv.DDIM):
                 raise InputError("convention: pix2pix_zero is a DDIM inversion; set mode to ddim or convention to diffusers")
@@ -114,7 +126,7 @@ class DDIMInvert(host.PackNode):
     @classmethod
     def execute(cls, model, positive, latent, mode, steps, cfg, scheduler, skip_steps, seed,
                 noise_regularization, lambda_ac, lambda_kl, regularization_steps, auto_correlation_rolls,
-                convention=inv.DIFFUSERS, negative=None) -> io.NodeOutput:
+                convention=inv.DIFFUSERS, negative=None, guidance=-1.0) -> io.NodeOutput:
         cls.refuse_invalid(locals())
         if mode not in inv.MODES:
             raise InputError(f"mode: {mode!r} is not one of {list(inv.MODES)}")
@@ -126,12 +138,27 @@ class DDIMInvert(host.PackNode):
             raise InputError(f"negative: cfg is {cfg}, so a negative conditioning is needed (or set cfg to 1)")
         if noise_regularization and mode != inv.DDIM:
             raise InputError("noise_regularization: only applies to mode 'ddim'; turn it off for edit_friendly_ddpm")
-        host.check_sigma_space_model(model)
+        host.check_sigma_space_model(model, flows=True)
         _check_latent(model, latent)
+        process = inv.FLOW if host.is_flow_model(model) else inv.VE
+        if process == inv.FLOW:
+            if noise_regularization:
+                raise InputError("noise_regularization: pix2pix-zero's regularisation of the predicted noise is "
+                                 "defined for eps/v-prediction models; turn it off for this flow (FLUX-class) model")
+            if mode == inv.DDIM and convention == inv.PIX2PIX_ZERO:
+                raise InputError("convention: pix2pix_zero is defined on the DDIM timesteps of eps/v-prediction "
+                                 "models; use diffusers for this flow (FLUX-class) model")
+        if guidance != -1.0:
+            if not host.has_guidance_input(model):
+                raise InputError(f"guidance: {guidance} is set but this model takes no distilled guidance (only "
+                                 "FLUX.1-dev class models do); set it to -1")
+            positive = host.with_guidance(positive, guidance)
+            negative = None if negative is None else host.with_guidance(negative, guidance)
 
         sigmas = host.schedule(model, scheduler, steps)
         c_in = host.input_scale(model)
-        previous_level = inv.previous_training_level(host.training_sigmas(model))
+        previous_level = (inv.previous_training_level(host.training_sigmas(model))
+                          if convention == inv.PIX2PIX_ZERO else None)
         regularization = (
             inv.NoiseRegularization(lambda_ac, lambda_kl, regularization_steps, auto_correlation_rolls)
             if noise_regularization else None
@@ -149,7 +176,8 @@ class DDIMInvert(host.PackNode):
                 record["latents"], record["noise_maps"] = latents, None
             else:
                 generator = torch.Generator(device="cpu").manual_seed(seed)
-                latents, noise_maps = inv.invert_edit_friendly(denoise, x, sigmas, skip_steps, generator, on_step)
+                latents, noise_maps = inv.invert_edit_friendly(denoise, x, sigmas, skip_steps, generator, on_step,
+                                                               process)
                 record["latents"], record["noise_maps"] = latents, noise_maps
             record["family"] = context.model_family
             return latents[0]
@@ -161,7 +189,7 @@ class DDIMInvert(host.PackNode):
             mode=mode, sigmas=sigmas, start_step=skip_steps,
             latents=[t.cpu() for t in record["latents"]],
             noise_maps=None if record["noise_maps"] is None else [t.cpu() for t in record["noise_maps"]],
-            model_family=record["family"], cfg=cfg,
+            model_family=record["family"], cfg=cfg, process=process,
         )
         out = latent.copy()
         out.pop("noise_mask", None)
@@ -261,7 +289,7 @@ class InversionReplaySampler(host.PackNode):
                 sigma_t, sigma_s = levels[k], levels[k + 1]
                 x0_hat = denoise(x, sigmas[k] * x.new_ones(x.shape[0]))
                 noise_map = None if maps is None else maps[k]
-                x = inv.replay_step(x, x0_hat, sigma_t, sigma_s, noise_map, exact_final_step)
+                x = inv.replay_step(x, x0_hat, sigma_t, sigma_s, noise_map, exact_final_step, inversion.process)
                 x = context.after_step(k, x, sigmas[k + 1])
                 on_step(k, x, x0_hat)
             return x

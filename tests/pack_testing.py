@@ -15,6 +15,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 CHECKPOINTS = REPO / ".cache" / "checkpoints"
+FLUX_FILES = REPO / ".cache" / "flux"  # diffusion_models/, vae/, text_encoders/ (tools/make_test_checkpoints.py)
+FLUX_FOLDERS = ("diffusion_models", "vae", "text_encoders")
 PACKAGE = "exemplar_edit"
 
 sys.path.insert(0, str(REPO / "tools"))
@@ -246,6 +248,8 @@ def make_graph_runner() -> GraphRunner:
     import nodes
 
     folder_paths.add_model_folder_path("checkpoints", str(CHECKPOINTS), is_default=True)
+    for kind in FLUX_FOLDERS:
+        folder_paths.add_model_folder_path(kind, str(FLUX_FILES / kind), is_default=True)
     asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
     from exemplar_edit.nodes import ExemplarEditExtension
 

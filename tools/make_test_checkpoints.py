@@ -13,7 +13,22 @@ Writes two fp16 safetensors checkpoints that ComfyUI's own loader
   ``model_base.SDXL``, dual CLIP-L + CLIP-G) with ``channel_mult`` [1, 1, 1], one res block per level
   and input transformer depths [0, 2, 5] (what detection requires), a TAESD-XL VAE (0.13025).
 
-Both are the smallest configs detection allows: SD15 fixes model_channels/context_dim only, SDXL
+and, for the FLUX-class (rectified-flow DiT) tests, files for the stock UNETLoader / VAELoader /
+CLIPLoader, written to ``--flux-out`` (default ``.cache/flux/<kind>/``):
+
+* ``diffusion_models/test_flux_wide.safetensors``: a FLUX.1-dev layout (``guidance_in``) of hidden size
+  3072 (24 heads of 128) with one double and one single block, text width 768 (CLIP-L) and pooled
+  width 768: the smallest FLUX model ComfyUI 0.3.75 detects (it fixes 24 heads), ~0.5 B parameters.
+* ``diffusion_models/test_flux.safetensors``: the same layout at hidden size 256 (2 heads), two double
+  and two single blocks (~8 M parameters); ComfyUI from 0.33 detects it (heads = hidden / 128).
+* ``diffusion_models/test_flux_schnell.safetensors``: hidden 256, one double and three single blocks,
+  no ``guidance_in`` (FLUX.1-schnell layout: ModelSamplingDiscreteFlow, no distilled guidance).
+* ``vae/test_flux_vae.safetensors``: a 16-channel TAESD (FLUX's latent format: vae_scale 0.3611,
+  vae_shift 0.1159) with the RGB carrier of the SD ones.
+* ``text_encoders/test_clip_l.safetensors``: the CLIP-L of ``test_sd15`` on its own (CLIPLoader, type
+  stable_diffusion), the text encoder of the FLUX test models.
+
+The SD checkpoints are the smallest configs detection allows: SD15 fixes model_channels/context_dim only, SDXL
 classes also fix the per-input-block transformer depths, and KOALA_700M ([0, 2, 5], 7 blocks, 3 res
 blocks) is smaller than Segmind_Vega ([0, 0, 1, 1, 2, 2], 6 blocks but 6 res blocks); channel_mult
 [1, 1, 1] keeps every block at 320 channels. The free output/middle depths keep one transformer
@@ -82,6 +97,13 @@ CLIP_POS_STD = 0.3
 TAESD_GAMMA = 4.0             # latent (model space) = GAMMA * M (rgb - 0.5)
 TAESD_ENC_TEXTURE = 0.5       # random feature into the latent null direction
 TAESD_DEC_TEXTURE = 0.03      # random texture in decoded colours
+FLUX_TXT_GAIN = 2.0           # txt_in: text tokens at twice the image tokens' scale, so prompts matter
+FLUX_MOD_GAIN = 0.5           # modulation linears: shifts, scales and gates of moderate size
+FLUX_OUT_GAIN = 8.0           # random part of the final linear: a residual velocity of about unit std
+FLUX_QK_SCALE = 2.0           # QK-norm scales: sharper joint attention, so single words matter
+FLUX_CARRIER_GAIN = 2.0       # carrier velocity v = gain * x: damps the starting noise by ~exp(-gain)
+FLUX_CARRIER_K_PER_DIM = 2.0  # carrier constants +-K with K^2 = this * hidden: LayerNorm's std ~constant
+FLUX_VAE_SCALE, FLUX_VAE_SHIFT = 0.3611, 0.1159  # comfy.latent_formats.Flux
 
 SD15_UNET = {
     "model_channels": 320, "context_dim": 768, "use_linear_in_transformer": False,
@@ -100,6 +122,11 @@ SDXL_UNET = {
     "use_temporal_attention": False, "use_temporal_resblock": False,
     "use_checkpoint": False, "image_size": 32, "use_spatial_transformer": True, "legacy": False,
 }
+
+# out_gain: the final linear's random part, calibrated to a sampled model-space latent std of ~1.5
+FLUX_WIDE = {"hidden_size": 3072, "depth": 1, "depth_single_blocks": 1, "guidance_embed": True, "out_gain": 4.5}
+FLUX_NARROW = {"hidden_size": 256, "depth": 2, "depth_single_blocks": 2, "guidance_embed": True}
+FLUX_SCHNELL = {"hidden_size": 256, "depth": 1, "depth_single_blocks": 3, "guidance_embed": False}
 
 CARRIER = 10  # channels 0-3: +x, 4-7: -x, 8: +K, 9: -K (one GroupNorm group of 320/32 channels)
 
@@ -257,13 +284,18 @@ def build_clip_text(shapes: dict, layers: int) -> dict:
 # TAESD
 
 
-def _color_matrix() -> torch.Tensor:
-    """Orthonormal 4x4 (Hadamard / 2): columns 0-2 map RGB to latents, column 3 is the null direction."""
-    h = torch.tensor([[1, 1, 1, 1], [1, -1, 1, -1], [1, 1, -1, -1], [1, -1, -1, 1]], dtype=torch.float32)
-    return h / 2
+def _color_matrix(channels: int = 4) -> torch.Tensor:
+    """Orthonormal channels x channels (Sylvester Hadamard / sqrt(channels); 4 or 16): columns 0-2 map
+    RGB to latents, column 3 is the null direction."""
+    h = torch.ones(1, 1)
+    while h.shape[0] < channels:
+        h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
+    if channels == 4:  # the SD test VAEs' historical column order
+        h = torch.tensor([[1, 1, 1, 1], [1, -1, 1, -1], [1, 1, -1, -1], [1, -1, -1, 1]], dtype=torch.float32)
+    return h / math.sqrt(channels)
 
 
-def build_taesd(shapes: dict, vae_scale: float) -> dict:
+def build_taesd(shapes: dict, vae_scale: float, vae_shift: float = 0.0, gamma: float = TAESD_GAMMA) -> dict:
     """Keys of comfy.taesd.taesd.TAESD -> fp32 tensors (without the first_stage_model. prefix)."""
     out = {}
     for name, shape in shapes.items():
@@ -277,10 +309,11 @@ def build_taesd(shapes: dict, vae_scale: float) -> dict:
                 gain = 0.5
             out[name] = fan_in_init(name, shape, gain)
     out["vae_scale"] = torch.tensor(vae_scale)
-    out["vae_shift"] = torch.tensor(0.0)
-    q = _color_matrix()
+    out["vae_shift"] = torch.tensor(vae_shift)
+    last_encoder_conv = max(int(k.split(".")[1]) for k in shapes if k.startswith("taesd_encoder."))
+    q = _color_matrix(shapes[f"taesd_encoder.{last_encoder_conv}.weight"][0])
     M, null = q[:, :3], q[:, 3]
-    G = TAESD_GAMMA
+    G = gamma
     enc_blocks = sorted({int(k.split(".")[1]) for k in shapes if k.startswith("taesd_encoder.")})
     dec_blocks = sorted({int(k.split(".")[1]) for k in shapes if k.startswith("taesd_decoder.")})
 
@@ -302,7 +335,7 @@ def build_taesd(shapes: dict, vae_scale: float) -> dict:
                     else:  # after nearest upsampling: copy
                         w[c, c, 1, 1] = 1.0
 
-    # encoder: conv(3, 64) first, conv(64, 4) last
+    # encoder: conv(3, 64) first, conv(64, latent_channels) last
     e_first, e_last = enc_blocks[0], enc_blocks[-1]
     w, b = out[f"taesd_encoder.{e_first}.weight"], out[f"taesd_encoder.{e_first}.bias"]
     w[:3] = 0
@@ -316,9 +349,9 @@ def build_taesd(shapes: dict, vae_scale: float) -> dict:
     w[:, 3:] = null[:, None, None, None] * feat[None] * TAESD_ENC_TEXTURE
     w[:, :3, 1, 1] = G * M
     b[:] = -G * M.sum(dim=1) * 0.5
-    # encoder output is model-space; TAESD.encode divides by vae_scale (raw latents)
+    # encoder output is model-space; TAESD.encode divides by vae_scale and adds vae_shift (raw latents)
 
-    # decoder: Clamp, conv(4, 64), ReLU, ..., conv(64, 3)
+    # decoder: Clamp, conv(latent_channels, 64), ReLU, ..., conv(64, 3)
     d_first = [i for i in dec_blocks if f"taesd_decoder.{i}.weight" in out][0]
     d_last = dec_blocks[-1]
     w, b = out[f"taesd_decoder.{d_first}.weight"], out[f"taesd_decoder.{d_first}.bias"]
@@ -333,6 +366,113 @@ def build_taesd(shapes: dict, vae_scale: float) -> dict:
         w[c, c, 1, 1] = 1.0
     b.zero_()
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# FLUX-layout DiT (random, for the rectified-flow tests)
+
+
+def _flux_params(config: dict):
+    """FluxParams of a FLUX.1 layout with ``config``'s hidden size, depths and guidance input, text and
+    pooled width 768 (CLIP-L), as ComfyUI's detection derives them from the weights."""
+    import inspect
+
+    import comfy.ldm.flux.model as flux
+
+    hidden = config["hidden_size"]
+    values = dict(in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=768, hidden_size=hidden,
+                  mlp_ratio=4.0, num_heads=hidden // 128, depth=config["depth"],
+                  depth_single_blocks=config["depth_single_blocks"], axes_dim=[16, 56, 56], theta=10000,
+                  patch_size=2, qkv_bias=True, guidance_embed=config["guidance_embed"], txt_ids_dims=[])
+    fields = inspect.signature(flux.FluxParams).parameters
+    return flux.FluxParams(**{k: v for k, v in values.items() if k in fields})
+
+
+def _flux_key(name: str) -> str:
+    """BFL's key names (what both hosts load): QK-norm and RMSNorm parameters are ``.scale``."""
+    return name[: -len(".weight")] + ".scale" if name.endswith("_norm.weight") else name
+
+
+def _flux_gain(key: str) -> float:
+    if ".lin." in key or "adaLN_modulation" in key or key.startswith("modulation"):
+        return FLUX_MOD_GAIN
+    if key.startswith("txt_in."):
+        return FLUX_TXT_GAIN
+    return 1.0
+
+
+def flux_state_dict(config: dict) -> dict:
+    """Structured random FLUX weights: fan-in scaled linears, unit norms, zero biases, moderate
+    modulations, and a *carrier* path like the SD UNets' that makes the velocity v ~= gain * x + r.
+
+    A random velocity alone leaves the starting noise in the sample (x0 = x1 - integral of v), so
+    the seed would swamp the prompt. The carrier copies each token's 64 patch values into hidden
+    dims 0-63 (+x) and 64-127 (-x) next to a constant pair +K / -K (dims 128, 129) in ``img_in``; no
+    block writes to those dims (their rows of every residual output are zero); the final LayerNorm,
+    whose variance the constants pin down, and the final linear read them back: v = gain * x (the
+    velocity of data shrunk towards 0, damping the noise by ~exp(-gain) over a sampling run) plus a
+    random residual r from the other dims that depends on text, position and time. The text tokens
+    enter at twice the image tokens' scale and the joint attention is sharp (QK-norm scale 2), so
+    prompts change the image."""
+    import comfy.ldm.flux.model as flux
+    import comfy.ops
+
+    params = _flux_params(config)
+    shapes = meta_state_dict(lambda: flux.Flux(operations=comfy.ops.disable_weight_init, **vars(params)))
+    out = {}
+    for name, shape in sorted(shapes.items()):
+        key = _flux_key(name)
+        if len(shape) == 1:
+            scale = FLUX_QK_SCALE if key.endswith(("query_norm.scale", "key_norm.scale")) else 1.0
+            out[key] = torch.full(shape, scale) if key.endswith(".scale") else torch.zeros(shape)
+        else:
+            gain = config.get("out_gain", FLUX_OUT_GAIN) if key.startswith("final_layer.linear.") else _flux_gain(key)
+            out[key] = fan_in_init("flux." + key, shape, gain)
+    hidden, patch = params.hidden_size, 64
+    carrier = slice(0, 2 * patch + 2)
+    K = math.sqrt(FLUX_CARRIER_K_PER_DIM * hidden)
+    w, b = out["img_in.weight"], out["img_in.bias"]
+    w[carrier] = 0
+    w[:patch] = torch.eye(patch)
+    w[patch:2 * patch] = -torch.eye(patch)
+    b[2 * patch], b[2 * patch + 1] = K, -K
+    residual_outputs = [k for k in out if k.startswith("double_blocks.") and
+                        (".img_attn.proj." in k or ".img_mlp.2." in k)]
+    residual_outputs += [k for k in out if k.startswith("single_blocks.") and ".linear2." in k]
+    for key in residual_outputs:
+        out[key][carrier] = 0
+    # final layer: no modulation of the carrier dims (shift rows 0.., scale rows hidden..)
+    mod_w, mod_b = out["final_layer.adaLN_modulation.1.weight"], out["final_layer.adaLN_modulation.1.bias"]
+    for offset in (0, hidden):
+        mod_w[offset:offset + carrier.stop] = 0
+        mod_b[offset:offset + carrier.stop] = 0
+    # LayerNorm std over the hidden dims ~ sqrt((2 K^2 + 2 |x|^2 + |r|^2) / hidden) ~ sqrt(2 K^2 / hidden)
+    ln_std = math.sqrt(2 * K * K / hidden + 1.0)
+    w = out["final_layer.linear.weight"]
+    w[:, carrier] = 0
+    w[:, :patch] += torch.eye(patch) * (FLUX_CARRIER_GAIN * ln_std / 2)
+    w[:, patch:2 * patch] -= torch.eye(patch) * (FLUX_CARRIER_GAIN * ln_std / 2)
+    return out
+
+
+def flux_vae_state_dict() -> dict:
+    import comfy.taesd.taesd
+
+    shapes = meta_state_dict(lambda: comfy.taesd.taesd.TAESD(latent_channels=16))
+    # gamma 8: the 16-channel colour matrix has entries of 1/4, so latents keep about unit std
+    return build_taesd(shapes, FLUX_VAE_SCALE, FLUX_VAE_SHIFT, gamma=2 * TAESD_GAMMA)
+
+
+def clip_l_state_dict() -> dict:
+    """The CLIP-L of test_sd15 as a text-encoder file (the keys CLIPLoader reads for SD1.x)."""
+    import comfy.sd1_clip
+    import comfy.supported_models as sm
+
+    clip_shapes = meta_state_dict(lambda: comfy.sd1_clip.SD1ClipModel())
+    clip = build_clip_text(clip_shapes, 12)
+    saved = sm.SD15(SD15_UNET).process_clip_state_dict_for_saving(clip)
+    prefix = "cond_stage_model.transformer."
+    return {k[len(prefix):]: v for k, v in saved.items() if k.startswith(prefix)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -377,6 +517,13 @@ CHECKPOINTS = {
     "test_sd15.safetensors": ("sd15", sd15_state_dict),
     "test_sdxl.safetensors": ("sdxl", sdxl_state_dict),
 }
+FLUX_FILES = {  # relative to --flux-out
+    "diffusion_models/test_flux_wide.safetensors": ("flux_wide", lambda: flux_state_dict(FLUX_WIDE)),
+    "diffusion_models/test_flux.safetensors": ("flux", lambda: flux_state_dict(FLUX_NARROW)),
+    "diffusion_models/test_flux_schnell.safetensors": ("flux_schnell", lambda: flux_state_dict(FLUX_SCHNELL)),
+    "vae/test_flux_vae.safetensors": ("flux_vae", flux_vae_state_dict),
+    "text_encoders/test_clip_l.safetensors": ("clip_l", clip_l_state_dict),
+}
 
 
 def recorded_version(path: Path) -> str | None:
@@ -392,7 +539,7 @@ def recorded_version(path: Path) -> str | None:
 def build(out_dir: Path, name: str, force: bool = False) -> str:
     from safetensors.torch import save_file
 
-    kind, factory = CHECKPOINTS[name]
+    kind, factory = CHECKPOINTS[name] if name in CHECKPOINTS else FLUX_FILES[name]
     path = out_dir / name
     if not force and path.exists() and recorded_version(path) == BUILD_ID:
         return f"{name}: up to date ({BUILD_ID}), skipped"
@@ -410,8 +557,8 @@ def build(out_dir: Path, name: str, force: bool = False) -> str:
     params = sum(v.numel() for v in tensors.values())
     # one metadata key: safetensors writes several keys in hash order, which would change the bytes
     meta = {"ee_test_model": json.dumps({"build": BUILD_ID, "kind": kind, "seed": SEED}, sort_keys=True)}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{name}.tmp{os.getpid()}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         save_file(tensors, str(tmp), metadata=meta)
         os.chmod(tmp, 0o644)
@@ -428,13 +575,17 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=str(REPO / ".cache" / "checkpoints"), help="output folder")
     ap.add_argument("--force", action="store_true", help="rebuild even if up to date")
-    ap.add_argument("--only", choices=sorted(CHECKPOINTS), action="append", help="build only this file")
+    ap.add_argument("--flux-out", default=str(REPO / ".cache" / "flux"),
+                    help="output folder of the FLUX-class test files (diffusion_models/, vae/, text_encoders/)")
+    ap.add_argument("--only", choices=sorted(CHECKPOINTS) + sorted(FLUX_FILES), action="append",
+                    help="build only this file")
     args = ap.parse_args(argv)
-    out_dir = Path(args.out)
+    out_dir, flux_dir = Path(args.out), Path(args.flux_out)
     t0 = time.perf_counter()
-    for name in args.only or list(CHECKPOINTS):
-        print(f"[make_test_checkpoints] {build(out_dir, name, args.force)}", flush=True)
-    print(f"[make_test_checkpoints] done in {time.perf_counter() - t0:.1f} s -> {out_dir}", flush=True)
+    for name in args.only or list(CHECKPOINTS) + list(FLUX_FILES):
+        print(f"[make_test_checkpoints] {build(flux_dir if name in FLUX_FILES else out_dir, name, args.force)}",
+              flush=True)
+    print(f"[make_test_checkpoints] done in {time.perf_counter() - t0:.1f} s -> {out_dir}, {flux_dir}", flush=True)
     return 0
 
 

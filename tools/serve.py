@@ -54,6 +54,8 @@ PACK_CATEGORY = "Exemplar Edit"
 CHECKPOINT_CACHE = REPO / ".cache" / "checkpoints"
 CLIP_CACHE = REPO / ".cache" / "clip"
 DEFAULT_BASE = REPO / ".run" / "serve"
+FLUX_CACHE = REPO / ".cache" / "flux"  # tools/make_test_checkpoints.py --flux-out
+FLUX_FOLDERS = ("diffusion_models", "vae", "text_encoders")
 MODEL_SUFFIXES = {".safetensors", ".ckpt", ".pt", ".pth", ".sft", ".bin"}
 
 __all__ = ["running_server", "prepare_base", "server_command", "host_dir", "pack_nodes", "ServerError",
@@ -179,6 +181,11 @@ def prepare_base(base: str | os.PathLike, ckpts: Iterable[str | os.PathLike] = (
             entry.unlink()
     for name, src in wanted.items():
         _link(src.resolve(), ckpt_dir / name)
+    if use_cache:  # the FLUX-class test files (UNETLoader, VAELoader, CLIPLoader folders)
+        for kind in FLUX_FOLDERS:
+            for model_file in sorted((FLUX_CACHE / kind).glob("*.safetensors")):
+                (base / "models" / kind).mkdir(parents=True, exist_ok=True)
+                _link(model_file.resolve(), base / "models" / kind / model_file.name)
     if use_cache:  # the test CLIP (both towers): a CLIP vision model and an alignment text encoder
         for clip_file in sorted(CLIP_CACHE.glob("*.safetensors")):
             for kind in ("clip_vision", "text_encoders"):

@@ -27,33 +27,66 @@ def model_sampling(model):
     return model.get_model_object("model_sampling")
 
 
+FLOW_PREDICTION = "CONST"
+"""ComfyUI's rectified-flow parameterisation (FLUX.1, SD3.x, ...): x = (1 - sigma) x0 + sigma eps,
+the network predicting the velocity eps - x0."""
+
 SUPPORTED_PREDICTIONS = ("EPS", "V_PREDICTION")
-"""The parameterisations the pack's inversion and guidance math is written for (SD1.x, SD2.x, SDXL)."""
+"""The parameterisations of the UNet models (SD1.x, SD2.x, SDXL) the pack's math is written for;
+rectified-flow models (``FLOW_PREDICTION``) are accepted where a node says so."""
 
 
 def prediction_type(model) -> str:
-    """The name of the model's prediction class (``EPS``, ``V_PREDICTION``, ``X0``, ``EDM``, ...).
+    """The name of the model's prediction class (``EPS``, ``V_PREDICTION``, ``CONST``, ``X0``, ``EDM``, ...).
 
     ComfyUI builds a model's sampling object as ``class ModelSampling(<schedule>, <prediction>)``;
-    every prediction class derives from ``EPS`` (``V_PREDICTION``, ``EDM(V_PREDICTION)``, ``X0``,
-    ``IMG_TO_IMG``, ``LCM``...), so an ``isinstance`` test would accept them all. The first class
-    in the method resolution order below the object's own that is an ``EPS`` is its prediction."""
+    every prediction class but ``CONST`` derives from ``EPS`` (``V_PREDICTION``, ``EDM(V_PREDICTION)``,
+    ``X0``, ``IMG_TO_IMG``, ``LCM``...), so an ``isinstance`` test would accept them all. The first
+    class in the method resolution order below the object's own that is an ``EPS`` (or ``CONST``) is
+    its prediction."""
     sampling = model_sampling(model)
     for cls in type(sampling).__mro__:
-        if cls is not type(sampling) and issubclass(cls, comfy.model_sampling.EPS):
+        if cls is not type(sampling) and (issubclass(cls, comfy.model_sampling.EPS) or
+                                          cls is comfy.model_sampling.CONST):
             return cls.__name__
     return type(sampling).__name__
 
 
-def check_sigma_space_model(model, input_name: str = "model") -> None:
-    """The pack's math is written for eps- and v-prediction models (SD1.x, SD2.x, SDXL)."""
+def is_flow_model(model) -> bool:
+    """Whether the model is a rectified-flow model (CONST sampling: FLUX.1 and its family, SD3.x)."""
+    return prediction_type(model) == FLOW_PREDICTION
+
+
+def check_sigma_space_model(model, input_name: str = "model", flows: bool = False) -> None:
+    """The pack's math is written for eps- and v-prediction models (SD1.x, SD2.x, SDXL) and, where the
+    node supports them (``flows``), rectified-flow models (FLUX.1 family)."""
     kind = prediction_type(model)
-    if kind not in SUPPORTED_PREDICTIONS:
+    if kind in SUPPORTED_PREDICTIONS or (flows and kind == FLOW_PREDICTION):
+        return
+    if kind == FLOW_PREDICTION:
         raise InputError(
-            f"{input_name}: this model predicts with {kind}; this node supports eps- and v-prediction models "
-            "(SD1.x, SD2.x, SDXL). Use one of those checkpoints, or remove the ModelSamplingDiscrete/"
-            "ModelSamplingContinuousEDM node that switched it to another prediction type."
+            f"{input_name}: this is a rectified-flow model (FLUX-class, {model_family(model)}); this node supports "
+            "eps- and v-prediction UNet models (SD1.x, SD2.x, SDXL) so far. Use one of those checkpoints."
         )
+    supported = "eps- and v-prediction models (SD1.x, SD2.x, SDXL)" + (
+        " and rectified-flow models (FLUX.1 family)" if flows else "")
+    raise InputError(
+        f"{input_name}: this model predicts with {kind}; this node supports {supported}. Use one of those "
+        "checkpoints, or remove the ModelSamplingDiscrete/ModelSamplingContinuousEDM node that switched it to "
+        "another prediction type."
+    )
+
+
+def has_guidance_input(model) -> bool:
+    """Whether the model takes a distilled-guidance value (FLUX.1-dev class ``guidance_embed``)."""
+    return bool(model.model.model_config.unet_config.get("guidance_embed", False))
+
+
+def with_guidance(conditioning: list, guidance: float) -> list:
+    """A copy of a CONDITIONING whose entries carry ``guidance`` (what ComfyUI's FluxGuidance node sets)."""
+    import node_helpers
+
+    return node_helpers.conditioning_set_values(conditioning, {"guidance": guidance})
 
 
 def schedule(model, scheduler: str, steps: int) -> torch.Tensor:

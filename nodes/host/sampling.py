@@ -45,16 +45,42 @@ SamplerLoop = Callable[[Denoise, torch.Tensor, torch.Tensor, LoopContext, OnStep
 """``loop(denoise, x, sigmas, context, on_step) -> x``, all in the sampler's internal latent space."""
 
 
-def make_sampler(loop: SamplerLoop) -> Any:
-    """A SAMPLER (for SamplerCustom / SamplerCustomAdvanced) that runs ``loop``.
+class _LoopSampler(comfy.samplers.Sampler):
+    """A SAMPLER (for SamplerCustom / SamplerCustomAdvanced) that runs one of the pack's loops.
 
-    ``denoise(x, sigma)`` is ComfyUI's guided x0 prediction: CFG, the model's patches and
-    wrappers, ControlNets and LoRAs all apply as with any stock sampler.
-    """
+    It is ``KSAMPLER`` without the model's noise scaling at the start when no noise is added: the
+    loops start from the latent they are given (an inversion's latent, or the clean image), and a
+    rectified-flow model's scaling (``sigma * noise + (1 - sigma) * latent``) would erase a latent
+    given at sigma 1. For eps/v models that scaling is the identity when the noise is zero, so
+    nothing changes there. Added noise (add_noise on) is scaled as the stock samplers scale it."""
+
+    def __init__(self, loop: "SamplerLoop"):
+        self.loop = loop
+
+    def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
+               disable_pbar=False):
+        extra_args["denoise_mask"] = denoise_mask
+        model_k = comfy.samplers.KSamplerX0Inpaint(model_wrap, sigmas)
+        model_k.latent_image = latent_image
+        model_k.noise = noise
+        sampling = model_wrap.inner_model.model_sampling
+        if latent_image is None:
+            x = noise
+        elif bool(torch.count_nonzero(noise) == 0):
+            x = latent_image
+        else:
+            x = sampling.noise_scaling(sigmas[0], noise, latent_image, self.max_denoise(model_wrap, sigmas))
+        k_callback = None
+        total_steps = len(sigmas) - 1
+        if callback is not None:
+            k_callback = lambda step: callback(step["i"], step["denoised"], step["x"], total_steps)  # noqa: E731
+        samples = self._run(model_k, x, sigmas, extra_args, k_callback)
+        if float(sigmas[-1]) < 1.0:  # a rectified-flow model divides by 1 - sigma here
+            samples = sampling.inverse_noise_scaling(sigmas[-1], samples)
+        return samples
 
     @torch.no_grad()
-    def sampler_function(model, x, sigmas, extra_args=None, callback=None, disable=None):
-        extra_args = {} if extra_args is None else extra_args
+    def _run(self, model, x, sigmas, extra_args, callback):
         base_model = model.inner_model.inner_model
         transformer_options = extra_args.get("model_options", {}).get("transformer_options", {})
         context = LoopContext(model_family=type(base_model.latent_format).__name__,
@@ -69,9 +95,16 @@ def make_sampler(loop: SamplerLoop) -> Any:
                 callback({"x": x_now, "i": i, "sigma": sigmas[min(i, len(sigmas) - 1)],
                           "sigma_hat": sigmas[min(i, len(sigmas) - 1)], "denoised": x0_hat})
 
-        return loop(denoise, x, sigmas, context, on_step)
+        return self.loop(denoise, x, sigmas, context, on_step)
 
-    return comfy.samplers.KSAMPLER(sampler_function)
+
+def make_sampler(loop: SamplerLoop) -> Any:
+    """A SAMPLER (for SamplerCustom / SamplerCustomAdvanced) that runs ``loop``.
+
+    ``denoise(x, sigma)`` is ComfyUI's guided x0 prediction: CFG, the model's patches and
+    wrappers, ControlNets and LoRAs all apply as with any stock sampler.
+    """
+    return _LoopSampler(loop)
 
 
 def run_sampler(
