@@ -216,6 +216,8 @@ def rearrange_pairs(
     strength: float = 1.0,
     chunk_size: int = 1024,
     dtype: Optional[torch.dtype] = None,
+    out_values: Optional[torch.Tensor] = None,
+    ref_values: Optional[Sequence[torch.Tensor]] = None,
 ) -> torch.Tensor:
     """Multi-object rearrangement with a reference per object: the tokens of target region k take
     the features of ``ref_feats[k]`` that match them best inside reference region k (the paper's
@@ -226,17 +228,20 @@ def rearrange_pairs(
     ``restrict_to_ref_mask=True`` and :func:`rearrange_features` on the tokens no earlier pair took
     (where target regions overlap, the earlier pair wins). With the same reference for every pair
     this is :func:`semantic_nearest_neighbours_pairs` followed by :func:`rearrange_features`.
+    ``out_values`` / ``ref_values``: when the features that are replaced are not the ones matched
+    (a DiT's q/k/v matched by its keys), the rearranged values; by default the features themselves.
     """
     if len(ref_feats) != len(pairs):
         raise ValueError(f"{len(ref_feats)} reference feature maps for {len(pairs)} mask pairs")
-    result = out_feat
+    result = out_feat if out_values is None else out_values
+    ref_values = ref_feats if ref_values is None else ref_values
     taken = torch.zeros(out_feat.shape[0], dtype=torch.bool, device=out_feat.device)
-    for ref_feat, (out_mask, ref_mask) in zip(ref_feats, pairs):
+    for ref_feat, ref_value, (out_mask, ref_mask) in zip(ref_feats, ref_values, pairs):
         indices, valid = semantic_nearest_neighbours(
             out_feat, ref_feat, out_mask, ref_mask, chunk_size=chunk_size, dtype=dtype, restrict_to_ref_mask=True
         )
         take = valid & ~taken
-        result = rearrange_features(result, ref_feat, indices, take, strength)
+        result = rearrange_features(result, ref_value, indices, take, strength)
         taken = taken | take
     return result
 

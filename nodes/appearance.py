@@ -29,11 +29,7 @@ from .inversion import InversionType
 
 CATEGORY = f"{host.ROOT_CATEGORY}/appearance"
 
-LAYER_CHOICES = {
-    "two_highest_decoder_levels": 2,  # official: SD1.5 output blocks 6-11 (32^2 and 64^2 at 512 px)
-    "highest_decoder_level": 1,
-    "all_decoder_levels": None,
-}
+LAYER_CHOICES = host.UNET_LAYER_CHOICES_NAMES + host.FLUX_LAYER_CHOICES
 _LAYOUT_KEY = "exemplar_edit_appearance_rows"  # output rows per batch chunk, set by our wrapper
 _STEP_KEY = "exemplar_edit_appearance_step"  # denoising step k of the current UNet call
 _IMAGE_DOWNSCALE = 8  # pixels per latent cell for every model family the pack supports
@@ -48,18 +44,20 @@ STRUCTURE_ROWS = (OFFICIAL_ROWS, CONDITIONAL_ROWS)
 class AppearanceTransferPatch:
     """The state and the three hooks (apply-model wrapper, attn1 patch, post-CFG + step hook)."""
 
-    def __init__(self, reference: inv.Inversion, target: inv.Inversion, blocks: frozenset[int],
+    def __init__(self, reference: inv.Inversion, target: inv.Inversion, blocks: frozenset[tuple[str, int]],
                  masks: list[tuple[torch.Tensor, torch.Tensor]], schedule: TransferSchedule,
                  strength: float, restrict_to_reference_mask: bool, feature_source: str = REPLAYED,
-                 chunk_size: int = 1024, structure_rows: str = OFFICIAL_ROWS):
+                 chunk_size: int = 1024, structure_rows: str = OFFICIAL_ROWS, matching: Optional[str] = None):
         self.reference, self.target = reference, target
         self.num_references = reference.latents[0].shape[0]  # object k takes reference k when > 1
         self.structure_rows = structure_rows
+        self.matching = matching  # DiT backbones: which features are matched (host.FLUX_MATCHING)
         self.feature_source = feature_source
         # collected_from_inversion: (step, block, block_index) -> [HW, C] features of the branch
         # the step needs (structure steps: the target; others: the reference), see collect_features
         self.collected: dict[tuple, torch.Tensor] = {}
-        self.blocks = blocks
+        # the layers' blocks as host.backbone names them; a bare number is a UNet output block
+        self.blocks = frozenset(b if isinstance(b, tuple) else ("output", b) for b in blocks)
         self.masks = masks  # [(target_mask [H, W], reference_mask [H, W]), ...] at image size, one per object
         self.schedule = schedule
         self.strength = strength
@@ -202,19 +200,24 @@ class AppearanceTransferPatch:
         return self._adain_masks_cache[key]
 
     def attn1_patch(self, n, context, value, extra_options):
-        rows = extra_options.get(_LAYOUT_KEY)
-        block = extra_options.get("block")
-        if rows is None or block is None or block[0] != "output" or block[1] not in self.blocks:
-            return n, context, value
-        step = extra_options[_STEP_KEY]
+        """:meth:`on_tokens` as the UNet's ``attn1_patch`` (what ``host.backbone`` installs on a UNet)."""
+        return host.unet_attn1_patch(self.on_tokens, self.blocks)(n, context, value, extra_options)
+
+    def on_tokens(self, tokens: host.ImageTokens) -> Optional[torch.Tensor]:
+        """Token hook (``host.backbone``): the output rows' replaceable features at a chosen layer."""
+        options = tokens.options
+        rows = options.get(_LAYOUT_KEY)
+        if rows is None:
+            return None
+        step = options[_STEP_KEY]
         if not self.schedule.injects(step):
-            return n, context, value
-        cond_or_uncond = extra_options["cond_or_uncond"]
-        per_chunk = n.shape[0] // len(cond_or_uncond)
-        hw = tuple(int(s) for s in extra_options["activations_shape"][-2:])
+            return None
+        values, match = tokens.values, tokens.match
+        cond_or_uncond = options["cond_or_uncond"]
+        per_chunk = values.shape[0] // len(cond_or_uncond)
         structure = self.schedule.takes_structure(step)
-        masks = self._layer_masks(hw, n.device)
-        new = n.clone()
+        masks = self._layer_masks(tokens.grid, values.device)
+        new = values.clone()
         for chunk, kind in enumerate(cond_or_uncond):
             if structure:
                 if not self._takes_structure_features(kind, step, cond_or_uncond):
@@ -223,18 +226,21 @@ class AppearanceTransferPatch:
                 continue
             base = chunk * per_chunk
             if self.feature_source == FROM_INVERSION:
-                stored = self.collected[(step, tuple(block), extra_options.get("block_index", 0))]
-                references, structure_feat = [stored.to(n.device, n.dtype)], stored.to(n.device, n.dtype)
+                stored_match, stored_values = self.collected[(step, tokens.block, tokens.depth)]
+                ref_matches = [stored_match.to(values.device, match.dtype)]
+                ref_values = [stored_values.to(values.device, values.dtype)]
+                structure_feat = ref_values[0]
             else:
                 first = base + rows
-                references = list(n[first : first + self.num_references])
-                structure_feat = n[first + self.num_references]
+                ref_matches = list(match[first : first + self.num_references])
+                ref_values = list(values[first : first + self.num_references])
+                structure_feat = values[first + self.num_references]
             for row in range(base, base + rows):
                 if structure:
                     new[row] = structure_feat
                     continue
-                new[row] = self._rearranged(n[row], references, masks)
-        return new, new, new
+                new[row] = self._rearranged(match[row], values[row], ref_matches, ref_values, masks)
+        return new
 
     def _takes_structure_features(self, kind: int, step: int, cond_or_uncond) -> bool:
         """Whether the output rows of a chunk of ``kind`` (0 cond, 1 uncond) take the target's features
@@ -249,21 +255,25 @@ class AppearanceTransferPatch:
         runs_uncond = 1 in cond_or_uncond or step in self._uncond_steps or step - 1 in self._uncond_steps
         return kind == (1 if runs_uncond else 0)
 
-    def _rearranged(self, out_feat, references: list[torch.Tensor], masks):
-        """``references``: one feature map per reference image (object k takes reference k when
-        there are several; one reference serves every object)."""
+    def _rearranged(self, out_match, out_values, ref_matches: list[torch.Tensor], ref_values: list[torch.Tensor],
+                    masks):
+        """One output row's rearranged values. ``ref_matches`` / ``ref_values``: the matched and the
+        replaceable features of each reference image (object k takes reference k when there are
+        several; one reference serves every object). On a UNet both are its ``norm1`` features."""
         # fp16 cosines on CUDA (core casts after normalising): a near-tie may flip an argmax. CPU: unchanged.
-        dtype = torch.float16 if out_feat.is_cuda else None
+        dtype = torch.float16 if out_match.is_cuda else None
         if len(masks) > 1:
-            per_object = references if len(references) > 1 else references * len(masks)
-            return corr.rearrange_pairs(out_feat, per_object, masks, self.strength, self.chunk_size, dtype)
-        ref_feat = references[0]
+            several = len(ref_matches) > 1
+            per_object = ref_matches if several else ref_matches * len(masks)
+            per_object_values = ref_values if several else ref_values * len(masks)
+            return corr.rearrange_pairs(out_match, per_object, masks, self.strength, self.chunk_size, dtype,
+                                        out_values=out_values, ref_values=per_object_values)
         out_mask, ref_mask = masks[0] if masks else (None, None)
         indices, valid = corr.semantic_nearest_neighbours(
-            out_feat, ref_feat, out_mask, ref_mask, chunk_size=self.chunk_size, dtype=dtype,
+            out_match, ref_matches[0], out_mask, ref_mask, chunk_size=self.chunk_size, dtype=dtype,
             restrict_to_ref_mask=self.restrict_to_reference_mask,
         )
-        return corr.rearrange_features(out_feat, ref_feat, indices, valid, self.strength)
+        return corr.rearrange_features(out_values, ref_values[0], indices, valid, self.strength)
 
     # --- 3. after CFG: step the branches; after the sampler's step: masked AdaIN -------------
 
@@ -338,15 +348,15 @@ def collect_features(model, patch: AppearanceTransferPatch, positive) -> None:
         return
     recording: dict = {}
 
-    def record(n, context, value, extra_options):
-        block = extra_options.get("block")
-        if block is not None and block[0] == "output" and block[1] in patch.blocks:
-            key = (recording["step"], tuple(block), extra_options.get("block_index", 0))
-            patch.collected[key] = n[0].detach().to(torch.float16 if n.is_cuda else n.dtype).clone()
-        return n, context, value
+    def record(tokens: host.ImageTokens) -> None:
+        keep = lambda t: t[0].detach().to(torch.float16 if t.is_cuda else t.dtype).clone()  # noqa: E731
+        match = keep(tokens.match)
+        values = match if tokens.values is tokens.match else keep(tokens.values)
+        patch.collected[(recording["step"], tokens.block, tokens.depth)] = (match, values)
+        return None
 
     recorder = model.clone()
-    recorder.set_model_attn1_patch(record)
+    host.backbone(model).add_token_hook(recorder, record, patch.blocks, patch.matching)
     latent = patch.target.latents[0]
 
     def collect(run: host.ModelRun) -> None:
@@ -378,29 +388,20 @@ def automatic_masks(model, reference: inv.Inversion, target: inv.Inversion, posi
     word's column of the last cross-attention two levels below (16x16, the official
     ``cross_attention_32`` of ``cross_attn_map``). Masks on a token grid are repeated to image size.
     """
-    levels = host.decoder_attention_downscales(model)
-    downscales = sorted(set(levels.values()))
-    self_downscale = downscales[0]
-    # official levels at 512 px: self-segmentation names 64x64 clusters with the 32x32 cross-attention;
-    # the threshold mask is the 16x16 cross-attention (``cross_attention_32``), the third decoder level
-    cross_downscale = downscales[min(1 if mode == SELF_SEGMENTATION else 2, len(downscales) - 1)]
     latent_hw = tuple(target.latents[0].shape[-2:])
     captured: dict[str, torch.Tensor] = {}
 
     def capture(kind: str):
-        def replace(q, k, v, extra_options):
-            heads = extra_options["n_heads"]
-            captured[kind] = seg.head_averaged_attention(q, k, heads)  # k-means runs where the model runs
-            captured[kind + "_hw"] = tuple(int(d) for d in extra_options["activations_shape"][-2:])
-            return host.attention(q, k, v, heads)
-        return replace
+        def store(maps: torch.Tensor, grid: tuple[int, int]) -> None:
+            captured[kind], captured[kind + "_hw"] = maps, grid
+        return store
 
+    backbone = host.backbone(model)
+    self_block, cross_block = backbone.segmentation_blocks(mode)
     recorder = model.clone()
-    for index, downscale in levels.items():
-        if downscale == self_downscale and mode == SELF_SEGMENTATION:
-            recorder.set_model_attn1_replace(capture("self"), "output", index)
-        if downscale == cross_downscale:
-            recorder.set_model_attn2_replace(capture("cross"), "output", index)
+    if mode == SELF_SEGMENTATION:
+        backbone.add_attention_capture(recorder, self_block, "self", capture("self"))
+    backbone.add_attention_capture(recorder, cross_block, "cross", capture("cross"))
     step = max(0, min(step, len(target.latents) - 2))
 
     def evaluate(run: host.ModelRun) -> None:
@@ -480,8 +481,6 @@ def build_patch(model, reference, target, layers: str, strength: float, schedule
             or not torch.allclose(reference.sigmas, target.sigmas)):
         raise InputError("reference: inverted with another schedule than the target (steps, scheduler or skip_steps "
                          "differ); invert both images with the same DDIMInvert settings")
-    if layers not in LAYER_CHOICES:
-        raise InputError(f"layers: {layers!r} is not one of {list(LAYER_CHOICES)}")
     if not 0.0 <= strength <= 1.0:
         raise InputError(f"strength: {strength} must be between 0 and 1")
     image_hw = tuple(d * _IMAGE_DOWNSCALE for d in target.latents[0].shape[-2:])
@@ -508,11 +507,7 @@ def build_patch(model, reference, target, layers: str, strength: float, schedule
         if feature_source == FROM_INVERSION:
             raise InputError("feature_source: collected_from_inversion takes one reference image; use "
                              "replayed_each_step with a batch of references")
-    levels = host.decoder_attention_downscales(model)
-    chosen = sorted(set(levels.values()))
-    if LAYER_CHOICES[layers] is not None:
-        chosen = chosen[: LAYER_CHOICES[layers]]
-    blocks = frozenset(index for index, downscale in levels.items() if downscale in chosen)
+    blocks = host.backbone(model).select_layers(layers)
     if structure_rows not in STRUCTURE_ROWS:
         raise InputError(f"structure_rows: {structure_rows!r} is not one of {list(STRUCTURE_ROWS)}")
     return AppearanceTransferPatch(reference, target, blocks, masks, schedule, strength, restrict_to_reference_mask,
@@ -523,7 +518,7 @@ def apply_patch(model, patch: AppearanceTransferPatch):
     """A clone of ``model`` carrying the patch."""
     patched = model.clone()
     host.add_apply_model_wrapper(patched, "exemplar_edit_appearance", patch.apply_model)
-    patched.set_model_attn1_patch(patch.attn1_patch)
+    host.backbone(model).add_token_hook(patched, patch.on_tokens, patch.blocks, patch.matching)
     host.add_post_cfg_function(patched, patch.post_cfg)
     host.add_step_hook(patched, patch.after_step)
     return patched
@@ -642,7 +637,7 @@ class SemanticFeatureRearrange(host.PackNode):
                 target_mask=None, auto_mask=OFF, object_word="", clip=None, structure_rows=OFFICIAL_ROWS,
                 prompt="") -> io.NodeOutput:
         cls.refuse_invalid(locals())
-        host.check_sigma_space_model(model)
+        host.check_sigma_space_model(model, flows=True)
         schedule = TransferSchedule(injection_start_step, injection_end_step, structure_interval,
                                     structure_end_step, adain_start_step, adain_end_step)
         if auto_mask != OFF and reference_mask is None and target_mask is None:
@@ -722,6 +717,9 @@ class EyeForAnEyeFreeU(host.PackNode):
     @classmethod
     def execute(cls, model, b1, b2, s1, s2) -> io.NodeOutput:
         cls.refuse_invalid(locals())
+        if host.backbone(model).kind != "unet":
+            raise InputError("model: FreeU scales the skip and backbone features of a UNet decoder; this model is a "
+                             "FLUX-class DiT, which has none. Leave this node out for it.")
         patched = model.clone()
         patched.set_model_output_block_patch(
             OfficialFreeUPatch(host.decoder_level_starts(model), host.model_channels(model), b1, b2, s1, s2))

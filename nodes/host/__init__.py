@@ -6,6 +6,7 @@ and its ``set_model_*`` / wrapper APIs, ``KSAMPLER`` and ``comfy.samplers.Sample
 the stock ``CFGGuider``, ``comfy.sample``); what changed between hosts is chosen by feature
 detection, never by version number. ``selfcheck`` reports a moved convention at load.
 
+- ``backbone``: one interface to the denoiser's image tokens and attention (SD UNet, FLUX-class DiT)
 - ``facts``: model facts (family, prediction type, schedule, UNet layout) and ``InputError``
 - ``sampling``: the pack's samplers and guiders, direct UNet evaluations (``run_with_model``)
 - ``gradients``: the UNet and text encoders with gradients (the host training node's way)
@@ -17,6 +18,8 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io  # noqa: F401  (re-exported for the node modules)
 
+from .backbone import (FLUX_LAYER_CHOICES, FLUX_MATCHING, UNET_LAYER_CHOICES_NAMES, Backbone,  # noqa: F401
+                       ImageTokens, backbone, unet_attn1_patch)
 from .facts import *  # noqa: F401,F403
 from .files import *  # noqa: F401,F403
 from .gradients import differentiable_clip, differentiable_model, gradient_mode, gradient_strategy  # noqa: F401

@@ -31,7 +31,16 @@ WRAPPER_TYPES = ("OUTER_SAMPLE", "PREPARE_SAMPLING", "SAMPLER_SAMPLE", "PREDICT_
 
 PATCHER_METHODS = ("clone", "add_wrapper_with_key", "add_weight_wrapper", "add_object_patch", "get_model_object",
                    "set_model_attn1_patch", "set_model_attn1_output_patch", "set_model_attn2_replace",
-                   "set_model_sampler_post_cfg_function")
+                   "set_model_sampler_post_cfg_function", "set_model_patch_replace")
+
+DIT_CONVENTIONS = {
+    # what the FLUX adapter (host.backbone) relies on -> the host module that keeps it
+    "optimized_attention_override": "comfy.ldm.modules.attention",  # wrap_attn calls the override
+    "double_block": "comfy.ldm.flux.model",  # patches_replace["dit"][("double_block", i)]
+    "single_block": "comfy.ldm.flux.model",
+    "original_block": "comfy.ldm.flux.model",
+    "transformer_options": "comfy.ldm.flux.math",  # attention() passes it to optimized_attention
+}
 
 SAMPLING_FUNCTIONS = ("calc_cond_batch", "sampling_function", "cfg_function", "process_conds", "calculate_sigmas")
 
@@ -112,6 +121,14 @@ def _sampling() -> Optional[str]:
     return f"comfy.samplers lacks {gone}" if gone else None
 
 
+def _dit_conventions() -> Optional[str]:
+    import importlib
+
+    gone = [f"{key} ({module})" for key, module in DIT_CONVENTIONS.items()
+            if key not in inspect.getsource(importlib.import_module(module))]
+    return f"FLUX block and attention conventions moved: {', '.join(gone)}" if gone else None
+
+
 CHECKS: dict[str, Callable[[], Optional[str]]] = {
     "transformer_options keys": _transformer_option_keys,
     "sampler callback fields": _sampler_callback,
@@ -119,6 +136,7 @@ CHECKS: dict[str, Callable[[], Optional[str]]] = {
     "wrapper types": _wrappers,
     "ModelPatcher methods": _patcher,
     "sampling functions": _sampling,
+    "FLUX patch points": _dit_conventions,
 }
 
 

@@ -31,7 +31,7 @@ class TextEncoderSlot:
 
 def _sub_tokenizer(clip, key: str):
     tokenizer = clip.tokenizer
-    sub = getattr(tokenizer, f"clip_{key}", None)
+    sub = getattr(tokenizer, f"clip_{key}", None) or getattr(tokenizer, key, None)
     if sub is None and getattr(tokenizer, "clip_name", None) == key:
         sub = getattr(tokenizer, tokenizer.clip, None)
     return sub
@@ -277,21 +277,38 @@ def clip_identity(clip) -> object:
 
 
 
+def _conditioning_token_key(clip) -> str:
+    """Which text encoder's tokens are the rows of the conditioning this CLIP encodes: the one with
+    as many tokens as the encoded empty prompt has rows (SD1.x/SDXL: CLIP-L, whose 77 positions the
+    other CLIP shares; FLUX.1: T5-XXL, 256 rows; its CLIP-L only gives the pooled vector)."""
+    tokens = clip.tokenize("")
+    keys = sorted(tokens)
+    if len({len(tokens[key][0]) for key in keys}) == 1:  # one encoder, or CLIPs sharing their 77 positions
+        return "l" if "l" in keys else keys[0]
+    rows = clip.encode_from_tokens(tokens).shape[1]
+    matching = [key for key in keys if len(tokens[key][0]) == rows]
+    return "l" if "l" in matching else (matching or keys)[0]
+
+
 def word_token_position(clip, prompt: str, word: str, input_name: str = "object_word") -> int:
     """The position of ``word``'s first sub-token among the text tokens of ``prompt`` as the CLIP
-    tokenizes it (start token = 0), i.e. the column of that word in the model's cross-attention
-    maps. The official Eye-for-an-eye code takes NLTK word index + 1, which is the same when every
-    word before it is one token. Looks in the first 77-token chunk (the one cross-attention maps of
-    short prompts have)."""
-    key = sorted(clip.tokenize(""))[0]
+    tokenizes it (start token = 0 where the tokenizer has one), i.e. the column of that word in the
+    model's cross-attention maps (on FLUX.1: the T5 tokens, which are its conditioning's rows). The
+    official Eye-for-an-eye code takes NLTK word index + 1, which is the same when every word before
+    it is one token. Looks in the first chunk (the one cross-attention maps of short prompts have)."""
+    key = _conditioning_token_key(clip)
+    sub = _sub_tokenizer(clip, key)
+    start = int(getattr(sub, "tokens_start", 1))
+    end = getattr(sub, "end_token", None)
 
     def token_ids(text: str) -> list[int]:
         return [int(entry[0]) for entry in clip.tokenize(text)[key][0] if not torch.is_tensor(entry[0])]
 
-    end = token_ids("")[1]  # [start, end, padding...]
+    if end is None:
+        end = token_ids("")[start]  # [start?, end, padding...]
     prompt_ids = token_ids(prompt)
-    word_tokens = token_ids(word)  # [start, word tokens..., end, padding...]
-    word_ids = word_tokens[1 : word_tokens.index(end)] if end in word_tokens else []
+    word_tokens = token_ids(word)  # [start?, word tokens..., end, padding...]
+    word_ids = word_tokens[start : word_tokens.index(end)] if end in word_tokens else []
     if not word.strip() or not word_ids:
         raise InputError(f"{input_name}: empty; type the object's word as it appears in the prompt (e.g. 'cat')")
     for position in range(len(prompt_ids) - len(word_ids) + 1):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pack_testing import GraphError
+from pack_testing import GraphError, flux_loaders
 
 pytestmark = pytest.mark.integration
 
@@ -19,39 +19,48 @@ STEPS, SKIP = 6, 1
 
 def transfer_prompt(ckpt: str, *, same_images: bool = False, patched: bool = True, cfg: float = 1.0,
                     size: int = 64, reference_size: int | None = None, sampler: str = "replay",
-                    masks: dict | None = None, **settings) -> dict:
+                    masks: dict | None = None, flux: bool = False, inversion_cfg: float = 3.5, **settings) -> dict:
     """Two model-made images -> DDIMInvert (edit-friendly) each -> SemanticFeatureRearrange ->
-    SamplerCustom with the target's replay sampler."""
+    SamplerCustom with the target's replay sampler. ``flux``: ``ckpt`` is a FLUX-layout test model
+    (UNETLoader, the test CLIP-L, the FLUX test VAE; euler/simple schedules)."""
     reference_size = reference_size or size
-    prompt = {
-        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
-        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a photo of a red cat", "clip": ["1", 1]}},
-        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["1", 1]}},
-        "4": {"class_type": "CLIPTextEncode", "inputs": {"text": "a green striped car at night", "clip": ["1", 1]}},
-        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size, "batch_size": 1}},
-        "6": {"class_type": "EmptyLatentImage", "inputs": {"width": reference_size, "height": reference_size, "batch_size": 1}},
+    if flux:
+        prompt, model, clip, _ = flux_loaders(ckpt, first_id=40)
+        empty, scheduler, image_cfg = "EmptySD3LatentImage", "simple", 1.0
+    else:
+        prompt = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}}}
+        model, clip = ["1", 0], ["1", 1]
+        empty, scheduler, image_cfg = "EmptyLatentImage", "normal", 4.0
+    prompt.update({
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a photo of a red cat", "clip": clip}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": clip}},
+        "4": {"class_type": "CLIPTextEncode", "inputs": {"text": "a green striped car at night", "clip": clip}},
+        "5": {"class_type": empty, "inputs": {"width": size, "height": size, "batch_size": 1}},
+        "6": {"class_type": empty, "inputs": {"width": reference_size, "height": reference_size, "batch_size": 1}},
         "7": {"class_type": "KSampler", "inputs": {  # target image
-            "model": ["1", 0], "seed": 7, "steps": 3, "cfg": 4.0, "sampler_name": "euler", "scheduler": "normal",
+            "model": model, "seed": 7, "steps": 3, "cfg": image_cfg, "sampler_name": "euler", "scheduler": scheduler,
             "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["5", 0], "denoise": 1.0}},
         "8": {"class_type": "KSampler", "inputs": {  # reference image
-            "model": ["1", 0], "seed": 99, "steps": 3, "cfg": 4.0, "sampler_name": "euler", "scheduler": "normal",
+            "model": model, "seed": 99, "steps": 3, "cfg": image_cfg, "sampler_name": "euler", "scheduler": scheduler,
             "positive": ["4", 0], "negative": ["3", 0], "latent_image": ["6", 0], "denoise": 1.0}},
-    }
-    invert = {"model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "mode": "edit_friendly_ddpm",
-              "steps": STEPS, "cfg": 3.5, "scheduler": "ddim_uniform", "skip_steps": SKIP, "seed": 0,
+    })
+    invert = {"model": model, "positive": ["2", 0], "negative": ["3", 0], "mode": "edit_friendly_ddpm",
+              "steps": STEPS, "cfg": inversion_cfg, "scheduler": scheduler, "skip_steps": SKIP, "seed": 0,
               "noise_regularization": False, "lambda_ac": 20.0, "lambda_kl": 20.0, "regularization_steps": 5,
               "auto_correlation_rolls": 5}
     prompt["9"] = {"class_type": "DDIMInvert", "inputs": {**invert, "latent": ["7", 0]}}
     prompt["10"] = {"class_type": "DDIMInvert", "inputs": {**invert, "latent": ["7", 0] if same_images else ["8", 0], "seed": 0 if same_images else 1}}
-    model = ["1", 0]
+    source_model = model
     if patched:
         options = {"layers": "two_highest_decoder_levels", "strength": 1.0, "injection_start_step": 0,
                    "injection_end_step": 70, "structure_interval": 3, "structure_end_step": 2,
                    "adain_start_step": 3, "adain_end_step": 68, "restrict_to_reference_mask": False,
                    "feature_source": "replayed_each_step"}
+        if flux:
+            options["layers"] = "dit_all_blocks"
         options.update(settings)
         prompt["11"] = {"class_type": "SemanticFeatureRearrange", "inputs": {
-            "model": ["1", 0], "reference": ["10", 1], "target": ["9", 1], **options}}
+            "model": source_model, "reference": ["10", 1], "target": ["9", 1], **options}}
         for name, node_id in (masks or {}).items():
             prompt["11"]["inputs"][name] = [node_id, 0]
         model = ["11", 0]
@@ -69,6 +78,43 @@ def transfer_prompt(ckpt: str, *, same_images: bool = False, patched: bool = Tru
 
 def _out(graph, prompt) -> torch.Tensor:
     return graph.run(prompt)["out"]["samples"].float()
+
+
+# --- FLUX-class models (host.backbone's FLUX adapter) -----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def flux_unet(host):
+    from pack_testing import flux_model_for_host
+
+    return flux_model_for_host()
+
+
+def test_flux_transfer_runs_and_depends_on_the_reference(graph, flux_unet):
+    plain = _out(graph, transfer_prompt(flux_unet, flux=True, patched=False, inversion_cfg=1.0))
+    transfer = _out(graph, transfer_prompt(flux_unet, flux=True, inversion_cfg=1.0))
+    assert torch.isfinite(transfer).all()
+    change = (transfer - plain).abs().mean() / plain.abs().mean()
+    assert change > 0.01, f"the reference's appearance did not reach the output (relative change {change:.2e})"
+
+
+def test_flux_reference_equal_to_target_reproduces_the_plain_replay(graph, flux_unet):
+    """Every image token's best match is itself, the rotation undone and redone leaves unchanged
+    tokens untouched, and AdaIN against itself is the identity: the output is the plain replay."""
+    plain = _out(graph, transfer_prompt(flux_unet, flux=True, patched=False, same_images=True, inversion_cfg=1.0))
+    same = _out(graph, transfer_prompt(flux_unet, flux=True, same_images=True, structure_interval=0,
+                                       inversion_cfg=1.0))
+    assert torch.allclose(same, plain, rtol=1e-4, atol=1e-4), (same - plain).abs().max()
+
+
+def test_flux_unet_layer_choice_is_refused(graph, flux_unet):
+    with pytest.raises(GraphError, match="layers: 'two_highest_decoder_levels' is a choice for UNet models"):
+        graph.run(transfer_prompt(flux_unet, flux=True, inversion_cfg=1.0, layers="two_highest_decoder_levels"))
+
+
+def test_unet_refuses_a_dit_layer_choice(graph):
+    with pytest.raises(GraphError, match="layers: 'dit_all_blocks' is a choice for FLUX-class models"):
+        graph.run(transfer_prompt(SD15, layers="dit_all_blocks"))
 
 
 @pytest.mark.parametrize("ckpt", [SD15, SDXL])

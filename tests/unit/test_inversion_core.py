@@ -335,3 +335,82 @@ def test_previous_training_level_refuses_levels_off_the_timesteps():
     assert previous(float(SIGMAS_ALL[21])) == pytest.approx(float(SIGMAS_ALL[20]), rel=1e-6)
     with pytest.raises(ValueError, match="not a training timestep"):
         previous(float(SIGMAS_ALL[21] + SIGMAS_ALL[22]) / 2)
+
+
+# --- rectified flow (FLUX-class models, ComfyUI's CONST) -------------------------------------
+
+
+def flow_sigmas(steps: int) -> torch.Tensor:
+    """ComfyUI's ``simple`` schedule of a shift-1 flow model: evenly spaced from 1 to 1/steps, then 0."""
+    return torch.cat([torch.linspace(1.0, 1.0 / steps, steps, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)])
+
+
+def toy_flow_denoiser(eps_model: ToyEps):
+    """D(x; s) of a velocity model v(x, s) on flow latents x = (1 - s) x0 + s eps: x - s * v."""
+
+    def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        s = float(sigma.flatten()[0])
+        return x - s * (0.8 * x + 0.5 * eps_model(x, int(s * 999)))
+
+    return denoise
+
+
+def test_flow_posterior_is_the_ddpm_posterior_of_the_same_process(latent):
+    """x_s / (1 - s) = x0 + (s / (1 - s)) eps: the flow posterior, mapped to VE coordinates, is the
+    DDPM posterior there (mean and std scale by 1 - s)."""
+    x0_hat = latent * 0.3 + 0.1
+    for t, s in ((0.9, 0.6), (0.5, 0.2), (0.3, 0.29)):
+        x_t = (1 - t) * latent + t * latent.flip(0)
+        mean, std = inv.flow_posterior(x_t, x0_hat, t, s)
+        ve_mean, ve_std = inv.ddpm_posterior(x_t / (1 - t), x0_hat, t / (1 - t), s / (1 - s))
+        assert torch.allclose(mean, (1 - s) * ve_mean, atol=1e-12)
+        assert std == pytest.approx((1 - s) * ve_std, rel=1e-12)
+
+
+def test_flow_posterior_at_pure_noise_and_at_the_end(latent):
+    x0_hat = latent * 0.5
+    mean, std = inv.flow_posterior(latent, x0_hat, 1.0, 0.7)  # t = 1: no division by 1 - t
+    assert torch.allclose(mean, 0.3 * x0_hat) and std == pytest.approx(0.7)
+    mean, std = inv.flow_posterior(latent, x0_hat, 0.4, 0.0)
+    assert torch.equal(mean, x0_hat) and std == 0.0
+
+
+def test_flow_exact_replay_reconstructs_exactly(latent):
+    denoise = toy_flow_denoiser(ToyEps())
+    sigmas = flow_sigmas(8)
+    latents, maps = inv.invert_edit_friendly(denoise, latent, sigmas, 1, torch.Generator().manual_seed(3),
+                                             process=inv.FLOW)
+    x = latents[0]
+    for k, noise_map in enumerate(maps):
+        i = 1 + k
+        x = inv.replay_step(x, denoise(x, sigmas[i].expand(2)), float(sigmas[i]), float(sigmas[i + 1]), noise_map,
+                            process=inv.FLOW)
+        assert torch.allclose(x, latents[k + 1], atol=1e-9)
+    assert torch.allclose(x, latent, atol=1e-9)
+
+
+def test_flow_trajectory_is_the_rectified_flow_interpolation(latent):
+    noisy = inv.sample_edit_friendly_trajectory(latent, [1.0, 0.5], torch.Generator().manual_seed(4), inv.FLOW)
+    generator = torch.Generator().manual_seed(4)
+    first, second = (torch.randn(latent.shape, generator=generator, dtype=torch.float32).to(latent.dtype)
+                     for _ in range(2))
+    assert torch.allclose(noisy[0], first)  # sigma 1: pure noise, nothing of x0
+    assert torch.allclose(noisy[1], 0.5 * latent + 0.5 * second)
+
+
+def test_flow_euler_inversion_error_falls_with_steps(latent):
+    """DDIM in flow coordinates is the rectified-flow Euler step (input scale 1): inverting and replaying
+    reconstructs better the more steps, and the inversion reaches sigma 1 finitely."""
+    denoise = toy_flow_denoiser(ToyEps())
+    errors = []
+    for steps in (4, 8, 16, 32):
+        sigmas = flow_sigmas(steps)
+        trajectory = inv.invert_ddim(denoise, latent, sigmas, 0, lambda s: 1.0)
+        assert torch.isfinite(trajectory[0]).all()
+        x = trajectory[0]
+        for k in range(steps):
+            x = inv.replay_step(x, denoise(x, sigmas[k].expand(2)), float(sigmas[k]), float(sigmas[k + 1]), None,
+                                process=inv.FLOW)
+        errors.append(float((x - latent).abs().mean().detach()))
+    assert all(a > b for a, b in zip(errors, errors[1:])), errors
+    assert errors[-1] < errors[0] / 4, errors
