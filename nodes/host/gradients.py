@@ -242,10 +242,16 @@ class gradient_mode:
     """``with host.gradient_mode():`` autograd on, inside ComfyUI's inference-mode execution.
 
     Tensors made before (images, latents, conditioning) are inference tensors: ``.clone()`` them
-    inside the block before they take part in a graph that needs them saved.
+    inside the block before they take part in a graph that needs them saved. Where the host has it,
+    ``comfy.model_management.in_training`` is set for the block, as its training node sets it around
+    training: ComfyUI from 0.16 then applies FLUX's rotary embedding in plain torch instead of a
+    fused kernel that has no backward.
     """
 
     def __enter__(self):
+        self._in_training = getattr(comfy.model_management, "in_training", None)
+        if self._in_training is not None:
+            comfy.model_management.in_training = True
         self._inference = torch.inference_mode(False)
         self._grad = torch.enable_grad()
         self._saved = torch.autograd.graph.saved_tensors_hooks(_SAVED_WEIGHTS.pack, _SAVED_WEIGHTS.unpack)
@@ -258,4 +264,6 @@ class gradient_mode:
         self._saved.__exit__(*exc)
         self._grad.__exit__(*exc)
         self._inference.__exit__(*exc)
+        if self._in_training is not None:
+            comfy.model_management.in_training = self._in_training
         return False
