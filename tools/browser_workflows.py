@@ -65,7 +65,7 @@ FRONTEND_SETTINGS = {
     "LiteGraph.Canvas.MinFontSizeForLOD": 1,
 }
 SCREENSHOT_SCALE = 0.8      # canvas zoom for screenshots: node text stays readable
-MAX_SCREENSHOT_WIDTH = 2600  # a wider graph is drawn smaller
+MAX_SCREENSHOT_WIDTH = 3200  # a wider graph is drawn smaller
 UI_TIMEOUT_MS = 60_000
 
 __all__ = ["missing_prerequisites", "chromium_path", "workflow_names", "Frontend", "BrowserError",
@@ -213,8 +213,10 @@ _JS_GEOMETRY = """() => {
   for (const n of g.nodes) {
     const title = (n.constructor.title_mode === LiteGraph.NO_TITLE || n.title_mode === LiteGraph.NO_TITLE) ? 0 : T;
     const w = (n.widgets ?? []).find(w => w.name === 'text' || w.type === 'customtext');
-    nodes[n.id] = {type: n.type, title: n.title ?? n.type, rect: [n.pos[0], n.pos[1] - title, n.size[0], n.size[1] + title],
-                   text: ['Note', 'MarkdownNote'].includes(n.type) ? String(w?.value ?? n.widgets_values?.[0] ?? '') : null};
+    nodes[n.id] = {type: n.type, title: n.title ?? n.type,
+                   rect: [n.pos[0], n.pos[1] - title, n.size[0], n.size[1] + title],
+                   text: ['Note', 'MarkdownNote'].includes(n.type)
+                     ? String(w?.value ?? n.widgets_values?.[0] ?? '') : null};
   }
   const all = g.links instanceof Map ? [...g.links.values()] : Object.values(g.links ?? {});
   for (const l of all) {

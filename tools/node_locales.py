@@ -82,7 +82,8 @@ def _input_entries(info: Mapping) -> dict[str, dict]:
     order = info.get("input_order") or {}
     for section in ("required", "optional"):
         specs = inputs.get(section) or {}
-        names = [n for n in order.get(section, []) if n in specs] + [n for n in specs if n not in order.get(section, [])]
+        ordered = order.get(section, [])
+        names = [n for n in ordered if n in specs] + [n for n in specs if n not in ordered]
         for name in names:
             spec = specs[name]
             options = (spec[1] if isinstance(spec, (list, tuple)) and len(spec) > 1 else {}) or {}
@@ -175,7 +176,8 @@ def languages() -> list[str]:
     return sorted(p.name for p in LOCALES.iterdir() if p.is_dir() and p.name != SOURCE_LANG) if LOCALES.is_dir() else []
 
 
-def docs_problems(node_ids: Iterable[str], langs: Iterable[str], inputs_of: Mapping[str, Iterable[str]] = {}) -> list[str]:
+def docs_problems(node_ids: Iterable[str], langs: Iterable[str],
+                  inputs_of: Mapping[str, Iterable[str]] | None = None) -> list[str]:
     """Each node needs ``web/docs/<NodeId>.md`` and ``web/docs/<NodeId>/<lang>.md``, naming every input
     (as `name`), and every picture they show must exist (relative to web/docs/, where the frontend
     resolves it)."""
@@ -188,7 +190,7 @@ def docs_problems(node_ids: Iterable[str], langs: Iterable[str], inputs_of: Mapp
                 problems.append(f"{rel}: missing (the node help page of {node_id})")
                 continue
             text = page.read_text(encoding="utf-8")
-            for name in inputs_of.get(node_id, ()):
+            for name in (inputs_of or {}).get(node_id, ()):
                 if f"`{name}`" not in text:
                     problems.append(f"{rel}: does not describe the input `{name}`")
             for match in IMAGE_LINK.finditer(text):
@@ -196,7 +198,8 @@ def docs_problems(node_ids: Iterable[str], langs: Iterable[str], inputs_of: Mapp
                 if src.startswith(("http://", "https://", "/")):
                     problems.append(f"{rel}: picture {src} is not a file of web/docs/")
                 elif not (DOCS / src).is_file():
-                    problems.append(f"{rel}: picture {src} does not exist (relative to web/docs/, as the frontend reads it)")
+                    problems.append(f"{rel}: picture {src} does not exist (relative to web/docs/, "
+                                    f"as the frontend reads it)")
     return problems
 
 
@@ -218,8 +221,8 @@ def all_problems(infos: list[Mapping]) -> list[str]:
                 continue
             problems += translation_problems(data, json.loads(path.read_text(encoding="utf-8")),
                                              str(path.relative_to(REPO)))
-    inputs_of = {i["name"]: [n for section in ("required", "optional") for n in (i.get("input") or {}).get(section) or {}]
-                 for i in infos}
+    inputs_of = {i["name"]: [n for section in ("required", "optional")
+                             for n in (i.get("input") or {}).get(section) or {}] for i in infos}
     problems += docs_problems([i["name"] for i in infos], langs, inputs_of)
     return problems
 

@@ -36,9 +36,8 @@ import json
 import os
 import sys
 import tempfile
-from collections import defaultdict
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 TOOLS = Path(__file__).resolve().parent
 if str(TOOLS) not in sys.path:
@@ -301,7 +300,8 @@ REROUTE_SIZE = (75, 26)  # the frontend's Reroute node: no title bar, both slots
 REROUTE_SLOT_DY = 14
 LANE_H = 40              # between the lanes of the wire bus (a Reroute is 26 px high)
 BAND_PAD = 30
-BULGE = 0.075            # how far a link bulges sideways, per unit of its length (control points at 1/4)
+BULGE = 0.09             # how far a link bulges sideways per unit of its length (0.072 from the
+#                          control points at 1/4, plus the pull of its ends)
 
 
 def _is_loader(class_type: str) -> bool:
@@ -591,10 +591,48 @@ def _layout(api: Mapping, ids: list[str], nodes: dict[str, dict], specs_of: dict
         for tc, targets in ports[port].items():
             ends[tc - 1].append(port)
             fall[tc - 1] = max(fall[tc - 1], max(bulge(in_y(n, name) - lane_y[port]) for n, name in targets))
+    # slots: a Reroute moves one step further into the gap only when a link rising to (or dropping
+    # from) another lane of the gap would pass under it. Positions relative to the gap's left edge
+    # (lane starts) or right edge (lane ends).
     step = REROUTE_SIZE[0] + 10
+    start_x: dict[tuple, float] = {}
+    end_x: dict[tuple, float] = {}
+
+    def clashes(curves: list, rect: tuple) -> bool:
+        return any(_inside(pt, rect, LINK_CLEARANCE) for curve in curves for pt in curve)
+
     for ci in range(len(columns)):
-        zone_in = LINK_CLEARANCE + rise[ci] + step * len(starts[ci]) if starts[ci] else 0
-        zone_out = step * len(ends[ci]) + fall[ci] + LINK_CLEARANCE if ends[ci] else 0
+        placed_rects, placed_curves = [], []
+        for port in sorted(starts[ci], key=lane_y.get):
+            p, slot = port
+            k = 0
+            while True:
+                x = LINK_CLEARANCE + rise[ci] - INPUT_DX + step * k
+                rect = (x, lane_y[port] - REROUTE_SLOT_DY, *REROUTE_SIZE)
+                curve = _bezier((OUTPUT_DX, out_y(p, slot)), (x + INPUT_DX, lane_y[port]))
+                if not clashes(placed_curves, rect) and not any(clashes([curve], r) for r in placed_rects):
+                    break
+                k += 1
+            start_x[port] = x
+            placed_rects.append(rect)
+            placed_curves.append(curve)
+        placed_rects, placed_curves = [], []
+        for port in sorted(ends[ci], key=lane_y.get):
+            targets = ports[port][ci + 1]
+            k = 0
+            while True:
+                x = -(LINK_CLEARANCE + fall[ci] + REROUTE_SIZE[0] + OUTPUT_DX) - step * k
+                rect = (x, lane_y[port] - REROUTE_SLOT_DY, *REROUTE_SIZE)
+                curves = [_bezier((x + REROUTE_SIZE[0] + OUTPUT_DX, lane_y[port]), (INPUT_DX, in_y(n, name)))
+                          for n, name in targets]
+                if not clashes(placed_curves, rect) and not any(clashes(curves, r) for r in placed_rects):
+                    break
+                k += 1
+            end_x[(port, ci + 1)] = x
+            placed_rects.append(rect)
+            placed_curves += curves
+        zone_in = max([start_x[pt] + REROUTE_SIZE[0] for pt in starts[ci]], default=0)
+        zone_out = max([-end_x[(pt, ci + 1)] for pt in ends[ci]], default=0)
         gap_need[ci] = max(gap_need[ci], zone_in + zone_out + (20 if zone_in and zone_out else 0))
 
     column_width = [max([nodes[n]["size"][0] for n in members] + ([NOTE_WIDTH] if note_node and ci == 0 else [0]))
@@ -626,12 +664,12 @@ def _layout(api: Mapping, ids: list[str], nodes: dict[str, dict], specs_of: dict
     bus_links: list[list] = []  # [source id, source slot, target id, target input name or None]
     reroute_at: dict[tuple, dict] = {}
     for ci in range(len(columns)):
-        for k, port in enumerate(sorted(starts[ci], key=lane_y.get)):
-            x_in = column_right[ci] + LINK_CLEARANCE + rise[ci] - INPUT_DX + step * k
-            reroute_at[(port, "start")] = _reroute(0, x_in, lane_y[port] - REROUTE_SLOT_DY, "*")
-        for k, port in enumerate(sorted(ends[ci], key=lane_y.get)):
-            x_out = column_x[ci + 1] - LINK_CLEARANCE - fall[ci] - (REROUTE_SIZE[0] + OUTPUT_DX) - step * k
-            reroute_at[(port, ci + 1)] = _reroute(0, x_out, lane_y[port] - REROUTE_SLOT_DY, "*")
+        for port in starts[ci]:
+            reroute_at[(port, "start")] = _reroute(0, column_right[ci] + start_x[port],
+                                                   lane_y[port] - REROUTE_SLOT_DY, "*")
+        for port in ends[ci]:
+            reroute_at[(port, ci + 1)] = _reroute(0, column_x[ci + 1] + end_x[(port, ci + 1)],
+                                                  lane_y[port] - REROUTE_SLOT_DY, "*")
     for port in lanes:
         p, slot = port
         io_type = nodes[p]["outputs"][slot]["type"]

@@ -108,7 +108,7 @@ def test_workflow_opens_and_runs_in_the_frontend(server, chrome, name, tmp_path)
 def test_template_browser_shows_the_cards_with_thumbnails(server, chrome):
     """Browse Templates > Extensions > exemplar_edit: every workflow's card asks for its thumbnail
     (both frontends request ``<name>.jpg``), gets it, and shows it."""
-    ui = bw.Frontend(chrome, server, viewport=(1500, 1250))
+    ui = bw.Frontend(chrome, server, viewport=(1500, 820))
     try:
         dialog = ui.open_template_browser()
         cards = ui.template_thumbnails(WORKFLOWS)
@@ -162,7 +162,8 @@ LOCALE_REMERGE_FIXED = (1, 48)
 
 
 def _english_title() -> str:
-    return json.loads((REPO / "locales" / "en" / "nodeDefs.json").read_text(encoding="utf-8"))[HELP_NODE]["display_name"]
+    en = json.loads((REPO / "locales" / "en" / "nodeDefs.json").read_text(encoding="utf-8"))
+    return en[HELP_NODE]["display_name"]
 
 
 def test_chinese_locale_translates_the_pack(server, chrome):
@@ -195,7 +196,8 @@ def test_chinese_locale_translates_the_pack(server, chrome):
 def test_missing_node_type_is_reported(server, chrome):
     ui_workflow = json.loads((bw.UI_WORKFLOWS / f"{WORKFLOWS[0]}.json").read_text())
     broken = copy.deepcopy(ui_workflow)
-    node = next(n for n in broken["nodes"] if n["type"] not in ("CheckpointLoaderSimple", "LoadImage", "Note", "Reroute"))
+    node = next(n for n in broken["nodes"]
+                if n["type"] not in ("CheckpointLoaderSimple", "LoadImage", "Note", "Reroute"))
     node["type"] = "NoSuchExemplarNode"
     ui = bw.Frontend(chrome, server)
     try:
