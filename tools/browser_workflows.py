@@ -311,12 +311,18 @@ class Frontend:
                         and not r[1].endswith(".json")]
                 found[name] = {"requested": hits[-1][1] if hits else None, "status": hits[-1][0] if hits else None}
             shown = page.evaluate("""(names) => {
+                // a card: the smallest ancestor of the picture whose text has exactly one template name on a line
                 const out = {};
-                for (const card of document.querySelectorAll('[role=dialog] img')) {
-                  const box = card.closest('[data-testid], .cursor-pointer, [class*=card]') ?? card.parentElement;
-                  const text = box?.parentElement?.innerText ?? '';
-                  for (const n of names) if (!(n in out) && text.includes(n) && card.complete && card.naturalWidth > 0)
-                    out[n] = [card.naturalWidth, card.naturalHeight];
+                for (const img of document.querySelectorAll('[role=dialog] img')) {
+                  for (let el = img.parentElement; el && el.getAttribute('role') !== 'dialog'; el = el.parentElement) {
+                    const lines = (el.innerText ?? '').split('\\n').map(l => l.trim());
+                    const hits = names.filter(n => lines.includes(n));
+                    if (hits.length > 1) break;
+                    if (hits.length === 1) {
+                      if (img.complete && img.naturalWidth > 0) out[hits[0]] = [img.naturalWidth, img.naturalHeight];
+                      break;
+                    }
+                  }
                 }
                 return out;
             }""", names)
