@@ -54,7 +54,8 @@ def test_development_files_and_missing_pack_files_are_named():
 def test_comfyignore_names_every_left_out_folder():
     patterns = [line.strip() for line in (REPO / ".comfyignore").read_text().splitlines()
                 if line.strip() and not line.startswith("#")]
-    for out in registry_check.LEFT_OUT:
-        assert out in patterns or out.rstrip("/") + "/*" in patterns, f"{out} is not in .comfyignore"
+    for out in registry_check.LEFT_OUT:  # anchored: "docs/" alone would also match web/docs/
+        assert f"/{out}" in patterns or f"/{out.rstrip('/')}/*" in patterns, f"/{out} is not in .comfyignore"
     for kept in registry_check.KEPT_TOOLS:
-        assert f"!{kept}" in patterns
+        assert f"!/{kept}" in patterns
+    assert not [p for p in patterns if not p.lstrip("!").startswith("/")], "unanchored patterns in .comfyignore"
