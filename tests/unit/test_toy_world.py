@@ -48,13 +48,15 @@ def test_drawing_is_deterministic_and_pinned():
     assert hashlib.sha256(images.tobytes()).hexdigest() == DRAWN_DIGEST
 
 
-def _all_scenes_drawn():
+@pytest.fixture(scope="module")
+def all_scenes_drawn():
+    """Every caption drawn once (seed = its index)."""
     combos = scenes.all_scenes()
     return [scenes.draw(s, seed) for seed, s in enumerate(combos)], combos
 
 
-def test_detector_reads_every_drawn_scene():
-    images, combos = _all_scenes_drawn()
+def test_detector_reads_every_drawn_scene(all_scenes_drawn):
+    images, combos = all_scenes_drawn
     readings = [detect.detect(im) for im in images]
     agreement = detect.agreement(readings, combos)
     assert agreement["all"] == 1.0, agreement
@@ -69,8 +71,8 @@ def test_detector_reads_every_drawn_scene():
     (lambda im: im.resize((32, 32), Image.BILINEAR).resize((128, 128), Image.BILINEAR),
      {"colour": 1.0, "shape": 0.95, "position": 1.0, "background": 1.0, "pattern": 0.9}),
 ])
-def test_detector_tolerates_blur(degrade, floor):
-    images, combos = _all_scenes_drawn()
+def test_detector_tolerates_blur(all_scenes_drawn, degrade, floor):
+    images, combos = all_scenes_drawn
     readings = [detect.detect(np.asarray(degrade(Image.fromarray(im)))) for im in images]
     agreement = detect.agreement(readings, combos)
     for name, value in floor.items():

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import ndimage
 
-from .scenes import (ATTRIBUTES, BACKGROUNDS, COLOURS, DOT_PERIOD, SHADE, SHAPES, SIZE, STRIPE_PERIOD, Scene,
+from .scenes import (ATTRIBUTES, BACKGROUNDS, COLOURS, DOT_PERIOD, SHADE, SHAPES, STRIPE_PERIOD, Scene,
                      inside_shape)
 
 OBJECT_MARGIN = 0.6     # a pixel is the object's when its distance to a palette colour < this x to the background
@@ -178,5 +178,3 @@ def agreement(readings: list[Reading], scenes: list[Scene]) -> dict[str, float]:
     out["all"] = float(np.mean([all(p.values()) for p in per]))
     return out
 
-
-assert SIZE % STRIPE_PERIOD == 0

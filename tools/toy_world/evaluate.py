@@ -119,8 +119,9 @@ def measure_edits(toy: Toy, combos, denoise: float, rng) -> dict:
             if name != attribute:
                 stats["kept_total"] += 1
                 stats["kept"] += getattr(reading, name) == getattr(scene, name)
-    per_attribute = {name: {"changed": round(s["changed"] / s["count"], 3), "kept": round(s["kept"] / s["kept_total"], 3),
-                            "count": s["count"]} for name, s in edits.items()}
+    per_attribute = {name: {"changed": round(s["changed"] / s["count"], 3),
+                            "kept": round(s["kept"] / s["kept_total"], 3), "count": s["count"]}
+                     for name, s in edits.items()}
     total = sum(s["count"] for s in edits.values())
     return {
         "reconstruction": _rounded(detect.agreement(readings, truth)) | {"images": len(readings)},
@@ -207,8 +208,8 @@ def draw_grid(toy: Toy, path: Path) -> None:
     height = header_h + (len(rows) + 1) * (cell + label_h + 16) + 10
     canvas = Image.new("RGB", (width, height), (250, 250, 250))
     draw = ImageDraw.Draw(canvas)
-    draw.text((pad, 4), "TOY MODEL (tools/toy_world): 2 M-parameter FLUX-layout DiT + TAESD VAE, trained on CPU on drawn "
-                        "scenes.", fill=(160, 0, 0))
+    draw.text((pad, 4), "TOY MODEL (tools/toy_world): 2 M-parameter FLUX-layout DiT + TAESD VAE, trained on CPU "
+                        "on drawn scenes.", fill=(160, 0, 0))
     draw.text((pad, 17), f"euler/simple, {harness.SAMPLING['steps']} steps, cfg {harness.SAMPLING['cfg']}; labels: "
                          "detector reading (green = as captioned)", fill=(60, 60, 60))
 

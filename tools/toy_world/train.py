@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Train the toy world's VAE and FLUX-layout DiT from fixed seeds (CPU, ~30 min), or check them.
+"""Train the toy world's VAE and FLUX-layout DiT from fixed seeds (CPU, one thread), or check them.
 
     COMFYUI_PATH=.host/comfyui-0.33.0/ComfyUI .host/comfyui-0.33.0/venv/bin/python tools/toy_world/train.py
     ... tools/toy_world/train.py --check          # sha256 of the committed weights vs CHECKSUMS
@@ -21,7 +21,9 @@ under the key names the stock loaders detect:
   10% empty captions, so true CFG with an empty negative prompt works.
 
 Stages (each prints its progress): draw the scenes, train the VAE, encode the DiT's scenes and the
-captions, train the DiT, save both files (fp16) and ``CHECKSUMS``.
+captions, train the DiT, save both files (fp16) and ``CHECKSUMS``. The committed run took 55 min
+wall-clock on a shared 2-core CPU (about 22 min of one unloaded core); ``--quick`` is a 2-minute
+smoke run of every stage.
 
 Reproduction: every random draw comes from a seeded generator and the run uses a fixed number of
 threads (``--threads``, default 1), so the same torch build on the same CPU gives byte-identical
