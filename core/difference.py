@@ -34,6 +34,11 @@ and the CLIP-loss feature is taken from the encoder's final-LayerNorm *outputs a
 of D* (VISII's mean-then-project, visii.py:927-934). :func:`append_tokens` is the literal
 concatenation; the losses, slerp and timestep schedule do not depend on the choice.
 
+Rectified-flow models (FLUX.1; not in the paper, which uses SD). The consistency loss keeps its form
+with the model's own target, the velocity eps - x0 at x = (1 - sigma) x0 + sigma eps
+(:func:`noised_latent` with ``FLOW``). FLUX reads a pooled CLIP-L vector beside the text rows; the pack
+gives D a pooled part too (:func:`add_to_pooled`), zero-initialised and negated like the rows.
+
 References
 - Kim, Kim, Kim, "Difference Inversion: Interpolate and Isolate the Difference with Token
   Consistency for Image Analogy Generation", CVPR 2025 (project page kdst-team/DifferenceInversion).
@@ -187,8 +192,9 @@ def append_tokens(prompt_embeds: torch.Tensor, signed_tokens: torch.Tensor) -> t
 
 def add_to_padding_rows(conditioning: torch.Tensor, signed_rows: torch.Tensor) -> torch.Tensor:
     """[P ; s D] in the conditioning space: ``conditioning`` ``[B, T, W]`` (the text encoder's output,
-    T = 77 x chunks) with ``signed_rows`` ``[K, W]`` added onto its **last K rows**, the padding after
-    the end token of the last 77-row chunk (the caller checks that they are padding).
+    T = 77 x chunks for CLIP, T >= 256 for FLUX.1's T5-XXL) with ``signed_rows`` ``[K, W]`` added onto
+    its **last K rows**, the padding after the end token of the last chunk (the caller checks that
+    they are padding).
 
     The sequence length stays T. This is the composition of research note
     ``docs/research/difference_inversion_official.md`` section 4.3 (option C), chosen over

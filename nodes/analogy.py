@@ -4,7 +4,9 @@ DeltaInterpolationTrainer learns K Difference tokens from a before/after pair, i
 output (conditioning) space by default, saved in models/differences, or in their input space as a
 standard ComfyUI embedding; TokenInjector adds them (or a saved one, by name) to a prompt of B.
 The workflow ``image_analogy`` inverts B (edit-friendly, at the sampling cfg) and replays it with that
-prompt to make B': with a zero difference B' is B.
+prompt to make B': with a zero difference B' is B. On FLUX-class flow models (``image_analogy_flux``)
+the loss is the flow-matching error, the rows are those of the text encoder FLUX reads (FLUX.1:
+T5-XXL) and the difference has a pooled CLIP-L part, which carries the CLIP loss.
 """
 from __future__ import annotations
 
@@ -413,10 +415,12 @@ class DeltaInterpolationTrainer(host.PackNode):
                 "'embedding:<name>' in any prompt)."
             ),
             inputs=[
-                io.Model.Input("model", tooltip="The diffusion model (SD1.x, SD2.x, SDXL) to learn the difference through; "
-                               "it is not changed (gradients run on a clone)."),
-                io.Clip.Input("clip", tooltip="The model's CLIP (from the same checkpoint) with the layer setting you "
-                              "generate with; one set of tokens per text encoder (SDXL: clip_l and clip_g)."),
+                io.Model.Input("model", tooltip="The diffusion model (SD1.x, SD2.x, SDXL, or a FLUX.1-class flow model) "
+                               "to learn the difference through; it is not changed (gradients run on a clone)."),
+                io.Clip.Input("clip", tooltip="The model's CLIP (from the same checkpoint; FLUX.1: DualCLIPLoader clip_l + "
+                              "t5xxl, type flux) with the layer setting you generate with; one set of tokens per "
+                              "text encoder that forms the conditioning (SDXL: clip_l and clip_g; FLUX.1: t5xxl, "
+                              "plus a pooled CLIP-L part)."),
                 io.Vae.Input("vae", tooltip="The model's VAE, to encode the two images once."),
                 io.Image.Input("image_before", tooltip="A: the image before the change."),
                 io.Image.Input("image_after", tooltip="A': the same image after the change; same size as image_before."),
@@ -450,7 +454,7 @@ class DeltaInterpolationTrainer(host.PackNode):
                                        "(as VISII optimises it), so zero tokens change nothing and -D is exactly the "
                                        "reverse change; a file for Token Injector. input_embedding: vectors in the "
                                        "encoders' input space, a standard 'embedding:' file; a zero token there still "
-                                       "changes the prompt's encoding."),
+                                       "changes the prompt's encoding (CLIP text encoders only, not FLUX.1's T5)."),
                 io.Int.Input("num_tokens", default=DEFAULT_TOKENS, min=1, max=16,
                              tooltip="K, the number of Difference tokens (paper: not given). 4 holds a change while "
                                      "leaving little room for content; below 8 they stay one group in a prompt chunk."),

@@ -41,6 +41,8 @@ WORKFLOWS = REPO / "workflows" / "api"
 TEST_CHECKPOINTS = ("test_sd15.safetensors", "test_sdxl.safetensors")
 SMALL_SIZE = 64
 SMALL_STEPS = 4
+SMALL_FLUX_STEPS = 2  # the 3072-wide FLUX test model (ComfyUI 0.3.75) takes seconds per forward on a CPU
+SMALL_VALIDATION_TIMESTEPS = 2
 
 # Int inputs that index into a schedule (scaled with it) rather than count steps (capped).
 STEP_OFFSETS = {"skip_steps", "start_step", "start_at_step", "end_at_step", "end_step", "last_step", "stop_step"}
@@ -104,7 +106,8 @@ def retarget(workflow: Mapping, ckpt: str, *, small: bool = True, size: int = SM
     - a FLUX workflow's text encoders and VAE become the test ones (:func:`_retarget_flux_loaders`);
     - every int ``width`` / ``height`` (ImageScale, EmptyLatentImage, ...) becomes ``size``;
       ``megapixels`` (ImageScaleToTotalPixels) the smallest allowed;
-    - every int step count (``steps`` or ``*_steps``) is capped at ``max_steps``;
+    - every int step count (``steps`` or ``*_steps``) is capped at ``max_steps`` (FLUX workflows: at
+      ``SMALL_FLUX_STEPS``), the trainer's ``validation_timesteps`` at ``SMALL_VALIDATION_TIMESTEPS``;
     - CLIP vision / alignment text encoder file names become the test CLIP's;
     - ``overwrite`` inputs are switched on and ``if_exists`` set to overwrite, so repeated test runs
       (with other test checkpoints too) may replace their own outputs;
@@ -133,6 +136,8 @@ def retarget(workflow: Mapping, ckpt: str, *, small: bool = True, size: int = SM
                     inputs[name] = TEST_CLIP
     if not small:
         return wf
+    if is_flux_workflow(wf):
+        max_steps = min(max_steps, SMALL_FLUX_STEPS)
 
     all_steps = [v for node in wf.values() for k, v in node.get("inputs", {}).items() if k == "steps" and _is_int(v)]
     workflow_steps = max(all_steps) if all_steps else None
@@ -146,6 +151,8 @@ def retarget(workflow: Mapping, ckpt: str, *, small: bool = True, size: int = SM
                 continue
             if name in ("width", "height"):
                 inputs[name] = size
+            elif name == "validation_timesteps":
+                inputs[name] = min(value, SMALL_VALIDATION_TIMESTEPS)
             elif _is_step_count(name):
                 inputs[name] = min(value, max_steps)
             elif _is_step_offset(name) and own_steps:
