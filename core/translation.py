@@ -40,6 +40,8 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from .inversion import FLOW, VE
+
 NEGATIVE_DIAGONAL_FILL = -10.0
 """Value written over the self-pair logits before dividing by tau (CDS ``utils/loss.py`` L72)."""
 
@@ -439,15 +441,21 @@ def guidance_loss(
     return lambda_xa * cross_attention + lambda_cut * patch_nce
 
 
-def vp_latent(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Sigma-space latent ``x = x0 + sigma * eps`` to the variance-preserving latent diffusers and
-    pix2pix-zero step on: ``x_vp = sqrt(alpha_bar) * x = x / sqrt(1 + sigma^2)``
-    (``alpha_bar = 1 / (1 + sigma^2)``; Karras et al. 2022, Eq. 1-3 and Table 1)."""
+def vp_latent(x: torch.Tensor, sigma: float, process: str = VE) -> torch.Tensor:
+    """The sampler's latent to the latent the model reads and pix2pix-zero steps on. Sigma space
+    (``x = x0 + sigma * eps``, process ``VE``): the variance-preserving latent of diffusers,
+    ``x_vp = sqrt(alpha_bar) * x = x / sqrt(1 + sigma^2)`` (``alpha_bar = 1 / (1 + sigma^2)``; Karras
+    et al. 2022, Eq. 1-3 and Table 1). A rectified-flow latent (``FLOW``) is already the model's
+    input (``x = (1 - sigma) x0 + sigma eps``, Liu et al. 2023, Eq. 1): unchanged."""
+    if process == FLOW:
+        return x
     return x / math.sqrt(1.0 + sigma * sigma)
 
 
-def sigma_space_latent(x_vp: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Inverse of :func:`vp_latent`: ``x = x_vp * sqrt(1 + sigma^2)``."""
+def sigma_space_latent(x_vp: torch.Tensor, sigma: float, process: str = VE) -> torch.Tensor:
+    """Inverse of :func:`vp_latent`: ``x = x_vp * sqrt(1 + sigma^2)`` (``FLOW``: unchanged)."""
+    if process == FLOW:
+        return x_vp
     return x_vp * math.sqrt(1.0 + sigma * sigma)
 
 

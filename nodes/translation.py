@@ -62,7 +62,8 @@ _mean_cache: "OrderedDict[tuple, tuple[weakref.ref, torch.Tensor, Optional[torch
 
 
 def _mean_embedding(clip, sentences: tuple[str, ...]) -> tuple[torch.Tensor, Optional[torch.Tensor], tuple]:
-    """Mean text-encoder output over ``sentences`` (``[1, 77, width]``, pooled ``[1, P]`` or None),
+    """Mean text-encoder output over ``sentences`` (``[1, rows, width]``: the first 77-token chunk of a
+    CLIP, T5's 256 rows on FLUX.1; pooled ``[1, P]`` or None),
     cached per CLIP (patcher identity) and sentence set, so changing the other concept or the
     multiplier does not re-encode this one."""
     patcher = host.clip_identity(clip)
@@ -74,10 +75,11 @@ def _mean_embedding(clip, sentences: tuple[str, ...]) -> tuple[torch.Tensor, Opt
     conds, pooled, encoders = [], [], ()
     for sentence in sentences:
         cond, pool, encoders = host.encode_text(clip, sentence)
-        conds.append(cond[:, :77].float().cpu())
+        conds.append(cond.float().cpu())
         if pool is not None:
             pooled.append(pool.float().cpu())
-    mean = torch.cat(conds).mean(0, keepdim=True)
+    rows = min(c.shape[1] for c in conds)  # one chunk: 77 CLIP tokens, or T5's 256 rows (FLUX.1)
+    mean = torch.cat([c[:, :rows] for c in conds]).mean(0, keepdim=True)
     mean_pooled = torch.cat(pooled).mean(0, keepdim=True) if len(pooled) == len(conds) else None
     _mean_cache[key] = (weakref.ref(patcher), mean, mean_pooled, encoders)
     while len(_mean_cache) > _CACHE_SIZE:
@@ -226,20 +228,16 @@ class _GuidanceState:
         return "positive" if self.share_rows else role
 
 
-def _layer_key(extra_options: dict) -> tuple:
-    block = extra_options.get("block") or ("?", 0)
-    return (block[0], int(block[1]), int(extra_options.get("block_index", 0)))
-
-
-def _roles(extra_options: dict, batch: int) -> list[tuple[str, slice]]:
+def _roles(options: dict, batch: int) -> list[tuple[str, slice]]:
     """The CFG rows of a batch as (role, slice), from ``cond_or_uncond`` (never by halves)."""
-    kinds = list(extra_options.get("cond_or_uncond") or [0])
+    kinds = list(options.get("cond_or_uncond") or [0])
     per = batch // len(kinds)
     return [(ROLES[min(kind, 1)], slice(j * per, (j + 1) * per)) for j, kind in enumerate(kinds)]
 
 
-class _CrossAttentionProbe:
-    """attn2 replace: attention with explicit probabilities while a pass records or is guided."""
+class _CrossAttentionProbe(host.CrossAttentionProbe):
+    """Every image-to-text attention (``host.backbone``), with explicit probabilities while a pass
+    records or is guided: records the reference's maps, or adds the edit's L_xa term."""
 
     def __init__(self, state: _GuidanceState):
         self.state = state
@@ -247,28 +245,26 @@ class _CrossAttentionProbe:
     def __deepcopy__(self, memo):
         return self
 
-    def __call__(self, q, k, v, extra_options):
-        state = self.state
-        heads = extra_options["n_heads"]
-        if state.mode is None or not state.use_maps:
-            return host.attention(q, k, v, heads)
-        probs = tr.attention_probabilities(q, k, heads)
-        layer = _layer_key(extra_options)
+    def active(self, options: dict) -> bool:
+        return self.state.mode is not None and self.state.use_maps
+
+    def __call__(self, maps: host.CrossAttentionMaps) -> None:
+        state, probs, heads = self.state, maps.probs, maps.heads
         if state.mode == RECORD:
-            for role, rows in _roles(extra_options, q.shape[0]):
+            batch = probs.shape[0] // heads
+            for role, rows in _roles(maps.options, batch):
                 if state.share_rows and role != "positive":
                     continue
-                if not state.store.has_maps(state.step, role, layer):
-                    per_row = probs.reshape(q.shape[0], heads, *probs.shape[1:])[rows]
-                    state.store.put_maps(state.step, role, layer, per_row.flatten(0, 1))
+                if not state.store.has_maps(state.step, role, maps.layer):
+                    per_row = probs.reshape(batch, heads, *probs.shape[1:])[rows]
+                    state.store.put_maps(state.step, role, maps.layer, per_row.flatten(0, 1))
         else:
-            ref = state.store.maps(state.step, state.reference_role(state.role), layer, probs).clone()
+            ref = state.store.maps(state.step, state.reference_role(state.role), maps.layer, probs).clone()
             state.xa_terms.append(tr.cross_attention_loss([probs.float()], [ref.float()]))
-        return tr.attend(probs, v, heads)
 
 
-class _SelfAttentionOutputProbe:
-    """attn1 output patch: samples decoder ("output" block) self-attention features for PatchNCE."""
+class _FeatureProbe:
+    """Samples image-token features of the later self-attention layers (``host.backbone``) for PatchNCE."""
 
     def __init__(self, state: _GuidanceState):
         self.state = state
@@ -276,20 +272,17 @@ class _SelfAttentionOutputProbe:
     def __deepcopy__(self, memo):
         return self
 
-    def __call__(self, n, extra_options):
-        state = self.state
-        block = extra_options.get("block")
-        if state.mode is None or not state.use_features or block is None or block[0] != "output":
-            return n
-        grid = tuple(int(s) for s in extra_options["activations_shape"][-2:])
-        layer = _layer_key(extra_options)
+    def __call__(self, tokens: host.TokenFeatures) -> None:
+        state, n, grid, layer = self.state, tokens.features, tokens.grid, tokens.layer
+        if state.mode is None or not state.use_features:
+            return
         ids = state.store.patch_ids(state.step, layer)
         if state.mode == RECORD:
             if ids is None:  # drawn with the CPU generator (reproducible), kept on the features' device
                 ids = tr.draw_patch_ids(grid, PATCH_SIZES, state.num_patches, state.generator)
                 state.store.put_patch_ids(state.step, layer, ids, n.device)
                 ids = state.store.patch_ids(state.step, layer)
-            for role, rows in _roles(extra_options, n.shape[0]):
+            for role, rows in _roles(tokens.options, n.shape[0]):
                 if state.share_rows and role != "positive":
                     continue
                 if not state.store.has_samples(state.step, role, layer):
@@ -299,7 +292,6 @@ class _SelfAttentionOutputProbe:
             edit = tr.sample_patch_features(n.float(), grid, PATCH_SIZES, ids)
             ref = [s.clone() for s in state.store.samples(state.step, state.reference_role(state.role), layer, edit[0])]
             state.cut_terms.append(tr.patch_nce_from_samples(edit, ref, state.tau))
-        return n
 
 
 @dataclass
@@ -377,12 +369,12 @@ class TranslationProgram:
         state, settings = self.state, self.settings
         sigma = steps.levels[k]
         with host.gradient_mode():
-            x_vp = tr.vp_latent(x.detach().clone(), sigma).requires_grad_(grad)
+            x_vp = tr.vp_latent(x.detach().clone(), sigma, steps.process).requires_grad_(grad)
             state.mode, state.step, state.role = GUIDE, k, role
             state.xa_terms, state.cut_terms = [], []
             try:
                 sigma_batch = steps.sigmas[k].detach().clone().reshape(1).repeat(x.shape[0]).to(x)
-                steps.denoise(tr.sigma_space_latent(x_vp, sigma), sigma_batch, role)
+                steps.denoise(tr.sigma_space_latent(x_vp, sigma, steps.process), sigma_batch, role)
                 xa = torch.stack(state.xa_terms).sum() if state.xa_terms else x_vp.new_zeros(())
                 cut = torch.stack(state.cut_terms).sum() if state.cut_terms else x_vp.new_zeros(())
                 loss = tr.guidance_loss(xa, cut, settings.lambda_xa, settings.lambda_cut)
@@ -405,7 +397,7 @@ class TranslationProgram:
                 scaled = loss / len(rows)
                 grad = torch.autograd.grad(scaled, x_vp)[0] if scaled.requires_grad else torch.zeros_like(x_vp)
                 step = tr.latent_guidance_step(x_vp.detach(), grad, self.settings.step_size)
-                updated[role] = tr.sigma_space_latent(step, sigma).to(x.dtype)
+                updated[role] = tr.sigma_space_latent(step, sigma, steps.process).to(x.dtype)
             losses[role] = loss.detach()
         if rows == ["positive"]:
             return updated["positive"], None, losses
@@ -497,7 +489,6 @@ class CutLossGuidance(host.PackNode):
                 io.Model.Input("model", tooltip="The model to edit with (a patched clone is used; this one is not changed)."),
                 io.Conditioning.Input("positive", tooltip="The caption of the input image (CLIPTextEncode); the "
                                       "reference pass uses it, the edit pass uses it plus the direction."),
-                io.Conditioning.Input("negative", tooltip="Negative conditioning of both passes; pix2pix-zero uses the caption again."),
                 EditDirectionType.Input("direction", tooltip="The EditDirection output (same checkpoint's CLIP)."),
                 io.Float.Input("cfg", default=5.0, min=1.0, max=30.0, step=0.1, round=0.01,
                                tooltip="Classifier-free guidance of both passes (pix2pix-zero: 5)."),
@@ -522,6 +513,10 @@ class CutLossGuidance(host.PackNode):
                 io.Boolean.Input("offload_to_cpu", default=False,
                                  tooltip="No effect (kept so saved workflows still load): the reference pass runs in "
                                          "lockstep with the edit pass, so only one step's maps are ever held."),
+                io.Conditioning.Input("negative", optional=True,
+                                      tooltip="Negative conditioning of both passes at cfg above 1; pix2pix-zero uses the "
+                                              "caption again. Leave it unconnected for guidance-distilled models (FLUX.1-"
+                                              "dev) at cfg 1, which have no negative pass."),
             ],
             outputs=[io.Guider.Output(display_name="GUIDER",
                                       tooltip="For SamplerCustomAdvanced, with DDIMInvert's LATENT and SIGMAS and DisableNoise.")],
@@ -535,12 +530,22 @@ class CutLossGuidance(host.PackNode):
             raise InputError(problem)
 
     @classmethod
-    def execute(cls, model, positive, negative, direction, cfg, lambda_xa, lambda_cut, step_size,
-                guidance_start_step, guidance_end_step, num_patches, tau, offload_to_cpu) -> io.NodeOutput:
+    def execute(cls, model, positive, direction, cfg, lambda_xa, lambda_cut, step_size,
+                guidance_start_step, guidance_end_step, num_patches, tau, offload_to_cpu, negative=None) -> io.NodeOutput:
         cls.refuse_invalid(locals())
         if not isinstance(direction, EditDirection):
             raise InputError("direction: expected the DIRECTION output of Edit Direction")
-        host.check_sigma_space_model(model)
+        host.check_sigma_space_model(model, flows=True)
+        distilled = host.has_guidance_input(model)
+        if negative is None:
+            if cfg != 1.0:
+                raise InputError(f"negative: cfg is {cfg}, so both passes need a negative conditioning (pix2pix-zero: "
+                                 "the caption again); connect it, or set cfg to 1")
+            negative = positive
+        elif distilled and cfg == 1.0:
+            raise InputError("negative: this model is guidance-distilled (FLUX.1-dev class) and samples at cfg 1, "
+                             "which runs no negative pass, so the negative would be ignored; disconnect it (the "
+                             "distilled guidance of the positive conditioning guides), or set cfg above 1 for true CFG")
         width = host.context_width(model)
         family = host.model_family(model)
         if width is not None and direction.width != width:
@@ -561,10 +566,9 @@ class CutLossGuidance(host.PackNode):
                                tau=tau)
         state.share_rows = _same_conditioning(positive, negative)
         patched = host.differentiable_model(model)
-        cross_probe, self_probe = _CrossAttentionProbe(state), _SelfAttentionOutputProbe(state)
-        for block_name, number in host.attention_block_ids(patched):
-            patched.set_model_attn2_replace(cross_probe, block_name, number)
-        patched.set_model_attn1_output_patch(self_probe)
+        backbone = host.backbone(patched)
+        backbone.add_cross_attention_probe(patched, _CrossAttentionProbe(state))
+        backbone.add_feature_probe(patched, _FeatureProbe(state))
         settings = GuidanceSettings(lambda_xa, lambda_cut, step_size, guidance_start_step, guidance_end_step)
         conds = {"positive": _edited_conditioning(positive, direction, uses_pooled), "negative": negative, "reference": positive}
         guider = host.make_stepwise_guider(patched, conds, cfg, TranslationProgram(state, settings))

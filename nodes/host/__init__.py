@@ -19,7 +19,8 @@ from __future__ import annotations
 from comfy_api.latest import ComfyExtension, io  # noqa: F401  (re-exported for the node modules)
 
 from .backbone import (FLUX_LAYER_CHOICES, FLUX_MATCHING, UNET_LAYER_CHOICES_NAMES, Backbone,  # noqa: F401
-                       ImageTokens, backbone, unet_attn1_patch)
+                       CrossAttentionMaps, CrossAttentionProbe, ImageTokens, TokenFeatures, backbone,
+                       unet_attn1_patch)
 from .facts import *  # noqa: F401,F403
 from .files import *  # noqa: F401,F403
 from .gradients import differentiable_clip, differentiable_model, gradient_mode, gradient_strategy  # noqa: F401

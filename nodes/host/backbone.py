@@ -7,7 +7,10 @@ The attention methods need three things of a model, per self-attention layer, an
   the features it *replaces* (``add_token_hook``): the hook gets an :class:`ImageTokens` and returns
   new replaceable features, or None to leave the layer alone;
 - **attention maps**: the head-averaged attention of the image tokens over the image tokens (self)
-  and over the text tokens (cross) at a chosen layer (``add_attention_capture``).
+  and over the text tokens (cross) at a chosen layer (``add_attention_capture``);
+- **differentiable probes** for guidance: every image-to-text attention as explicit probabilities
+  that the layer's output is then computed from (``add_cross_attention_probe``), and image-token
+  features of the later layers (``add_feature_probe``).
 
 ``backbone(model)`` picks the adapter by what the model is, not by its name or ComfyUI's version:
 
@@ -66,6 +69,43 @@ AttentionCapture = Callable[[torch.Tensor, tuple[int, int]], None]
 over M keys (the image tokens for ``self``, the text tokens for ``cross``)."""
 
 
+@dataclass(frozen=True)
+class CrossAttentionMaps:
+    """An image-to-text attention in a guided forward: ``probs`` ``[B*heads, N, T]`` (explicit,
+    differentiable softmax probabilities of the N image tokens over the T text tokens; the layer's
+    output is computed from them), ``layer`` a hashable key of the layer, ``options`` the call's
+    ``transformer_options``."""
+
+    layer: tuple
+    probs: torch.Tensor
+    heads: int
+    options: dict
+
+
+@dataclass(frozen=True)
+class TokenFeatures:
+    """Image-token features of a layer for a contrastive loss: ``features`` ``[B, N, C]`` on ``grid``."""
+
+    layer: tuple
+    grid: tuple[int, int]
+    features: torch.Tensor
+    options: dict
+
+
+class CrossAttentionProbe:
+    """Base of a cross-attention probe: ``active(options)`` says whether this call needs explicit
+    probabilities (otherwise the layer runs its usual fused attention); ``__call__(maps)`` sees them."""
+
+    def active(self, options: dict) -> bool:
+        return True
+
+    def __call__(self, maps: CrossAttentionMaps) -> None:
+        raise NotImplementedError
+
+
+FeatureProbe = Callable[[TokenFeatures], None]
+
+
 class Backbone:
     """The interface (see the module docstring); one subclass per backbone family."""
 
@@ -89,6 +129,15 @@ class Backbone:
 
     def segmentation_blocks(self, mode: str) -> tuple[tuple[str, int], tuple[str, int]]:
         """``(self_block, cross_block)``: where automatic masks read their self- and cross-attention."""
+        raise NotImplementedError
+
+    def add_cross_attention_probe(self, patched, probe: CrossAttentionProbe) -> None:
+        """``probe`` at every image-to-text attention of the model (see :class:`CrossAttentionProbe`)."""
+        raise NotImplementedError
+
+    def add_feature_probe(self, patched, probe: FeatureProbe) -> None:
+        """``probe`` on the image-token features of the later self-attention layers (UNet: the decoder's
+        self-attention outputs; DiT: the single-stream blocks' attention outputs)."""
         raise NotImplementedError
 
 
@@ -158,6 +207,32 @@ class UNetBackbone(Backbone):
         setter = patched.set_model_attn1_replace if kind == "self" else patched.set_model_attn2_replace
         setter(replace, block[0], block[1])
 
+    def add_cross_attention_probe(self, patched, probe: CrossAttentionProbe) -> None:
+        from ...core import translation as tr
+        from .facts import attention_block_ids
+        from .sampling import attention
+
+        def replace(q, k, v, extra_options):
+            heads = extra_options["n_heads"]
+            if not probe.active(extra_options):
+                return attention(q, k, v, heads)
+            probs = tr.attention_probabilities(q, k, heads)
+            probe(CrossAttentionMaps(_unet_layer(extra_options), probs, heads, extra_options))
+            return tr.attend(probs, v, heads)
+
+        for block_name, number in attention_block_ids(patched):
+            patched.set_model_attn2_replace(_Shared(replace), block_name, number)
+
+    def add_feature_probe(self, patched, probe: FeatureProbe) -> None:
+        def output_patch(n, extra_options):
+            block = extra_options.get("block")
+            if block is not None and block[0] == "output":
+                grid = tuple(int(s) for s in extra_options["activations_shape"][-2:])
+                probe(TokenFeatures(_unet_layer(extra_options), grid, n, extra_options))
+            return n
+
+        patched.set_model_attn1_output_patch(_Shared(output_patch))
+
     def segmentation_blocks(self, mode: str) -> tuple[tuple[str, int], tuple[str, int]]:
         """The official levels at 512 px: self-segmentation clusters the last decoder self-attention
         at the highest attention level (64x64) and names clusters by the last cross-attention one level
@@ -167,6 +242,25 @@ class UNetBackbone(Backbone):
         cross_downscale = downscales[min(1 if mode == "self_segmentation" else 2, len(downscales) - 1)]
         last = lambda downscale: max(i for i, d in levels.items() if d == downscale)  # noqa: E731
         return ("output", last(downscales[0])), ("output", last(cross_downscale))
+
+
+def _unet_layer(extra_options: dict) -> tuple:
+    block = extra_options.get("block") or ("?", 0)
+    return (block[0], int(block[1]), int(extra_options.get("block_index", 0)))
+
+
+class _Shared:
+    """A patch function that ComfyUI's deep copy of ``model_options`` (0.3.75) shares instead of copying
+    (it closes over per-node state)."""
+
+    def __init__(self, function: Callable):
+        self.function = function
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __call__(self, *args, **kwargs):
+        return self.function(*args, **kwargs)
 
 
 # --- FLUX-class DiTs --------------------------------------------------------------------------
@@ -224,6 +318,14 @@ class _AttentionOverride:
         self.previous = previous
         self.token_hooks: list[tuple[frozenset, TokenHook, str]] = []
         self.captures: list[tuple[tuple[str, int], str, AttentionCapture]] = []
+        self.cross_probes: list[CrossAttentionProbe] = []
+        self.feature_probes: list[tuple[frozenset, FeatureProbe]] = []
+
+    def copy(self) -> "_AttentionOverride":
+        fresh = _AttentionOverride(self.previous)
+        fresh.token_hooks, fresh.captures = list(self.token_hooks), list(self.captures)
+        fresh.cross_probes, fresh.feature_probes = list(self.cross_probes), list(self.feature_probes)
+        return fresh
 
     def __deepcopy__(self, memo):
         return self
@@ -247,7 +349,34 @@ class _AttentionOverride:
         hooks = [(hook, matching) for blocks, hook, matching in self.token_hooks if state.block in blocks]
         for hook, matching in hooks:
             q, k, v = self._run_hook(hook, matching, q, k, v, image, state, options, (h, w))
-        return self._attend(func, q, k, v, heads, kwargs)
+        probes = [probe for probe in self.cross_probes if probe.active(options)]
+        if probes:
+            out = self._explicit_attention(probes, q, k, v, image, text, state, options, kwargs.get("mask"))
+        else:
+            out = self._attend(func, q, k, v, heads, kwargs)
+        features = [probe for blocks, probe in self.feature_probes if state.block in blocks]
+        for probe in features:
+            probe(TokenFeatures((*state.block, 0), (h, w), out[:, image], options))
+        return out
+
+    @staticmethod
+    def _explicit_attention(probes, q, k, v, image: slice, text: int, state: _BlockState, options, mask=None):
+        """The joint attention with explicit probabilities (float32 softmax, as
+        ``core.translation.attention_probabilities``), handing the probes the image queries' share of
+        each text key: the raw joint-softmax mass, so a guidance loss also sees how much an image
+        token attends to text at all. Output ``[B, L, heads*d]`` as ComfyUI's attention returns it."""
+        batch, heads, length, dim = q.shape
+        scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * (dim ** -0.5)
+        if mask is not None:  # ComfyUI's attention masks: boolean (keep) or additive
+            scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+        probs = scores.softmax(dim=-1).to(q.dtype)
+        text_keys = slice(image.stop, image.stop + text) if state.image_first else slice(0, text)
+        maps = probs[:, :, image, text_keys].reshape(batch * heads, image.stop - image.start, text)
+        layer = (*state.block, 0)
+        for probe in probes:
+            probe(CrossAttentionMaps(layer, maps, heads, options))
+        out = torch.matmul(probs, v.to(probs.dtype))
+        return out.transpose(1, 2).reshape(batch, length, heads * dim)
 
     @staticmethod
     def _run_hook(hook, matching, q, k, v, image, state: _BlockState, options, grid):
@@ -335,12 +464,8 @@ class FluxBackbone(Backbone):
     def _override(self, patched) -> _AttentionOverride:
         options = patched.model_options.setdefault("transformer_options", {})
         current = options.get("optimized_attention_override")
-        if isinstance(current, _AttentionOverride):
-            # a clone shares the object with its source: copy it before adding hooks
-            fresh = _AttentionOverride(current.previous)
-            fresh.token_hooks, fresh.captures = list(current.token_hooks), list(current.captures)
-        else:
-            fresh = _AttentionOverride(current)
+        # a clone shares the object with its source: copy it before adding hooks
+        fresh = current.copy() if isinstance(current, _AttentionOverride) else _AttentionOverride(current)
         options["optimized_attention_override"] = fresh
         if _WRAPPER_KEY not in _apply_model_wrapper_keys(patched):
             add_apply_model_wrapper(patched, _WRAPPER_KEY, _record_layout)
@@ -368,6 +493,21 @@ class FluxBackbone(Backbone):
     def add_attention_capture(self, patched, block: tuple[str, int], kind: str, capture: AttentionCapture) -> None:
         self._wrap_blocks(patched, [block])
         self._override(patched).captures.append((tuple(block), kind, capture))
+
+    def _all_blocks(self) -> list[tuple[str, int]]:
+        double, single = self.depths
+        return [("double", i) for i in range(double)] + [("single", i) for i in range(single)]
+
+    def add_cross_attention_probe(self, patched, probe: CrossAttentionProbe) -> None:
+        blocks = self._all_blocks()
+        self._wrap_blocks(patched, blocks)
+        self._override(patched).cross_probes.append(probe)
+
+    def add_feature_probe(self, patched, probe: FeatureProbe) -> None:
+        double, single = self.depths
+        blocks = [("single", i) for i in range(single)] or [("double", i) for i in range(double)]
+        self._wrap_blocks(patched, blocks)
+        self._override(patched).feature_probes.append((frozenset(blocks), probe))
 
     def segmentation_blocks(self, mode: str) -> tuple[tuple[str, int], tuple[str, int]]:
         """Self- and cross-attention from the last double-stream block (measured on the toy world, README)."""

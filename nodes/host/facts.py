@@ -142,14 +142,17 @@ def latent_channels(model) -> int:
 
 
 def context_width(model) -> Optional[int]:
-    """Width of the text conditioning the model's UNet cross-attends to (768 SD1.x, 2048 SDXL)."""
-    width = model.model.model_config.unet_config.get("context_dim")
+    """Width of the text conditioning the model attends to (768 SD1.x, 2048 SDXL; a FLUX-class DiT's
+    ``context_in_dim``: 4096 T5-XXL for FLUX.1, 768 for the CLIP-L-conditioned test and toy models)."""
+    config = model.model.model_config.unet_config
+    width = config.get("context_dim", config.get("context_in_dim"))
     return int(width) if width is not None else None
 
 
 def uses_pooled_text(model) -> bool:
-    """Whether the model also takes a pooled text embedding (SDXL's ``y`` vector)."""
-    return model.model.model_config.unet_config.get("adm_in_channels") is not None
+    """Whether the model also takes a pooled text embedding (SDXL's ``y`` vector, FLUX's ``vector_in``)."""
+    config = model.model.model_config.unet_config
+    return config.get("adm_in_channels") is not None or config.get("vec_in_dim") is not None
 
 
 def pooled_vector_width(model) -> Optional[int]:

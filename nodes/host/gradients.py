@@ -151,8 +151,15 @@ class _WeightWrapper:
 
 
 def _add_identity_weight_wrappers(patcher) -> None:
+    """Identity weight wrappers on every ComfyUI layer; the few parameters of plain torch modules
+    (0.3.75's FLUX QK-norm ``scale``) get an object patch with an ordinary copy instead, since no
+    weight function reaches them and an inference tensor cannot be saved for backward."""
     for name, module in patcher.model.named_modules():
         if not hasattr(module, "weight_function"):
+            for param, value in module.named_parameters(recurse=False):
+                with torch.inference_mode(False):
+                    copy = torch.nn.Parameter(value.detach().clone(), requires_grad=False)
+                patcher.add_object_patch(f"{name}.{param}" if name else param, copy)
             continue
         for param in ("weight", "bias"):
             if getattr(module, param, None) is not None:

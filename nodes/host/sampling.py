@@ -9,6 +9,7 @@ from typing import Any, Callable, Optional, TypeVar
 
 import torch
 
+import comfy.model_sampling
 import comfy.patcher_extension
 import comfy.sample
 import comfy.sampler_helpers
@@ -283,13 +284,35 @@ class GuidedSteps:
         self.steps = len(sigmas) - 1
         self.levels: list[float] = sigmas.tolist()  # the schedule on the host, read once per run
         self.cfg = float(guider.cfg)
+        flow = isinstance(guider.inner_model.model_sampling, comfy.model_sampling.CONST)
+        self.process = "rectified_flow" if flow else "variance_exploding"  # core.inversion.FLOW / VE
+
+    def _max_denoise(self, sigma: float) -> bool:
+        max_sigma = float(self.guider.inner_model.model_sampling.sigma_max)
+        return math.isclose(max_sigma, sigma, rel_tol=1e-05) or sigma > max_sigma
 
     def start(self, noise: torch.Tensor, latent_image: torch.Tensor) -> torch.Tensor:
-        """The latent at ``sigmas[0]``: the noise added as the stock samplers add it."""
+        """The latent at ``sigmas[0]``: the noise added as the stock samplers add it. Without noise it is
+        the latent itself (an inverted latent), also for rectified-flow models, whose scaling
+        ``sigma * noise + (1 - sigma) * latent`` would erase a latent given at sigma 1."""
+        if not bool(torch.count_nonzero(noise)):
+            return latent_image
         sampling = self.guider.inner_model.model_sampling
-        max_sigma, first = float(sampling.sigma_max), self.levels[0]
-        max_denoise = math.isclose(max_sigma, first, rel_tol=1e-05) or first > max_sigma
-        return sampling.noise_scaling(self.sigmas[0], noise, latent_image, max_denoise)
+        return sampling.noise_scaling(self.sigmas[0], noise, latent_image, self._max_denoise(self.levels[0]))
+
+    def _noise_starting_at(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """The noise for which the sampler's own noise scaling at ``sigmas[k]`` with latent ``x`` gives
+        ``x``: zero for eps/v models (their scaling adds ``sigma * noise``); for rectified-flow models,
+        whose scaling is ``sigma * noise + (1 - sigma) * x``, the noise that restores the lost ``sigma * x``.
+        Solved from the host's (affine) scaling itself, so a model's noise scale is honoured."""
+        sampling = self.guider.inner_model.model_sampling
+        sigma, max_denoise = self.sigmas[k], self._max_denoise(self.levels[k])
+        zeros = torch.zeros_like(x)
+        offset = sampling.noise_scaling(sigma, zeros, x, max_denoise)  # b(x)
+        if torch.equal(offset, x):
+            return zeros
+        gain = sampling.noise_scaling(sigma, torch.ones_like(x[:1]), zeros[:1], max_denoise).flatten()[0]
+        return (x - offset) / gain
 
     def sample_step(self, x: torch.Tensor, k: int, positive: str, negative: str,
                     cond_offset: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -300,8 +323,13 @@ class GuidedSteps:
             if self.callback is not None:
                 callback = lambda i, denoised, x_now, _total: self.callback(k + i, denoised, x_now, self.steps)  # noqa: E731
             extra_args = dict(self._extra_args, seed=None if self.seed is None else self.seed + k)
-            return self._sample(self.guider, self.sigmas[k:k + 2], extra_args, callback, torch.zeros_like(x), x,
-                                None, True)
+            noise = self._noise_starting_at(x, k)
+            out = self._sample(self.guider, self.sigmas[k:k + 2], extra_args, callback, noise, x, None, True)
+            if noise is not None and bool(torch.count_nonzero(noise)):
+                # the stock sampler divided its result by (1 - sigma_next) (inverse noise scaling): undo it
+                sampling = self.guider.inner_model.model_sampling
+                out = sampling.noise_scaling(self.sigmas[k + 1], torch.zeros_like(out), out)
+            return out
         finally:
             self._passes.current = _Passes.DEFAULT
 

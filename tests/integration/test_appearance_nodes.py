@@ -580,3 +580,18 @@ def test_automatic_masks_on_sdxl(graph):
     result = graph.run(prompt)
     assert 0 < float(result["target_mask"].mean()) < 1
     assert torch.isfinite(result["out"]["samples"]).all()
+
+
+@pytest.mark.parametrize("auto_mask", ["self_segmentation", "cross_attention"])
+def test_automatic_masks_on_flux(graph, flux_unet, auto_mask):
+    """The joint attention of a FLUX block: image queries over the image keys (self) and over the text
+    keys (cross), the object word found among the conditioning's text tokens."""
+    prompt = transfer_prompt(flux_unet, flux=True, inversion_cfg=1.0, auto_mask=auto_mask, object_word="cat",
+                             prompt="a photo of a red cat")
+    prompt["11"]["inputs"].update(positive=["2", 0], clip=prompt["2"]["inputs"]["clip"])
+    prompt["16"] = {"class_type": "Capture", "inputs": {"key": "target_mask", "value": ["11", 1]}}
+    result = graph.run(prompt)
+    mask = result["target_mask"]
+    assert tuple(mask.shape[-2:]) == (64, 64) and set(mask.unique().tolist()) <= {0.0, 1.0}
+    assert 0 < float(mask.mean()) < 1
+    assert torch.isfinite(result["out"]["samples"]).all()
