@@ -137,7 +137,7 @@ def _encode_pair(model, clip, tokens_a: dict, tokens_b: dict) -> tuple[list, lis
     and the result is split back, so it equals two separate encodes (only the first pooled output
     would be kept, and these models do not read it)."""
     single = all(len(chunks) == 1 for tokens in (tokens_a, tokens_b) for chunks in tokens.values())
-    if single and not host.uses_pooled_text(model) and host.pooled_vector_width(model) is None:
+    if single and not host.uses_pooled_text(model):
         merged = {key: tokens_a[key] + tokens_b[key] for key in tokens_a}
         cond, extra = host.encode_tokens(clip, merged)[0]
         length = cond.shape[1] // 2

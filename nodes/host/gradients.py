@@ -15,8 +15,6 @@ the host offers, not by its version:
 - ``copy_per_forward`` (hosts before Dynamic VRAM, e.g. the pinned 0.3.75): identity weight
   wrappers make ``comfy.ops.cast_bias_weight`` hand each forward a fresh ordinary copy of every
   weight (the recipe of 0.3.75's training node); the copies are not kept for the backward pass.
-  The few parameters outside ComfyUI's cast layers (FLUX's RMSNorm scales) get ordinary copies by
-  object patches.
 
 A model whose patcher is dynamic but that cannot be reloaded is refused with the fix named.
 In both cases the text encoder's LayerNorms normalise a copy of their input (an object patch), as
@@ -166,23 +164,6 @@ def _add_identity_weight_wrappers(patcher) -> None:
                 patcher.add_weight_wrapper(f"{name}.{param}" if name else param, _WeightWrapper(module, param))
 
 
-def _add_ordinary_parameter_copies(patcher) -> None:
-    """Parameters outside ComfyUI's cast layers get no weight wrapper (FLUX's ``RMSNorm.scale`` in its
-    QK norms): loaded under inference mode they are inference tensors, which autograd refuses to save.
-    An object patch gives the clone an ordinary copy of each for its runs (they are small: one vector
-    per norm); the shared model keeps its own. The value copied is the model's own as the patcher
-    sees it (``get_model_object``): another clone's patch may still be applied to the shared module."""
-    with torch.inference_mode(False):
-        for name, module in patcher.model.named_modules():
-            if hasattr(module, "weight_function"):
-                continue
-            for param_name, _ in module.named_parameters(recurse=False):
-                key = f"{name}.{param_name}" if name else param_name
-                original = patcher.get_model_object(key)
-                if isinstance(original, torch.Tensor) and original.is_inference():
-                    patcher.add_object_patch(key, torch.nn.Parameter(original.detach().clone(), requires_grad=False))
-
-
 class _NormalizeCopy:
     """``forward`` for a LayerNorm that normalises a copy of its input, so the caller's later
     in-place ``x += ...`` does not clobber the tensor autograd saved."""
@@ -238,7 +219,6 @@ def differentiable_model(model):
         clone.add_wrapper_with_key(outer, WRAPPER_KEY, _sample_with_reloaded_weights)
     else:
         _add_identity_weight_wrappers(clone)
-        _add_ordinary_parameter_copies(clone)
         clone.add_wrapper_with_key(outer, WRAPPER_KEY, _sample_outside_inference_mode)
     clone.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.PREPARE_SAMPLING, WRAPPER_KEY, _load_in_full)
     return clone
