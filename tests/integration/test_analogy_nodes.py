@@ -609,8 +609,9 @@ def test_flux_strength_zero_gives_back_b_through_the_exact_replay(analogy_graph,
     model) and replayed with Token Injector's conditioning, which is then B's prompt exactly, gives B's
     latent back; at strength 1 (a second injector and replay of the same inversion) B' moves. The
     trainer reuses flux_run."""
-    wf = flux_analogy_workflow(flux_unet, name="flux_run", seed=3, if_exists="reuse", strength=0.0,
-                               steps=flux_steps(flux_unet))
+    steps = flux_steps(flux_unet)
+    wf = flux_analogy_workflow(flux_unet, name="flux_run", seed=3, if_exists="reuse", strength=0.0, steps=steps,
+                               validation_timesteps=steps)
     wf["40"] = dict(wf["15"], inputs=dict(wf["15"]["inputs"], strength=1.0))
     wf["41"] = dict(wf["16"], inputs=dict(wf["16"]["inputs"], conditioning=["40", 0]))
     wf["42"] = dict(wf["21"], inputs=dict(wf["21"]["inputs"], positive=["41", 0]))
