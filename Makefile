@@ -6,7 +6,7 @@ PORT ?= 8188
 CKPT ?=
 export CKPT
 
-.PHONY: setup test test-unit test-browser test-hosts demo serve bench clean
+.PHONY: setup test test-unit test-browser test-hosts validate locales workflows help-pictures demo serve bench clean
 
 setup:
 	@bash tools/setup.sh
@@ -25,6 +25,23 @@ test-browser:
 # its own environment with the requirements that host names (tools/test_hosts.sh).
 test-hosts:
 	@bash tools/test_hosts.sh
+
+# The Comfy Registry's publishing checks: `comfy node validate` with no warning, and what
+# `comfy node pack` would upload (tools/registry_check.py; comfy-cli in its own .run/comfy-cli).
+validate:
+	python3 tools/registry_check.py
+
+# Generated files, one command each (README, Development): locales/en from the node schemas (it
+# lists what locales/zh then lacks), the UI workflows from workflows/api (layout, groups, Note), the
+# help pages' pictures.
+locales: setup
+	$(PY) tools/node_locales.py
+
+workflows: setup
+	$(PY) tools/workflow_ui.py --all
+
+help-pictures: setup
+	$(PY) tools/help_pictures.py
 
 test-unit: setup
 	$(PY) -m pytest -q tests/unit

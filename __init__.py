@@ -6,6 +6,10 @@ module import time, so ``core`` can be imported and tested without a host.
 
 __version__ = "0.1.0"
 
+# Served by ComfyUI at /extensions/<this folder's name>/: the frontend's node help panel reads
+# web/docs/<NodeId>.md (and web/docs/<NodeId>/<locale>.md). Translations are in locales/.
+WEB_DIRECTORY = "./web"
+
 
 async def comfy_entrypoint():
     from .nodes import ExemplarEditExtension

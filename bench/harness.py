@@ -18,6 +18,7 @@ import ctypes
 import datetime as _dt
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -263,12 +264,11 @@ def comfyui_version() -> str:
     import comfy_host
 
     path = comfy_host.host_dir() / "comfyui_version.py"
-    scope: dict = {}
-    try:
-        exec(path.read_text(), scope)
-        return str(scope.get("__version__", "unknown"))
+    try:  # read, not executed: the file is one `__version__ = "x.y.z"` line
+        match = re.search(r"""^__version__\s*=\s*["']([^"']+)["']""", path.read_text(), re.MULTILINE)
     except OSError:
         return "unknown"
+    return match.group(1) if match else "unknown"
 
 
 def git_commit() -> str:

@@ -6,8 +6,10 @@
 
 For each pack workflow (``workflows/*.json``, which ComfyUI serves as this pack's workflow
 templates) it opens the template from the frontend's menu (logo menu > Browse Templates >
-Extensions > exemplar_edit > the workflow's card), checks that every node type is known and no
-"missing nodes" dialog appeared, saves a screenshot of the graph as drawn, retargets the loaded
+Extensions > exemplar_edit > the workflow's card), checks that every node type is known, no
+"missing nodes" dialog appeared and the layout reads in one look with the frontend's own node
+sizes and slot positions (``workflow_ui.layout_problems``), saves a screenshot of the graph as
+drawn and the template thumbnail ``workflows/<name>.jpg`` made from it, retargets the loaded
 graph's widgets to the test checkpoint (``tools/demo.py`` ``retarget()``: 64 px, <= 4 steps, a
 generated picture uploaded for each LoadImage), presses Run, and waits until the output node
 shows the image. Without ``--url`` it starts the server itself (``tools/serve.py``).
@@ -42,6 +44,7 @@ if str(TOOLS) not in sys.path:
 import demo  # noqa: E402
 import run_workflow  # noqa: E402
 import serve  # noqa: E402
+import workflow_ui  # noqa: E402
 
 REPO = TOOLS.parent
 UI_WORKFLOWS = REPO / "workflows"
@@ -58,9 +61,11 @@ FRONTEND_SETTINGS = {
     "Comfy.TutorialCompleted": True,
     "Comfy.Minimap.Visible": False,
     "Comfy.Graph.CanvasInfo": False,
+    # draw node text at every zoom (a wide graph is screenshot below the default level-of-detail zoom)
+    "LiteGraph.Canvas.MinFontSizeForLOD": 1,
 }
 SCREENSHOT_SCALE = 0.8      # canvas zoom for screenshots: node text stays readable
-MAX_SCREENSHOT_WIDTH = 2600  # a wider graph is drawn smaller
+MAX_SCREENSHOT_WIDTH = 3200  # a wider graph is drawn smaller
 UI_TIMEOUT_MS = 60_000
 
 __all__ = ["missing_prerequisites", "chromium_path", "workflow_names", "Frontend", "BrowserError",
@@ -262,6 +267,29 @@ _JS_FRAME = """([scale, left, top]) => {
   return [x0, y0, x1 - x0, y1 - y0];
 }"""
 
+_JS_GEOMETRY = """() => {
+  const g = app.graph, T = LiteGraph.NODE_TITLE_HEIGHT;
+  const nodes = {}, links = [], groups = [];
+  for (const n of g.nodes) {
+    const title = (n.constructor.title_mode === LiteGraph.NO_TITLE || n.title_mode === LiteGraph.NO_TITLE) ? 0 : T;
+    const w = (n.widgets ?? []).find(w => w.name === 'text' || w.type === 'customtext');
+    nodes[n.id] = {type: n.type, title: n.title ?? n.type,
+                   rect: [n.pos[0], n.pos[1] - title, n.size[0], n.size[1] + title],
+                   text: ['Note', 'MarkdownNote'].includes(n.type)
+                     ? String(w?.value ?? n.widgets_values?.[0] ?? '') : null};
+  }
+  const all = g.links instanceof Map ? [...g.links.values()] : Object.values(g.links ?? {});
+  for (const l of all) {
+    if (!l) continue;
+    const a = g.getNodeById(l.origin_id), b = g.getNodeById(l.target_id);
+    if (!a || !b) continue;
+    links.push({id: l.id, from: a.id, to: b.id, start: [...a.getConnectionPos(false, l.origin_slot)],
+                end: [...b.getConnectionPos(true, l.target_slot)]});
+  }
+  for (const gr of g.groups ?? []) groups.push({title: gr.title, rect: [...(gr._bounding ?? gr.bounding)]});
+  return {nodes, links, groups};
+}"""
+
 _JS_OUTPUT_SHOWN = """(ids) => ids.every(id => {
   const node = app.graph.getNodeById(Number(id)) ?? app.graph.getNodeById(id);
   const imgs = node?.imgs ?? [];
@@ -280,6 +308,8 @@ class Frontend:
         self.failed_requests: list[str] = []
         self.page.on("console", lambda m: m.type == "error" and not m.text.startswith("Failed to load resource")
                      and self.console_errors.append(m.text))
+        self.responses: list[tuple[int, str]] = []
+        self.page.on("response", lambda r: self.responses.append((r.status, r.url)))
         self.page.on("response", lambda r: r.status >= 400 and self.failed_requests.append(f"HTTP {r.status} {r.url}"))
         self.page.on("requestfailed", lambda r: self.failed_requests.append(f"{r.failure} {r.url}"))
         self.page.on("pageerror", lambda e: self.console_errors.append(f"uncaught: {e}"))
@@ -310,8 +340,8 @@ class Frontend:
 
     # --- opening a template ------------------------------------------------------------------
 
-    def open_template(self, name: str, module: str = serve.PACK_DIR_NAME) -> None:
-        """Logo menu > Browse Templates > Extensions: ``module`` > the card titled ``name``."""
+    def open_template_browser(self, module: str = serve.PACK_DIR_NAME):
+        """Logo menu > Browse Templates > Extensions: ``module``. Returns the dialog."""
         page = self.page
         page.locator(".comfyui-logo").first.click()
         page.get_by_role("menuitem", name="Browse Templates").click()
@@ -324,6 +354,49 @@ class Frontend:
             raise BrowserError(f"the template browser has no '{module}' entry under Extensions; it shows: "
                                f"{dialog.inner_text()[:500]!r}") from None
         section.first.click()
+        return dialog
+
+    def template_thumbnails(self, names: list[str], module: str = serve.PACK_DIR_NAME,
+                            timeout_s: float = 30.0) -> dict[str, dict]:
+        """``{name: {requested, status, width, height}}``: the thumbnail each card of the open template
+        browser asked the server for (``/api/workflow_templates/<module>/<name>.<ext>``) and the size of
+        the picture the card shows (0 when it shows none)."""
+        page = self.page
+        deadline = time.monotonic() + timeout_s
+        found: dict[str, dict] = {}
+        while time.monotonic() < deadline:
+            found = {}
+            for name in names:
+                hits = [r for r in self.responses if f"/workflow_templates/{module}/{name}." in r[1]
+                        and not r[1].endswith(".json")]
+                found[name] = {"requested": hits[-1][1] if hits else None, "status": hits[-1][0] if hits else None}
+            shown = page.evaluate("""(names) => {
+                // a card: the smallest ancestor of the picture whose text has exactly one template name on a line
+                const out = {};
+                for (const img of document.querySelectorAll('[role=dialog] img')) {
+                  for (let el = img.parentElement; el && el.getAttribute('role') !== 'dialog'; el = el.parentElement) {
+                    const lines = (el.innerText ?? '').split('\\n').map(l => l.trim());
+                    const hits = names.filter(n => lines.includes(n));
+                    if (hits.length > 1) break;
+                    if (hits.length === 1) {
+                      if (img.complete && img.naturalWidth > 0) out[hits[0]] = [img.naturalWidth, img.naturalHeight];
+                      break;
+                    }
+                  }
+                }
+                return out;
+            }""", names)
+            for name in names:
+                found[name]["width"], found[name]["height"] = shown.get(name, (0, 0))
+            if all(v["status"] == 200 and v["width"] > 0 for v in found.values()):
+                break
+            page.wait_for_timeout(300)
+        return found
+
+    def open_template(self, name: str, module: str = serve.PACK_DIR_NAME) -> None:
+        """Logo menu > Browse Templates > Extensions: ``module`` > the card titled ``name``."""
+        page = self.page
+        dialog = self.open_template_browser(module)
         card = dialog.get_by_text(name, exact=True)
         try:
             card.first.wait_for(timeout=15_000)
@@ -371,6 +444,49 @@ class Frontend:
         problems += [f"dialog open: {' '.join(text.split())[:400]}" for text in self.dialogs()]
         problems += [f"error message: {' '.join(text.split())[:400]}" for text in self.error_toasts()]
         return problems
+
+    def geometry(self) -> dict:
+        """Node rectangles, link end points and groups as the frontend holds them after loading (sizes
+        it grew, its own slot positions): the structure ``workflow_ui.layout_problems`` checks."""
+        geometry = self.page.evaluate(_JS_GEOMETRY)
+        geometry["nodes"] = {int(k): v for k, v in geometry["nodes"].items()}
+        for link in geometry["links"]:
+            link["from"], link["to"] = int(link["from"]), int(link["to"])
+        return geometry
+
+    def node_help(self, node_type: str, timeout_s: float = 30.0) -> str:
+        """Selects the first node of ``node_type`` on the canvas and presses the selection toolbox's
+        info button, as a user does; returns the text of the node help panel that opens (frontend 1.32:
+        the node library's help page; 1.48: the properties panel's Info tab) once it has loaded."""
+        page = self.page
+        found = page.evaluate("""(type) => {
+            const n = app.graph.nodes.find(n => n.type === type);
+            if (!n) return false;
+            app.canvas.deselectAll?.();
+            app.canvas.selectNode(n);
+            app.canvas.setDirty(true, true);
+            return true;
+        }""", node_type)
+        if not found:
+            raise BrowserError(f"no {node_type} node on the canvas")
+        button = page.locator('[data-testid="info-button"]')
+        try:
+            button.first.wait_for(timeout=10_000)
+        except Exception:
+            raise BrowserError("the selection toolbox shows no info button for the selected node") from None
+        button.first.click()
+        try:
+            page.wait_for_function("""() => [...document.querySelectorAll('.node-help-content')]
+                .some(e => e.offsetParent && e.innerText.trim().length > 40)""", timeout=int(timeout_s * 1000))
+        except Exception:
+            raise BrowserError(f"the node help panel of {node_type} did not open or stayed empty") from None
+        return page.evaluate("""() => [...document.querySelectorAll('.node-help-content')]
+            .filter(e => e.offsetParent).map(e => e.innerText).join(' ')""")
+
+    def registered_titles(self, node_types: list[str]) -> dict[str, str]:
+        """The title the frontend gives a new node of each type (its display name, translated)."""
+        return self.page.evaluate("(types) => Object.fromEntries(types.map(t => [t, LiteGraph.createNode(t)?.title]))",
+                                  node_types)
 
     def api_prompt(self) -> dict:
         """The API prompt the frontend builds from the graph (what Run sends)."""
@@ -425,6 +541,44 @@ class Frontend:
         self.page.wait_for_function(_JS_OUTPUT_SHOWN, arg=list(node_ids), timeout=int(timeout_s * 1000))
 
 
+THUMBNAIL_SIZE = (600, 400)  # the template browser shows a card's picture 3:2, scaled to fit (object-fit: contain)
+
+
+def write_thumbnail(screenshot: Path, path: Path) -> Path:
+    """The template browser's card picture of a workflow: its graph screenshot scaled to fit 600x400
+    on the canvas colour, as ``<name>.jpg`` beside the workflow (the frontends 1.32 and 1.48 request
+    ``/api/workflow_templates/<pack>/<name>.jpg`` for a custom node's template). Kept when it shows
+    the same picture."""
+    from PIL import Image
+
+    with Image.open(screenshot) as im:
+        im = im.convert("RGB")
+        background = im.getpixel((2, 2))
+        scale = min(THUMBNAIL_SIZE[0] / im.width, THUMBNAIL_SIZE[1] / im.height)
+        small = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.Resampling.LANCZOS)
+    card = Image.new("RGB", THUMBNAIL_SIZE, background)
+    card.paste(small, ((THUMBNAIL_SIZE[0] - small.width) // 2, (THUMBNAIL_SIZE[1] - small.height) // 2))
+    if _same_picture(path, card):
+        return path
+    buf = io.BytesIO()
+    card.save(buf, format="JPEG", quality=85, optimize=True)
+    _write_atomic(path, buf.getvalue(), ".jpg")
+    return path
+
+
+def _write_atomic(path: Path, data: bytes, suffix: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".partial-", suffix=suffix, dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def _same_picture(path: Path, image) -> bool:
     """True if ``path`` holds the same picture up to rendering noise (anti-aliasing, palette choice)."""
     from PIL import Image, ImageChops
@@ -451,17 +605,13 @@ def _write_png(path: Path, png: bytes) -> Path:
             return path
         buf = io.BytesIO()
         small.save(buf, format="PNG", optimize=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".partial-", suffix=".png", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buf.getvalue())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    _write_atomic(path, buf.getvalue(), ".png")
     return path
+
+
+def screenshot_element(locator, path: Path) -> Path:
+    """A PNG of one element of the page (e.g. the template browser dialog), written as screenshots are."""
+    return _write_png(path, locator.screenshot())
 
 
 # --------------------------------------------------------------------------------------------
@@ -469,10 +619,13 @@ def _write_png(path: Path, png: bytes) -> Path:
 # --------------------------------------------------------------------------------------------
 
 def check_workflow(chrome, url: str, name: str, *, screenshot_dir: Path | None = SCREENSHOTS,
-                   scratch: Path, timeout_s: float = 600.0, ckpt: str = TEST_CHECKPOINT) -> dict:
-    """Opens template ``name`` from the template browser, checks it, screenshots it, retargets it to
-    ``ckpt`` (a FLUX workflow: to the FLUX test model, its text encoder node swapped for the test
-    CLIP-L's), runs it with Run and waits for the image. Returns a summary; raises BrowserError."""
+                   thumbnail_dir: Path | None = None, scratch: Path, timeout_s: float = 600.0,
+                   ckpt: str = TEST_CHECKPOINT) -> dict:
+    """Opens template ``name`` from the template browser, checks it (known node types, no error, and
+    its layout as the frontend holds it: ``workflow_ui.layout_problems``), screenshots it (and makes
+    its template thumbnail from the screenshot), retargets it to ``ckpt`` (a FLUX workflow: to the
+    FLUX test model, its text encoder node swapped for the test CLIP-L's), runs it with Run and waits
+    for the image. Returns a summary; raises BrowserError."""
     start = time.monotonic()
     ui = Frontend(chrome, url)
     try:
@@ -481,7 +634,12 @@ def check_workflow(chrome, url: str, name: str, *, screenshot_dir: Path | None =
         if problems:
             raise BrowserError(f"{name}: the frontend reports problems after loading the template:\n  "
                                + "\n  ".join(problems))
+        layout = workflow_ui.layout_problems(ui.geometry())
+        if layout:
+            raise BrowserError(f"{name}: as the frontend lays it out (its node sizes and slot positions):\n  "
+                               + "\n  ".join(layout))
         shot = ui.screenshot_graph(screenshot_dir / f"{name}.png") if screenshot_dir else None
+        thumbnail = write_thumbnail(shot, thumbnail_dir / f"{name}.jpg") if shot and thumbnail_dir else None
 
         prompt = ui.api_prompt()
         ckpt = model_for(prompt, ckpt)
@@ -524,7 +682,7 @@ def check_workflow(chrome, url: str, name: str, *, screenshot_dir: Path | None =
             raise BrowserError(f"{name}: the server made {len(outputs)} image(s) but the output node(s) "
                                f"{output_nodes} do not show them in the browser") from None
         files = run_workflow.download_images(url, outputs, scratch / name / "out")
-        return {"workflow": name, "prompt_id": prompt_id, "screenshot": shot, "outputs": files,
+        return {"workflow": name, "prompt_id": prompt_id, "screenshot": shot, "thumbnail": thumbnail, "outputs": files,
                 "output_nodes": output_nodes, "changes": {**replaced, **changes}, "replaced": replacements,
                 "seconds": time.monotonic() - start,
                 "console_errors": list(ui.console_errors), "failed_requests": list(ui.failed_requests)}
@@ -539,6 +697,8 @@ def main(argv: list[str] | None = None) -> int:
                    "(default: start one with tools/serve.py)")
     p.add_argument("--workflow", action="append", help="a workflow name in workflows/ (repeatable; default: all)")
     p.add_argument("--screenshots", default=str(SCREENSHOTS), help="folder for <workflow>.png ('' for none)")
+    p.add_argument("--thumbnails", default=str(UI_WORKFLOWS), help="folder for the template thumbnails <workflow>.jpg "
+                   "('' for none)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per workflow run")
     args = p.parse_args(argv)
     missing = missing_prerequisites()
@@ -561,6 +721,7 @@ def main(argv: list[str] | None = None) -> int:
                 for name in names:
                     try:
                         r = check_workflow(chrome, url, name, screenshot_dir=shots, scratch=Path(scratch),
+                                           thumbnail_dir=Path(args.thumbnails) if args.thumbnails else None,
                                            timeout_s=args.timeout)
                         print(f"[browser] {name}: ok in {r['seconds']:.1f} s; screenshot {r['screenshot']}; "
                               f"output {', '.join(str(f) for f in r['outputs'])}", flush=True)

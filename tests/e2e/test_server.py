@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -241,6 +242,60 @@ def test_shipped_ui_workflow_matches_api_twin(server, object_info, ui_path):
     assert ui_path.stem in templates.get(serve.PACK_DIR_NAME, []), templates
     served = run_workflow.get_json(server, f"/api/workflow_templates/{serve.PACK_DIR_NAME}/{ui_path.name}")
     assert served == ui
+
+
+@pytest.mark.parametrize("ui_path", UI_PAIRS, ids=[p.stem for p in UI_PAIRS])
+def test_shipped_workflow_reads_in_one_look(object_info, ui_path):
+    """Stages left to right in titled groups, no node over another, no link under a node, links left
+    to right, one Note saying what to set (``workflows/api/<name>.md``) and what to expect."""
+    ui = json.loads(ui_path.read_text())
+    problems = workflow_ui.layout_problems(workflow_ui.ui_geometry(ui, object_info))
+    assert not problems, f"{ui_path.relative_to(REPO)} (regenerate with `python tools/workflow_ui.py --all`):\n" \
+                         + "\n".join(problems)
+    note = REPO / "workflows" / "api" / f"{ui_path.stem}.md"
+    assert note.is_file(), f"{note.relative_to(REPO)} missing: the workflow's Note (what to set, what to expect)"
+    assert workflow_ui.note_text(ui) == note.read_text().strip(), f"the Note of {ui_path.name} differs from {note.name}"
+    thumbnail = REPO / "workflows" / f"{ui_path.stem}.jpg"
+    assert thumbnail.is_file(), f"{thumbnail.relative_to(REPO)} missing: the template browser's card picture " \
+                                f"(the browser test draws it)"
+
+
+def test_layout_check_catches_overlaps_and_links_under_nodes(object_info):
+    ui = json.loads((REPO / "workflows" / "inversion_roundtrip.json").read_text())
+    nodes = {n["type"]: n for n in ui["nodes"]}
+    nodes["VAEDecode"]["pos"] = list(nodes["SamplerCustom"]["pos"])  # on top of another node
+    problems = workflow_ui.layout_problems(workflow_ui.ui_geometry(ui, object_info))
+    assert any("VAE Decode" in p or "VAEDecode" in p for p in problems if "overlaps" in p), problems
+    ui = json.loads((REPO / "workflows" / "inversion_roundtrip.json").read_text())
+    ui["nodes"] = [n for n in ui["nodes"] if n["type"] != "Note"]
+    assert "0 Note nodes (one says what to set and what to expect)" in \
+        workflow_ui.layout_problems(workflow_ui.ui_geometry(ui, object_info))
+    api = json.loads((REPO / "workflows" / "api" / "inversion_roundtrip.json").read_text())
+    flat = workflow_ui.api_to_ui(api, object_info)  # no bus: put every node in one row, links cross nodes
+    for node in flat["nodes"]:
+        node["pos"][1] = 200
+    for node in flat["nodes"]:
+        node["pos"][0] = 400 * flat["nodes"].index(node)
+    flat["nodes"] = [n for n in flat["nodes"] if n["type"] != "Reroute"]
+    kept = {n["id"] for n in flat["nodes"]}
+    flat["links"] = [lk for lk in flat["links"] if lk[1] in kept and lk[3] in kept]
+    assert any("runs under" in p for p in workflow_ui.layout_problems(workflow_ui.ui_geometry(flat, object_info),
+                                                                      check_note=False))
+
+
+def test_node_help_and_translations_are_served(server):
+    """What the frontend fetches: the help page at /extensions/<pack>/docs/<NodeId>.md (and the
+    locale's docs/<NodeId>/<lang>.md), a picture it shows, and the pack's translations in /i18n."""
+    base = f"{server}/extensions/{serve.PACK_DIR_NAME}/docs"
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    for rel in ("DDIMInvert.md", "DDIMInvert/zh.md", "images/inversion_schedule.png"):
+        with opener.open(f"{base}/{rel}", timeout=30) as r:
+            assert r.status == 200 and r.read() == (REPO / "web" / "docs" / rel).read_bytes(), rel
+    i18n = run_workflow.get_json(server, "/i18n")
+    zh = json.loads((REPO / "locales" / "zh" / "nodeDefs.json").read_text(encoding="utf-8"))
+    assert i18n["zh"]["nodeDefs"]["DDIMInvert"] == zh["DDIMInvert"]
+    assert i18n["zh"]["nodeCategories"]["Exemplar Edit"]
+    assert i18n["en"]["nodeDefs"]["DDIMInvert"]["display_name"] == "DDIM Invert"
 
 
 def test_every_api_workflow_has_ui_twin():
