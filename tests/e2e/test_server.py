@@ -99,11 +99,19 @@ def test_every_pack_node_is_documented(object_info):
 
 # --- every shipped workflow, on both model families ------------------------------------------
 
-RUNS = [pytest.param(ckpt, wf, id=f"{Path(ckpt).stem}-{wf.stem}") for ckpt in TEST_CKPTS for wf in API_WORKFLOWS]
+FLUX_MODEL = "flux"  # the FLUX-layout test model the host loads (pack_testing.flux_model_for_host), as make demo
+FLUX_WORKFLOWS = [wf for wf in API_WORKFLOWS if demo.is_flux_workflow(run_workflow.load_workflow(wf))]
+RUNS = ([pytest.param(ckpt, wf, id=f"{Path(ckpt).stem}-{wf.stem}") for ckpt in TEST_CKPTS
+         for wf in API_WORKFLOWS if wf not in FLUX_WORKFLOWS]
+        + [pytest.param(FLUX_MODEL, wf, id=f"flux-{wf.stem}") for wf in FLUX_WORKFLOWS])
 
 
 @pytest.mark.parametrize("ckpt, workflow_path", RUNS)
 def test_shipped_workflow_runs(server, ckpt, workflow_path, tmp_path):
+    if ckpt == FLUX_MODEL:
+        import pack_testing
+
+        ckpt = pack_testing.flux_model_for_host()
     workflow = demo.retarget(run_workflow.load_workflow(workflow_path), ckpt)
     images = demo.synthetic_inputs(workflow, tmp_path / "inputs")
     paths = run_workflow.submit_workflow(server, workflow, images, None, tmp_path / "out", RUN_TIMEOUT)
