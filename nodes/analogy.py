@@ -46,9 +46,13 @@ class DifferenceEmbedding:
     selection: Optional[dif.TokenSelection] = None  # validation losses and the kept step
 
 
+DIFFERENCE_FOLDERS = "models/differences (token_space input_embedding: models/embeddings)"
+
+
 def check_embedding_name(name: str, input_name: str = "name") -> str:
-    """The file stem for ``name``; refuses names that are not a plain file name ``embedding:NAME`` can use."""
-    return host.file_stem(name, input_name)
+    """The file stem for ``name`` (the trainer's ``name``, the injector's ``embedding_name``: one rule);
+    refuses names that are not a plain file name ``embedding:NAME`` can use."""
+    return host.file_stem(name, input_name, DIFFERENCE_FOLDERS)
 
 
 def difference_path(stem: str, space: str) -> str:
@@ -269,26 +273,73 @@ def _shown(value) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def reuse_saved_difference(path: str, stem: str, inputs: dict, slots, space: str) -> DifferenceEmbedding:
-    """The difference saved at ``path``, when the inputs recorded in it equal ``inputs``; otherwise
+REUSE_FIX = "choose another name, or set if_exists to overwrite to train again and replace it"
+INJECT_FIX = ("train it again with Delta Interpolation Trainer (if_exists overwrite), or delete the file and give "
+              "another name")
+
+
+@dataclass
+class SavedDifference:
+    """A difference file read in full and checked (``read_difference_file``)."""
+
+    rows: dict[str, torch.Tensor]  # by text-encoder key ("l", "g"), for the slots the file holds
+    metadata: dict
+
+
+def read_difference_file(path: str, slots, input_name: str, fix: str) -> SavedDifference:
+    """The difference tokens saved at ``path`` (one ``[K, width]`` tensor per text encoder, keyed by
+    ``slot.embedding_key``) and the file's metadata: the one reader of the trainer's files, for
+    Token Injector's ``embedding_name`` and the trainer's ``if_exists`` reuse. InputError naming
+    ``input_name``, the file (relative to the models folder) and ``fix`` when it cannot be read, holds
+    no tokens, holds other than floating-point ``[K, width]`` tensors of one K, a width that is not
+    its text encoder's, or a value that is not finite (NaN tokens give a black image): never a part
+    of it."""
+    tensors, metadata = host.read_safetensors(path, input_name, fix)
+    where = host.model_relative_path(path)
+    if not tensors:
+        raise InputError(f"{input_name}: {where} holds no tensors; {fix}")
+    widths = {s.embedding_key: s.width for s in slots}
+    for key, tensor in tensors.items():
+        if not tensor.is_floating_point() or tensor.ndim != 2 or 0 in tensor.shape:
+            raise InputError(f"{input_name}: {where} holds {key!r} as a {str(tensor.dtype).replace('torch.', '')} "
+                             f"tensor of shape {list(tensor.shape)}, not difference tokens [tokens, width]; {fix}")
+        if key in widths and tensor.shape[1] != widths[key]:
+            raise InputError(f"{input_name}: {where} holds {key!r} tokens {tensor.shape[1]} wide, but this CLIP's "
+                             f"{key} is {widths[key]} wide; {fix}")
+        if not torch.isfinite(tensor).all():
+            raise InputError(f"{input_name}: {where} holds values that are not finite (NaN or infinite) in "
+                             f"{key!r}; {fix}")
+    counts = {key: tensor.shape[0] for key, tensor in tensors.items()}
+    if len(set(counts.values())) > 1:
+        raise InputError(f"{input_name}: {where} holds different numbers of tokens per text encoder ({counts}); {fix}")
+    rows = {s.key: tensors[s.embedding_key].float() for s in slots if s.embedding_key in tensors}
+    return SavedDifference(rows=rows, metadata=metadata)
+
+
+def reuse_saved_difference(saved: SavedDifference, path: str, stem: str, inputs: dict, slots,
+                           space: str) -> DifferenceEmbedding:
+    """The difference ``saved`` at ``path``, when the inputs recorded in it equal ``inputs``; otherwise
     InputError naming every field that differs."""
     where = host.model_relative_path(path)
     try:
-        record = json.loads(host.read_safetensors_metadata(path).get(METADATA_KEY, "null"))
-    except (ValueError, OSError) as e:
-        raise InputError(f"name: {where} cannot be read ({e}); choose another name or set if_exists to overwrite")
-    saved = record.get("inputs") if isinstance(record, dict) else None
-    if not isinstance(saved, dict):
+        record = json.loads(saved.metadata.get(METADATA_KEY, "null"))
+    except ValueError as e:
+        raise InputError(f"name: {where} has a record of its inputs that cannot be read ({e}); {REUSE_FIX}") from None
+    saved_inputs = record.get("inputs") if isinstance(record, dict) else None
+    if not isinstance(saved_inputs, dict):
         raise InputError(f"name: {where} exists but records no trainer inputs (made by another tool or an older "
                          "version of this node), so it cannot be reused safely; choose another name or set if_exists "
                          "to overwrite")
-    differing = sorted(k for k in set(saved) | set(inputs) if saved.get(k) != inputs.get(k))
+    differing = sorted(k for k in set(saved_inputs) | set(inputs) if saved_inputs.get(k) != inputs.get(k))
     if differing:
-        details = "; ".join(f"{k}: {_shown(saved.get(k))} in the file, {_shown(inputs.get(k))} now" for k in differing)
+        details = "; ".join(f"{k}: {_shown(saved_inputs.get(k))} in the file, {_shown(inputs.get(k))} now"
+                            for k in differing)
         raise InputError(f"if_exists: {where} was trained from other inputs ({details}); choose another name to keep "
                          "both, or set if_exists to overwrite to train again")
-    tensors = host.load_tensors(path)
-    rows = {s.key: tensors[s.embedding_key].float() for s in slots if s.embedding_key in tensors}
+    missing = [s.embedding_key for s in slots if s.key not in saved.rows]
+    if missing:
+        raise InputError(f"name: {where} holds no {missing} tokens for this CLIP; {REUSE_FIX}")
+    rows = saved.rows
     selection = dif.TokenSelection(record.get("keep", dif.KEEP_BEST_ON_VALIDATION))
     selection.history = [(int(step), float(loss)) for step, loss in record.get("validation", [])]
     selection.baseline = float(record.get("validation_baseline", math.nan))
@@ -303,17 +354,19 @@ def load_saved_difference(clip, name: str) -> DifferenceEmbedding:
     embedding ComfyUI's own loader finds for 'embedding:<name>' (input space)."""
     stem = check_embedding_name(name, "embedding_name")
     path = difference_path(stem, CONDITIONING)
-    if os.path.isfile(path):
-        tensors = host.load_tensors(path)
-        rows = {s.key: tensors[s.embedding_key].float() for s in host.text_encoder_slots(clip)
-                if s.embedding_key in tensors}
-        return DifferenceEmbedding(rows=rows, space=CONDITIONING, name=stem, path=path)
+    if host.existing_file(path, "embedding_name", INJECT_FIX):
+        saved = read_difference_file(path, host.text_encoder_slots(clip), "embedding_name", INJECT_FIX)
+        return DifferenceEmbedding(rows=saved.rows, space=CONDITIONING, name=stem, path=path)
     try:
         rows = host.load_embedding_rows(clip, stem)
     except InputError:
         raise InputError(f"embedding_name: no difference {stem!r} in models/differences and no embedding of that name "
                          "with vectors for this CLIP in models/embeddings; train one with Delta Interpolation Trainer "
                          "or check the name") from None
+    bad = sorted(key for key, row in rows.items() if not torch.isfinite(row).all())
+    if bad:
+        raise InputError(f"embedding_name: the embedding {stem!r} (models/embeddings) holds values that are not finite "
+                         f"(NaN or infinite) for text encoder(s) {bad}; {INJECT_FIX}")
     return DifferenceEmbedding(rows=rows, space=INPUT_EMBEDDING, name=stem)
 
 
@@ -415,6 +468,10 @@ class DeltaInterpolationTrainer(host.PackNode):
         )
 
     @classmethod
+    def validate_inputs(cls, name=None, caption_before=None, caption_after=None, alpha=None) -> bool | str:
+        return cls.validation_result(locals())
+
+    @classmethod
     def check_inputs(cls, values: dict) -> None:
         # only the name itself: whether the file exists is checked when the node runs, so a prompt that
         # ComfyUI answers from its cache (the same inputs again) is not refused for the file it saved
@@ -439,9 +496,16 @@ class DeltaInterpolationTrainer(host.PackNode):
         path = difference_path(stem, token_space)
         if steps < 1 or num_tokens < 1:
             raise InputError("steps and num_tokens: must be at least 1")
+        # the file is state, not a value: checked when the node runs, before any work
+        exists = host.existing_file(path, "name", "choose another name (a folder is never replaced)")
+        if exists and if_exists not in (IF_EXISTS_REUSE, IF_EXISTS_OVERWRITE):
+            raise InputError(f"name: {host.model_relative_path(path)} already exists; choose another name, or set "
+                             "if_exists to reuse (load it when it was trained from these inputs) or overwrite")
         _check_images(image_before, image_after)
         host.check_sigma_space_model(model)
         slots = host.text_encoder_slots(clip)
+        saved = read_difference_file(path, slots, "name", REUSE_FIX) if exists and if_exists == IF_EXISTS_REUSE \
+            else None
         inputs = recorded_inputs(
             model=host.model_fingerprint(model), clip=host.clip_fingerprint(clip), vae=host.vae_fingerprint(vae),
             clip_vision=host.clip_vision_fingerprint(clip_vision), alignment_text_encoder=alignment_text_encoder,
@@ -450,14 +514,10 @@ class DeltaInterpolationTrainer(host.PackNode):
             prompt_after=prompt_after, token_space=token_space, num_tokens=num_tokens, alpha=alpha, steps=steps,
             learning_rate=learning_rate, lambda_mse=lambda_mse, lambda_clip=lambda_clip, seed=seed, keep=keep,
             validation_every=validation_every, validation_timesteps=validation_timesteps)
-        if os.path.exists(path):
-            if if_exists == IF_EXISTS_REUSE:
-                difference = reuse_saved_difference(path, stem, inputs, slots, token_space)
-                selection = difference.selection
-                return io.NodeOutput(difference, stem, selection.summary(), selection.kept_loss)
-            if if_exists != IF_EXISTS_OVERWRITE:
-                raise InputError(f"name: {host.model_relative_path(path)} already exists; choose another name, or set "
-                                 "if_exists to reuse (load it when it was trained from these inputs) or overwrite")
+        if saved is not None:
+            difference = reuse_saved_difference(saved, path, stem, inputs, slots, token_space)
+            selection = difference.selection
+            return io.NodeOutput(difference, stem, selection.summary(), selection.kept_loss)
         alignment = host.load_alignment_text_encoder(alignment_text_encoder, "alignment_text_encoder")
         target_slot = next((s for s in slots if s.key == alignment.slot.key and s.width == alignment.slot.width), None)
         if target_slot is None:
@@ -510,7 +570,11 @@ class DeltaInterpolationTrainer(host.PackNode):
             "model_family": host.model_family(model), "keep": keep, "kept_step": selection.kept_step,
             "validation_loss": selection.kept_loss, "validation": selection.history,
             "validation_baseline": selection.baseline}, sort_keys=True)}
-        host.save_tensors_atomically(path, {s.embedding_key: rows[s.key] for s in slots}, metadata)
+        try:
+            host.save_tensors_atomically(path, {s.embedding_key: rows[s.key] for s in slots}, metadata)
+        except OSError as e:  # e.g. a folder of that name made during training: never replaced
+            raise InputError(f"name: {host.model_relative_path(path)} cannot be written "
+                             f"({e.strerror or type(e).__name__}); choose another name and run again") from None
         difference = DifferenceEmbedding(rows=rows, space=token_space, name=stem, path=path, losses=losses,
                                          selection=selection)
         return io.NodeOutput(difference, stem, selection.summary(), selection.kept_loss)
@@ -626,6 +690,10 @@ class TokenInjector(host.PackNode):
             outputs=[io.Conditioning.Output(display_name="CONDITIONING",
                                             tooltip="The conditioning of '<text> + Difference tokens', for the sampler.")],
         )
+
+    @classmethod
+    def validate_inputs(cls, embedding_name=None) -> bool | str:
+        return cls.validation_result(locals())
 
     @classmethod
     def check_inputs(cls, values: dict) -> None:

@@ -267,8 +267,11 @@ class GuidedSteps:
             if self.callback is not None:
                 callback = lambda i, denoised, x_now, _total: self.callback(k + i, denoised, x_now, self.steps)  # noqa: E731
             extra_args = dict(self._extra_args, seed=None if self.seed is None else self.seed + k)
-            return self._sample(self.guider, self.sigmas[k:k + 2], extra_args, callback, torch.zeros_like(x), x,
-                                None, True)
+            # the sampler gets its own copy of the two levels: one that edits its sigmas in place (as
+            # uni_pc sets a final 0 to 0.001) must neither change the schedule nor fail on an
+            # inference-mode tensor (the guider samples outside inference mode)
+            levels = self.sigmas[k:k + 2].clone()
+            return self._sample(self.guider, levels, extra_args, callback, torch.zeros_like(x), x, None, True)
         finally:
             self._passes.current = _Passes.DEFAULT
 
@@ -283,6 +286,48 @@ class GuidedSteps:
 
 
 StepProgram = Callable[[GuidedSteps, torch.Tensor], torch.Tensor]
+
+NOT_STEPWISE = {
+    "uni_pc": "UniPC only evaluates the model in its first step and moves from the second on",
+    "uni_pc_bh2": "UniPC only evaluates the model in its first step and moves from the second on",
+    "sa_solver": "the SA-Solver returns its corrected state, which a step's prediction only reaches in the next step",
+    "sa_solver_pece": "the SA-Solver returns its corrected state, which a step's prediction only reaches in the next "
+                      "step",
+    "dpm_adaptive": "adaptive DPM-Solver picks its own steps between the first and the last level",
+}
+"""Stock samplers that cannot run one step of the schedule per call (``GuidedSteps.sample_step``):
+called with two levels they leave the latent where it was, or do not follow the levels. Measured on
+both hosts with CutLossGuidance (README); every other stock sampler runs, multistep ones in their
+first-order form."""
+
+
+def stock_sampler_name(sampler, names) -> Optional[str]:
+    """Which of the stock samplers ``names`` (KSamplerSelect's names) the SAMPLER ``sampler`` is, or None:
+    the same sampler function as ``comfy.samplers.sampler_object(name)``, wherever the SAMPLER was
+    made (KSamplerSelect, a node with the sampler's own options)."""
+    function = getattr(sampler, "sampler_function", None)
+    if function is None:
+        return None
+    for name in names:
+        try:
+            stock = comfy.samplers.sampler_object(name).sampler_function
+        except Exception:  # not a sampler of this host
+            continue
+        same = stock is function or (getattr(stock, "__qualname__", None) == getattr(function, "__qualname__", "")
+                                     and getattr(stock, "__module__", None) == getattr(function, "__module__", ""))
+        if same:
+            return name
+    return None
+
+
+def check_stepwise_sampler(sampler) -> None:
+    """InputError naming the sampler when it is one of ``NOT_STEPWISE``, and the samplers that run."""
+    name = stock_sampler_name(sampler, NOT_STEPWISE)
+    if name is not None:
+        raise InputError(
+            f"sampler: {name} cannot run one step at a time, as this guider runs your sampler ({NOT_STEPWISE[name]}); "
+            "choose another in KSamplerSelect: ddim or euler (the papers' sampler), euler_ancestral, dpmpp_2m, heun "
+            "and the other stock samplers run (multistep ones in their first-order form)")
 
 
 class _Passes:
@@ -326,6 +371,7 @@ class _ProgramRunner:
                  disable_pbar=False, *args, **kwargs):
         if denoise_mask is not None:
             raise InputError("latent_image: a noise mask is not supported by this guider; remove it (SetLatentNoiseMask)")
+        check_stepwise_sampler(executor.class_obj)  # before any step: the sampler is known only now
         steps = GuidedSteps(guider, executor, self.passes, sigmas, extra_args, callback)
         return self.program(steps, steps.start(noise, latent_image))
 

@@ -227,6 +227,34 @@ def test_bad_inputs_name_the_input(graph):
                                    **{**settings, "guidance_start_step": 3, "guidance_end_step": 1})
 
 
+@pytest.mark.parametrize("sampler", ["uni_pc", "uni_pc_bh2", "sa_solver", "sa_solver_pece", "dpm_adaptive"])
+def test_a_sampler_that_cannot_run_one_step_at_a_time_is_refused_naming_it(graph, sampler):
+    """These leave the latent where it was when run for one step (uni_pc, sa_solver) or pick their
+    own steps (dpm_adaptive); the guider refuses them before its first step."""
+    checkpoint_path(SD15)
+    prompt = base_prompt(SD15)
+    add_edit(prompt, "edit", 20)
+    prompt["10"]["inputs"]["sampler_name"] = sampler
+    del prompt["14"]  # the plain reconstruction would run the sampler too
+    with pytest.raises(GraphError, match=f"sampler: {sampler} cannot run one step at a time.*dpmpp_2m"):
+        graph.run(prompt)
+
+
+def test_a_multistep_sampler_runs_as_its_first_order_form(graph):
+    """dpmpp_2m one step at a time is DPM-Solver++(1), which is DDIM: with no direction and no
+    guidance its result is the ddim sampler's."""
+    checkpoint_path(SD15)
+    results = {}
+    for sampler in ("ddim", "dpmpp_2m"):
+        prompt = base_prompt(SD15, steps=3)
+        add_edit(prompt, "zero", 20, multiplier=0.0, step_size=0.0)
+        prompt["10"]["inputs"]["sampler_name"] = sampler
+        out = graph.run(prompt)
+        results[sampler] = out["zero"]["samples"]
+    assert torch.allclose(results["dpmpp_2m"], results["ddim"], rtol=1e-5, atol=1e-5), \
+        relative_error(results["dpmpp_2m"], results["ddim"])
+
+
 def _direction_prompt(**inputs) -> dict:
     values = {"clip": ["1", 1], "source": "cat", "target": "dog", "caption": CAPTION, "multiplier": 1.0,
               "source_sentences": "", "target_sentences": "", **inputs}
