@@ -241,6 +241,8 @@ class GuidedSteps:
     def __init__(self, guider, sample, passes: "_Passes", sigmas, extra_args: dict, callback):
         self.guider = guider
         self._sample = sample  # the rest of the SAMPLER_SAMPLE chain: other packs' wrappers, then the sampler
+        self.sampler = sample.class_obj  # the user's SAMPLER
+        self._moved_checked = False
         self._passes = passes
         self.sigmas = sigmas
         self.model_options = extra_args.get("model_options", {})
@@ -271,9 +273,17 @@ class GuidedSteps:
             # uni_pc sets a final 0 to 0.001) must neither change the schedule nor fail on an
             # inference-mode tensor (the guider samples outside inference mode)
             levels = self.sigmas[k:k + 2].clone()
-            return self._sample(self.guider, levels, extra_args, callback, torch.zeros_like(x), x, None, True)
+            x_next = self._sample(self.guider, levels, extra_args, callback, torch.zeros_like(x), x, None, True)
         finally:
             self._passes.current = _Passes.DEFAULT
+        if not self._moved_checked and self.levels[k] != self.levels[k + 1]:
+            self._moved_checked = True  # once per run: the comparison waits for the device
+            if torch.equal(x_next, x):
+                name = stock_sampler_name(self.sampler, comfy.samplers.SAMPLER_NAMES) or "this sampler"
+                raise InputError(f"sampler: {name} left the latent where it was in a step from sigma "
+                                 f"{self.levels[k]:.4g} to {self.levels[k + 1]:.4g}, so it cannot run one step at a "
+                                 f"time, as this guider runs your sampler; {SAMPLERS_THAT_RUN}")
+        return x_next
 
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor, key: str) -> torch.Tensor:
         return comfy.samplers.calc_cond_batch(self.guider.inner_model, [self.guider.conds[key]], x, sigma,
@@ -288,17 +298,18 @@ class GuidedSteps:
 StepProgram = Callable[[GuidedSteps, torch.Tensor], torch.Tensor]
 
 NOT_STEPWISE = {
-    "uni_pc": "UniPC only evaluates the model in its first step and moves from the second on",
-    "uni_pc_bh2": "UniPC only evaluates the model in its first step and moves from the second on",
-    "sa_solver": "the SA-Solver returns its corrected state, which a step's prediction only reaches in the next step",
-    "sa_solver_pece": "the SA-Solver returns its corrected state, which a step's prediction only reaches in the next "
-                      "step",
+    "uni_pc": "UniPC only evaluates the model in the first step of a call and moves from the second on",
+    "uni_pc_bh2": "UniPC only evaluates the model in the first step of a call and moves from the second on",
     "dpm_adaptive": "adaptive DPM-Solver picks its own steps between the first and the last level",
 }
-"""Stock samplers that cannot run one step of the schedule per call (``GuidedSteps.sample_step``):
-called with two levels they leave the latent where it was, or do not follow the levels. Measured on
-both hosts with CutLossGuidance (README); every other stock sampler runs, multistep ones in their
-first-order form."""
+"""Stock samplers that cannot run one step of the schedule per call (``GuidedSteps.sample_step``),
+refused before the first step. A sampler that leaves the latent where it was in a step is refused
+after its first step (``GuidedSteps.sample_step``): ``sa_solver`` and ``sa_solver_pece`` of hosts
+whose SA-Solver returns its corrected state, not the step's prediction (0.3.75; fixed by v0.33).
+Every other stock sampler runs, multistep ones in their first-order form (README)."""
+
+SAMPLERS_THAT_RUN = ("choose another in KSamplerSelect: ddim or euler (the papers' sampler), euler_ancestral, dpmpp_2m, "
+                     "heun and the other stock samplers run (multistep ones in their first-order form)")
 
 
 def stock_sampler_name(sampler, names) -> Optional[str]:
@@ -324,10 +335,8 @@ def check_stepwise_sampler(sampler) -> None:
     """InputError naming the sampler when it is one of ``NOT_STEPWISE``, and the samplers that run."""
     name = stock_sampler_name(sampler, NOT_STEPWISE)
     if name is not None:
-        raise InputError(
-            f"sampler: {name} cannot run one step at a time, as this guider runs your sampler ({NOT_STEPWISE[name]}); "
-            "choose another in KSamplerSelect: ddim or euler (the papers' sampler), euler_ancestral, dpmpp_2m, heun "
-            "and the other stock samplers run (multistep ones in their first-order form)")
+        raise InputError(f"sampler: {name} cannot run one step at a time, as this guider runs your sampler "
+                         f"({NOT_STEPWISE[name]}); {SAMPLERS_THAT_RUN}")
 
 
 class _Passes:
