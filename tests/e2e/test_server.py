@@ -550,13 +550,24 @@ def test_a_path_separator_in_a_name_names_the_real_folder(server, field, node):
 
 
 def test_a_sampler_that_cannot_run_one_step_at_a_time_is_refused_naming_it(server, tmp_path):
-    workflow = demo.retarget(run_workflow.load_workflow(REPO / "workflows" / "api" / "image_translation.json"),
-                             TEST_CKPTS[0])
-    select = next(k for k, v in workflow.items() if v["class_type"] == "KSamplerSelect")
-    workflow[select]["inputs"]["sampler_name"] = "uni_pc"
-    images = demo.synthetic_inputs(workflow, tmp_path / "inputs")
+    """CutLoss Guidance over a 2-step inversion, sampled with uni_pc (known only when
+    SamplerCustomAdvanced runs): refused before the guider's first step, naming the sampler."""
+    prompt = _invert_prompt()
+    prompt["7"] = {"class_type": "EditDirection", "inputs": {
+        "clip": ["1", 1], "source": "cat", "target": "dog", "caption": "a photo of a cat", "multiplier": 1.0,
+        "source_sentences": "", "target_sentences": ""}}
+    prompt["8"] = {"class_type": "CutLossGuidance", "inputs": {
+        "model": ["1", 0], "positive": ["2", 0], "negative": ["2", 0], "direction": ["7", 0], "cfg": 5.0,
+        "lambda_xa": 1.0, "lambda_cut": 3.0, "step_size": 0.1, "guidance_start_step": 0, "guidance_end_step": 1000,
+        "num_patches": 256, "tau": 0.07, "offload_to_cpu": False}}
+    prompt["9"] = {"class_type": "DisableNoise", "inputs": {}}
+    prompt["10"] = {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "uni_pc"}}
+    prompt["11"] = {"class_type": "SamplerCustomAdvanced", "inputs": {
+        "noise": ["9", 0], "guider": ["8", 0], "sampler": ["10", 0], "sigmas": ["4", 2], "latent_image": ["4", 0]}}
+    prompt["5"]["inputs"]["samples"] = ["11", 0]
     with pytest.raises(run_workflow.WorkflowError) as info:
-        run_workflow.submit_workflow(server, workflow, images, None, tmp_path / "out", RUN_TIMEOUT)
+        run_workflow.submit_workflow(server, prompt, out_dir=tmp_path, timeout=RUN_TIMEOUT)
     message = str(info.value)
-    assert "sampler: uni_pc" in message and "euler" in message and "dpmpp_2m" in message, message
+    assert info.value.node_id == "11"
+    assert "sampler: uni_pc cannot run one step at a time" in message and "dpmpp_2m" in message, message
     _assert_next_valid_prompt_runs(server, tmp_path)
