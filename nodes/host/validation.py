@@ -142,9 +142,13 @@ class PackNode(io.ComfyNode):
     checked when ComfyUI validates a prompt and again at execution (see the module docstring).
 
     A node with rules (``check_inputs``) defines ``validate_inputs`` with the inputs they read as
-    keyword arguments, and returns ``cls.validation_result(locals())``."""
+    keyword arguments, and returns ``cls.validation_result(locals())``. A node without rules defines
+    none: ComfyUI checks all its widget values itself."""
 
     def __init_subclass__(cls, **kwargs):
+        """Each node's ``define_schema`` gives FLOAT minimums a NaN lies below (``with_finite_minimums``),
+        so the node modules declare plain ``io.Float.Input`` ranges. ComfyUI's class clones (subclasses
+        carrying the same ``define_schema``) are not wrapped twice."""
         super().__init_subclass__(**kwargs)
         define = cls.__dict__.get("define_schema")
         if define is not None and not getattr(define.__func__, "finite_minimums", False):
