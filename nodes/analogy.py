@@ -71,9 +71,13 @@ def describe_parts(parts: dict[str, int]) -> str:
     return text
 
 
+DIFFERENCE_FOLDERS = "models/differences (token_space input_embedding: models/embeddings)"
+
+
 def check_embedding_name(name: str, input_name: str = "name") -> str:
-    """The file stem for ``name``; refuses names that are not a plain file name ``embedding:NAME`` can use."""
-    return host.file_stem(name, input_name)
+    """The file stem for ``name`` (the trainer's ``name``, the injector's ``embedding_name``: one rule);
+    refuses names that are not a plain file name ``embedding:NAME`` can use."""
+    return host.file_stem(name, input_name, DIFFERENCE_FOLDERS)
 
 
 def difference_path(stem: str, space: str) -> str:
@@ -335,32 +339,77 @@ def _shown(value) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def rows_from_file(tensors: dict[str, torch.Tensor], file_keys: dict[str, str]) -> dict[str, torch.Tensor]:
-    """A difference's parts by key ("l", "t5xxl", ``POOLED``) from a file's tensors, for the parts
-    ``file_keys`` (key -> tensor name) lists that the file holds."""
-    return {key: tensors[name].float() for key, name in file_keys.items() if name in tensors}
+REUSE_FIX = "choose another name, or set if_exists to overwrite to train again and replace it"
+INJECT_FIX = ("train it again with Delta Interpolation Trainer (if_exists overwrite), or delete the file and give "
+              "another name")
 
 
-def reuse_saved_difference(path: str, stem: str, inputs: dict, file_keys: dict[str, str],
-                           space: str) -> DifferenceEmbedding:
-    """The difference saved at ``path``, when the inputs recorded in it equal ``inputs``; otherwise
+@dataclass
+class SavedDifference:
+    """A difference file read in full and checked (``read_difference_file``)."""
+
+    rows: dict[str, torch.Tensor]  # by part key ("l", "g", "t5xxl", ``POOLED``), for the parts the file holds
+    tensors: dict[str, torch.Tensor]  # as stored, by file key
+    metadata: dict
+
+
+def read_difference_file(path: str, file_keys: dict[str, str], widths: dict[str, int], input_name: str,
+                         fix: str) -> SavedDifference:
+    """The difference saved at ``path`` (one ``[K, width]`` tensor per text encoder and, on FLUX-class
+    models, a ``[1, width]`` pooled part under ``POOLED_FILE_KEY``) and the file's metadata: the one
+    reader of the trainer's files, for Token Injector's ``embedding_name`` and the trainer's
+    ``if_exists`` reuse. ``file_keys`` maps part keys to tensor names, ``widths`` tensor names to the
+    width this CLIP/model gives them. InputError naming ``input_name``, the file (relative to the models
+    folder) and ``fix`` when it cannot be read, holds no tokens, holds other than floating-point
+    ``[K, width]`` tensors of one K, a width that is not its text encoder's, or a value that is not
+    finite (NaN tokens give a black image): never a part of it."""
+    tensors, metadata = host.read_safetensors(path, input_name, fix)
+    where = host.model_relative_path(path)
+    if not tensors:
+        raise InputError(f"{input_name}: {where} holds no tensors; {fix}")
+    for key, tensor in tensors.items():
+        if not tensor.is_floating_point() or tensor.ndim != 2 or 0 in tensor.shape:
+            raise InputError(f"{input_name}: {where} holds {key!r} as a {str(tensor.dtype).replace('torch.', '')} "
+                             f"tensor of shape {list(tensor.shape)}, not difference tokens [tokens, width]; {fix}")
+        if key in widths and tensor.shape[1] != widths[key]:
+            raise InputError(f"{input_name}: {where} holds {key!r} tokens {tensor.shape[1]} wide, but this CLIP's "
+                             f"{key} is {widths[key]} wide; {fix}")
+        if not torch.isfinite(tensor).all():
+            raise InputError(f"{input_name}: {where} holds values that are not finite (NaN or infinite) in "
+                             f"{key!r}; {fix}")
+    counts = {key: tensor.shape[0] for key, tensor in tensors.items() if key != POOLED_FILE_KEY}
+    if not counts:
+        raise InputError(f"{input_name}: {where} holds no difference tokens; {fix}")
+    if len(set(counts.values())) > 1:
+        raise InputError(f"{input_name}: {where} holds different numbers of tokens per text encoder ({counts}); {fix}")
+    rows = {key: tensors[name].float() for key, name in file_keys.items() if name in tensors}
+    return SavedDifference(rows=rows, tensors=tensors, metadata=metadata)
+
+
+def reuse_saved_difference(saved: SavedDifference, path: str, stem: str, inputs: dict,
+                           file_keys: dict[str, str], space: str) -> DifferenceEmbedding:
+    """The difference ``saved`` at ``path``, when the inputs recorded in it equal ``inputs``; otherwise
     InputError naming every field that differs."""
     where = host.model_relative_path(path)
     try:
-        record = json.loads(host.read_safetensors_metadata(path).get(METADATA_KEY, "null"))
-    except (ValueError, OSError) as e:
-        raise InputError(f"name: {where} cannot be read ({e}); choose another name or set if_exists to overwrite")
-    saved = record.get("inputs") if isinstance(record, dict) else None
-    if not isinstance(saved, dict):
+        record = json.loads(saved.metadata.get(METADATA_KEY, "null"))
+    except ValueError as e:
+        raise InputError(f"name: {where} has a record of its inputs that cannot be read ({e}); {REUSE_FIX}") from None
+    saved_inputs = record.get("inputs") if isinstance(record, dict) else None
+    if not isinstance(saved_inputs, dict):
         raise InputError(f"name: {where} exists but records no trainer inputs (made by another tool or an older "
                          "version of this node), so it cannot be reused safely; choose another name or set if_exists "
                          "to overwrite")
-    differing = sorted(k for k in set(saved) | set(inputs) if saved.get(k) != inputs.get(k))
+    differing = sorted(k for k in set(saved_inputs) | set(inputs) if saved_inputs.get(k) != inputs.get(k))
     if differing:
-        details = "; ".join(f"{k}: {_shown(saved.get(k))} in the file, {_shown(inputs.get(k))} now" for k in differing)
+        details = "; ".join(f"{k}: {_shown(saved_inputs.get(k))} in the file, {_shown(inputs.get(k))} now"
+                            for k in differing)
         raise InputError(f"if_exists: {where} was trained from other inputs ({details}); choose another name to keep "
                          "both, or set if_exists to overwrite to train again")
-    rows = rows_from_file(host.load_tensors(path), file_keys)
+    missing = [name for key, name in file_keys.items() if key not in saved.rows]
+    if missing:
+        raise InputError(f"name: {where} holds no {missing} part for this model and CLIP; {REUSE_FIX}")
+    rows = saved.rows
     selection = dif.TokenSelection(record.get("keep", dif.KEEP_BEST_ON_VALIDATION))
     selection.history = [(int(step), float(loss)) for step, loss in record.get("validation", [])]
     selection.baseline = float(record.get("validation_baseline", math.nan))
@@ -376,24 +425,29 @@ def load_saved_difference(clip, name: str) -> DifferenceEmbedding:
     embedding ComfyUI's own loader finds for 'embedding:<name>' (input space)."""
     stem = check_embedding_name(name, "embedding_name")
     path = difference_path(stem, CONDITIONING)
-    if os.path.isfile(path):
-        file_keys = {s.key: s.embedding_key for s in host.text_encoder_slots(clip)} | {POOLED: POOLED_FILE_KEY}
-        tensors = host.load_tensors(path)
-        rows = rows_from_file(tensors, file_keys)
+    if host.existing_file(path, "embedding_name", INJECT_FIX):
+        slots = host.text_encoder_slots(clip)
+        file_keys = {s.key: s.embedding_key for s in slots} | {POOLED: POOLED_FILE_KEY}
+        saved = read_difference_file(path, file_keys, {s.embedding_key: s.width for s in slots}, "embedding_name",
+                                     INJECT_FIX)
         try:
-            record = json.loads(host.read_safetensors_metadata(path).get(METADATA_KEY, "null"))
+            record = json.loads(saved.metadata.get(METADATA_KEY, "null"))
         except ValueError:
             record = None
         trained_for = record.get("trained_for") if isinstance(record, dict) else None
         if not isinstance(trained_for, dict):  # made before this was recorded: its tensors say what it holds
-            trained_for = {"parts": {name: int(t.shape[-1]) for name, t in tensors.items()}}
-        return DifferenceEmbedding(rows=rows, space=CONDITIONING, name=stem, path=path, trained_for=trained_for)
+            trained_for = {"parts": {name: int(t.shape[-1]) for name, t in saved.tensors.items()}}
+        return DifferenceEmbedding(rows=saved.rows, space=CONDITIONING, name=stem, path=path, trained_for=trained_for)
     try:
         rows = host.load_embedding_rows(clip, stem)
     except InputError:
         raise InputError(f"embedding_name: no difference {stem!r} in models/differences and no embedding of that name "
                          "with vectors for this CLIP in models/embeddings; train one with Delta Interpolation Trainer "
                          "or check the name") from None
+    bad = sorted(key for key, row in rows.items() if not torch.isfinite(row).all())
+    if bad:
+        raise InputError(f"embedding_name: the embedding {stem!r} (models/embeddings) holds values that are not finite "
+                         f"(NaN or infinite) for text encoder(s) {bad}; {INJECT_FIX}")
     return DifferenceEmbedding(rows=rows, space=INPUT_EMBEDDING, name=stem)
 
 
@@ -497,6 +551,10 @@ class DeltaInterpolationTrainer(host.PackNode):
         )
 
     @classmethod
+    def validate_inputs(cls, name=None, caption_before=None, caption_after=None, alpha=None) -> bool | str:
+        return cls.validation_result(locals())
+
+    @classmethod
     def check_inputs(cls, values: dict) -> None:
         # only the name itself: whether the file exists is checked when the node runs, so a prompt that
         # ComfyUI answers from its cache (the same inputs again) is not refused for the file it saved
@@ -521,6 +579,11 @@ class DeltaInterpolationTrainer(host.PackNode):
         path = difference_path(stem, token_space)
         if steps < 1 or num_tokens < 1:
             raise InputError("steps and num_tokens: must be at least 1")
+        # the file is state, not a value: checked when the node runs, before any work
+        exists = host.existing_file(path, "name", "choose another name (a folder is never replaced)")
+        if exists and if_exists not in (IF_EXISTS_REUSE, IF_EXISTS_OVERWRITE):
+            raise InputError(f"name: {host.model_relative_path(path)} already exists; choose another name, or set "
+                             "if_exists to reuse (load it when it was trained from these inputs) or overwrite")
         _check_images(image_before, image_after)
         host.check_sigma_space_model(model, flows=True)
         slots = host.text_encoder_slots(clip)
@@ -542,19 +605,20 @@ class DeltaInterpolationTrainer(host.PackNode):
             validation_every=validation_every, validation_timesteps=validation_timesteps)
         pooled_width = host.pooled_vector_width(model) if token_space == CONDITIONING else None
         if token_space == CONDITIONING:
-            file_keys = {s.key: s.embedding_key for s in host.conditioning_layout(clip)}
+            layout = host.conditioning_layout(clip)
+            file_keys = {s.key: s.embedding_key for s in layout}
+            widths = {s.embedding_key: s.width for s in layout}
             if pooled_width is not None:
                 file_keys[POOLED] = POOLED_FILE_KEY
+                widths[POOLED_FILE_KEY] = pooled_width
         else:
             file_keys = {s.key: s.embedding_key for s in slots}
-        if os.path.exists(path):
-            if if_exists == IF_EXISTS_REUSE:
-                difference = reuse_saved_difference(path, stem, inputs, file_keys, token_space)
-                selection = difference.selection
-                return io.NodeOutput(difference, stem, selection.summary(), selection.kept_loss)
-            if if_exists != IF_EXISTS_OVERWRITE:
-                raise InputError(f"name: {host.model_relative_path(path)} already exists; choose another name, or set "
-                                 "if_exists to reuse (load it when it was trained from these inputs) or overwrite")
+            widths = {s.embedding_key: s.width for s in slots}
+        if exists and if_exists == IF_EXISTS_REUSE:
+            saved = read_difference_file(path, file_keys, widths, "name", REUSE_FIX)
+            difference = reuse_saved_difference(saved, path, stem, inputs, file_keys, token_space)
+            selection = difference.selection
+            return io.NodeOutput(difference, stem, selection.summary(), selection.kept_loss)
         alignment = host.load_alignment_text_encoder(alignment_text_encoder, "alignment_text_encoder")
         target_slot = next((s for s in slots if s.key == alignment.slot.key and s.width == alignment.slot.width), None)
         if target_slot is None:
@@ -610,7 +674,11 @@ class DeltaInterpolationTrainer(host.PackNode):
             "model_family": host.model_family(model), "keep": keep, "kept_step": selection.kept_step,
             "validation_loss": selection.kept_loss, "validation": selection.history,
             "validation_baseline": selection.baseline, "trained_for": trained_for}, sort_keys=True)}
-        host.save_tensors_atomically(path, {space.file_keys[key]: value for key, value in rows.items()}, metadata)
+        try:
+            host.save_tensors_atomically(path, {space.file_keys[key]: value for key, value in rows.items()}, metadata)
+        except OSError as e:  # e.g. a folder of that name made during training: never replaced
+            raise InputError(f"name: {host.model_relative_path(path)} cannot be written "
+                             f"({e.strerror or type(e).__name__}); choose another name and run again") from None
         difference = DifferenceEmbedding(rows=rows, space=token_space, name=stem, path=path, losses=losses,
                                          selection=selection, trained_for=trained_for)
         return io.NodeOutput(difference, stem, selection.summary(), selection.kept_loss)
@@ -758,6 +826,10 @@ class TokenInjector(host.PackNode):
             outputs=[io.Conditioning.Output(display_name="CONDITIONING",
                                             tooltip="The conditioning of '<text> + Difference tokens', for the sampler.")],
         )
+
+    @classmethod
+    def validate_inputs(cls, embedding_name=None) -> bool | str:
+        return cls.validation_result(locals())
 
     @classmethod
     def check_inputs(cls, values: dict) -> None:

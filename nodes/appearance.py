@@ -634,6 +634,11 @@ class SemanticFeatureRearrange(host.PackNode):
         )
 
     @classmethod
+    def validate_inputs(cls, injection_start_step=None, injection_end_step=None, adain_start_step=None,
+                        adain_end_step=None) -> bool | str:
+        return cls.validation_result(locals())
+
+    @classmethod
     def check_inputs(cls, values: dict) -> None:
         for start, end in (("injection_start_step", "injection_end_step"), ("adain_start_step", "adain_end_step")):
             problem = host.step_window_problem(start, values.get(start), end, values.get(end))

@@ -569,7 +569,7 @@ def test_flux_trainer_learns_rows_and_a_pooled_part_and_reuses_them(flux_unet, f
     assert {k: tuple(v.shape) for k, v in saved.items()} == {"clip_l": (2, 768), "pooled_output": (1, 768)}
     assert saved["clip_l"].abs().max() > 0 and saved["pooled_output"].abs().max() > 0
     assert torch.equal(saved["pooled_output"], difference.rows["pooled"])
-    record = json.loads(_host.read_safetensors_metadata(str(DIFFERENCES / "flux_run.safetensors"))["exemplar_edit"])
+    record = json.loads(_host.read_safetensors(str(DIFFERENCES / "flux_run.safetensors"), "name", "")[1]["exemplar_edit"])
     assert record["trained_for"] == {"model_family": "Flux", "prediction": "CONST",
                                      "parts": {"clip_l": 768, "pooled_output": 768}}
     assert "zero difference" in first["validation"]
