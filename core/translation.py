@@ -489,7 +489,7 @@ class ReferenceStore:
         dtype = self.dtype or t.dtype
         if self.offload and t.device.type != "cpu":
             return t.to(dtype).to("cpu")  # cast on the device first: fewer bytes to copy over
-        return t.to(dtype, copy=True)
+        return t.to(dtype)
 
     def clear(self) -> None:
         self._maps.clear()

@@ -219,11 +219,11 @@ class _GuidanceState:
         self.store = tr.ReferenceStore(None)  # the model's compute dtype, one step at a time
         self.mode: Optional[str] = None
         self.step = 0
-        self.role = "positive"
+        self.guided_rows: tuple[str, ...] = ROLES  # the roles of a guided forward's conditionings, in order
         self.share_rows = False
         self.generator: Optional[torch.Generator] = None
-        self.xa_terms: list[torch.Tensor] = []
-        self.cut_terms: list[torch.Tensor] = []
+        self.xa_terms: dict[str, list[torch.Tensor]] = {}  # per CFG row of the guided forward
+        self.cut_terms: dict[str, list[torch.Tensor]] = {}
 
     def __deepcopy__(self, memo):
         return self
@@ -232,11 +232,12 @@ class _GuidanceState:
         return "positive" if self.share_rows else role
 
 
-def _roles(options: dict, batch: int) -> list[tuple[str, slice]]:
-    """The CFG rows of a batch as (role, slice), from ``cond_or_uncond`` (never by halves)."""
+def _roles(options: dict, batch: int, names: tuple[str, ...] = ROLES) -> list[tuple[str, slice]]:
+    """The CFG rows of a batch as (role, slice), from ``cond_or_uncond`` (never by halves): the index of
+    each chunk's conditioning in the evaluated list, named by ``names`` (a sampler's CFG: ``ROLES``)."""
     kinds = list(options.get("cond_or_uncond") or [0])
     per = batch // len(kinds)
-    return [(ROLES[min(kind, 1)], slice(j * per, (j + 1) * per)) for j, kind in enumerate(kinds)]
+    return [(names[min(kind, len(names) - 1)], slice(j * per, (j + 1) * per)) for j, kind in enumerate(kinds)]
 
 
 class _CrossAttentionProbe(host.CrossAttentionProbe):
@@ -263,8 +264,11 @@ class _CrossAttentionProbe(host.CrossAttentionProbe):
                     per_row = probs.reshape(batch, heads, *probs.shape[1:])[rows]
                     state.store.put_maps(state.step, role, maps.layer, per_row.flatten(0, 1))
         else:
-            ref = state.store.maps(state.step, state.reference_role(state.role), maps.layer, probs).clone()
-            state.xa_terms.append(tr.cross_attention_loss([probs.float()], [ref.float()]))
+            batch = probs.shape[0] // heads
+            for role, rows in _roles(maps.options, batch, state.guided_rows):
+                edit = probs.reshape(batch, heads, *probs.shape[1:])[rows].flatten(0, 1)
+                ref = state.store.maps(state.step, state.reference_role(role), maps.layer, edit)
+                state.xa_terms.setdefault(role, []).append(tr.cross_attention_loss([edit.float()], [ref.float()]))
 
 
 class _FeatureProbe:
@@ -293,9 +297,10 @@ class _FeatureProbe:
                     state.store.put_samples(state.step, role, layer,
                                             tr.sample_patch_features(n[rows].float(), grid, PATCH_SIZES, ids))
         elif ids is not None:
-            edit = tr.sample_patch_features(n.float(), grid, PATCH_SIZES, ids)
-            ref = [s.clone() for s in state.store.samples(state.step, state.reference_role(state.role), layer, edit[0])]
-            state.cut_terms.append(tr.patch_nce_from_samples(edit, ref, state.tau))
+            for role, rows in _roles(tokens.options, n.shape[0], state.guided_rows):
+                edit = tr.sample_patch_features(n[rows].float(), grid, PATCH_SIZES, ids)
+                ref = [s.clone() for s in state.store.samples(state.step, state.reference_role(role), layer, edit[0])]
+                state.cut_terms.setdefault(role, []).append(tr.patch_nce_from_samples(edit, ref, state.tau))
 
 
 @dataclass
@@ -351,7 +356,7 @@ class TranslationProgram:
         finally:
             state.mode = None
             state.store.clear()
-            state.xa_terms, state.cut_terms = [], []
+            state.xa_terms, state.cut_terms = {}, {}
 
     def reference_step(self, steps, x: torch.Tensor, k: int) -> torch.Tensor:
         """Step ``k`` of the reconstruction with the caption (same CFG and negative), recording maps
@@ -360,7 +365,8 @@ class TranslationProgram:
         state.mode = RECORD if self.settings.guided(k) else None
         state.step = k
         try:
-            return steps.sample_step(x, k, "reference", "negative")
+            # the caption as its own negative (pix2pix-zero): one evaluation serves both CFG rows
+            return steps.sample_step(x, k, "reference", "reference" if state.share_rows else "negative")
         finally:
             state.mode = None
 
@@ -368,41 +374,58 @@ class TranslationProgram:
         """The CFG rows pix2pix-zero guides: both (uncond first) at CFG != 1, else the positive."""
         return ["positive"] if abs(steps.cfg - 1.0) < 1e-9 else ["negative", "positive"]
 
-    def loss_at(self, steps, x: torch.Tensor, k: int, role: str, grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """(combined loss of one CFG row at sigma-space latent ``x`` and step ``k``, its VP leaf)."""
+    def losses_at(self, steps, latents: dict[str, torch.Tensor], k: int, grad: bool
+                  ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """``({role: combined loss}, {role: VP leaf})`` of the CFG rows ``latents`` (sigma-space latent per
+        row) at step ``k``, from one batched forward pass (as pix2pix-zero's 2-row ``x_in``)."""
         state, settings = self.state, self.settings
         sigma = steps.levels[k]
         with host.gradient_mode():
-            x_vp = tr.vp_latent(x.detach().clone(), sigma, steps.process).requires_grad_(grad)
-            state.mode, state.step, state.role = GUIDE, k, role
-            state.xa_terms, state.cut_terms = [], []
+            leaves = {role: tr.vp_latent(latents[role].detach().clone(), sigma, steps.process).requires_grad_(grad)
+                      for role in ROLES if role in latents}
+            state.mode, state.step, state.guided_rows = GUIDE, k, tuple(leaves)
+            state.xa_terms, state.cut_terms = {}, {}
             try:
-                sigma_batch = steps.sigmas[k].detach().clone().reshape(1).repeat(x.shape[0]).to(x)
-                steps.denoise(tr.sigma_space_latent(x_vp, sigma, steps.process), sigma_batch, role)
-                xa = torch.stack(state.xa_terms).sum() if state.xa_terms else x_vp.new_zeros(())
-                cut = torch.stack(state.cut_terms).sum() if state.cut_terms else x_vp.new_zeros(())
-                loss = tr.guidance_loss(xa, cut, settings.lambda_xa, settings.lambda_cut)
+                some = next(iter(latents.values()))
+                sigma_batch = steps.sigmas[k].detach().clone().reshape(1).repeat(some.shape[0]).to(some)
+                steps.denoise_each({role: tr.sigma_space_latent(leaf, sigma, steps.process)
+                                    for role, leaf in leaves.items()}, sigma_batch)
+                losses = {}
+                for role, leaf in leaves.items():
+                    xa, cut = state.xa_terms.get(role), state.cut_terms.get(role)
+                    xa = torch.stack(xa).sum() if xa else leaf.new_zeros(())
+                    cut = torch.stack(cut).sum() if cut else leaf.new_zeros(())
+                    losses[role] = tr.guidance_loss(xa, cut, settings.lambda_xa, settings.lambda_cut)
             finally:
                 state.mode = None
-                state.xa_terms, state.cut_terms = [], []
-        return loss, x_vp
+                state.xa_terms, state.cut_terms = {}, {}
+        return losses, leaves
+
+    def loss_at(self, steps, x: torch.Tensor, k: int, role: str, grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(combined loss of one CFG row at sigma-space latent ``x`` and step ``k``, its VP leaf)."""
+        losses, leaves = self.losses_at(steps, {role: x}, k, grad)
+        return losses[role], leaves[role]
 
     def guidance_step(self, steps, x: torch.Tensor, k: int):
-        """One SGD step per CFG row on x_t (pix2pix-zero ``edit_pipeline.py``: the loss is averaged
-        over the CFG batch, each row moves by its own gradient, the uncond row is kept as x_t and
-        the cond row is evaluated at its own updated latent). Returns (x_t, cond offset, losses), the
-        losses per CFG row as detached 0-d tensors (read on the host once per run, not per step)."""
+        """One SGD step per CFG row on x_t (pix2pix-zero ``edit_pipeline.py``: both rows in one forward
+        and one backward pass, the loss averaged over the CFG batch, so each row moves by its own gradient;
+        the uncond row is kept as x_t and the cond row is evaluated at its own updated latent). Returns
+        (x_t, cond offset, losses), the losses per CFG row as detached 0-d tensors (read on the host once
+        per run, not per step)."""
         sigma = steps.levels[k]
         rows = self.rows(steps)
-        updated, losses = {}, {}
-        for role in rows:
-            loss, x_vp = self.loss_at(steps, x, k, role, grad=True)
-            with host.gradient_mode():
-                scaled = loss / len(rows)
-                grad = torch.autograd.grad(scaled, x_vp)[0] if scaled.requires_grad else torch.zeros_like(x_vp)
-                step = tr.latent_guidance_step(x_vp.detach(), grad, self.settings.step_size)
+        losses, leaves = self.losses_at(steps, {role: x for role in rows}, k, grad=True)
+        updated = {}
+        with host.gradient_mode():
+            total = sum(losses.values()) / len(rows)
+            if total.requires_grad:
+                grads = torch.autograd.grad(total, [leaves[role] for role in rows])
+            else:
+                grads = [torch.zeros_like(leaves[role]) for role in rows]
+            for role, grad in zip(rows, grads):
+                step = tr.latent_guidance_step(leaves[role].detach(), grad, self.settings.step_size)
                 updated[role] = tr.sigma_space_latent(step, sigma, steps.process).to(x.dtype)
-            losses[role] = loss.detach()
+        losses = {role: loss.detach() for role, loss in losses.items()}
         if rows == ["positive"]:
             return updated["positive"], None, losses
         return updated["negative"], updated["positive"] - updated["negative"], losses

@@ -11,10 +11,19 @@ the host offers, not by its version:
   other model shares; it is loaded in full (``force_full_load``), LoRA and other weight patches are
   merged into it the standard way, and autograd differentiates through those merged weights
   directly. Nothing depends on how the host casts weights (Dynamic VRAM's reused GPU buffers,
-  ``weight_lowvram_function`` LoRA patches). The copy lives for one sampling run.
-- ``copy_per_forward`` (hosts before Dynamic VRAM, e.g. the pinned 0.3.75): identity weight
-  wrappers make ``comfy.ops.cast_bias_weight`` hand each forward a fresh ordinary copy of every
-  weight (the recipe of 0.3.75's training node); the copies are not kept for the backward pass.
+  ``weight_lowvram_function`` LoRA patches). The copy is kept between runs of the same shared model
+  (``_PrivateCopies``: later runs clone it with ``model_override``, as the host builds its own
+  non-dynamic delegates, so their LoRA and other patches are applied by ComfyUI's clone mechanics)
+  until ComfyUI unloads it (``POST /free``, memory for another model) or the shared model is freed.
+- ``copy_weights`` (hosts before Dynamic VRAM, e.g. the pinned 0.3.75): the shared weights are copied
+  into ordinary tensors. The denoiser's clone carries a zero-strength difference patch on every
+  parameter, so ComfyUI's own patching (the LoRA mechanism), which the pack runs outside inference
+  mode, materialises each weight once as an ordinary tensor when it loads the clone (exactly equal:
+  a zero-strength patch adds nothing), keeps them while the clone stays loaded, and restores the
+  shared originals when it unloads it. Text encoders, which ComfyUI may load again under inference
+  mode between the pack's passes, get identity weight wrappers instead: ``comfy.ops.cast_bias_weight``
+  then hands each forward a fresh ordinary copy of every weight (the recipe of 0.3.75's training
+  node); the copies are not kept for the backward pass.
 
 A model whose patcher is dynamic but that cannot be reloaded is refused with the fix named.
 In both cases the text encoder's LayerNorms normalise a copy of their input (an object patch), as
@@ -34,7 +43,7 @@ import comfy.sampler_helpers
 from .facts import InputError
 
 RELOAD = "reload"
-COPY_PER_FORWARD = "copy_per_forward"
+COPY_WEIGHTS = "copy_weights"
 WRAPPER_KEY = "exemplar_edit_gradients"
 
 
@@ -62,20 +71,74 @@ def gradient_strategy(patcher) -> str:
             "which gradients through the model need (as ComfyUI's own training node does). Load it with a core "
             "loader (Load Checkpoint, Load Diffusion Model, Load CLIP), or start ComfyUI with --disable-dynamic-vram."
         )
-    return COPY_PER_FORWARD
+    return COPY_WEIGHTS
+
+
+class _PrivateCopies:
+    """reload hosts: the private copy of each shared model, kept between runs (see the module docstring).
+
+    An entry is the private patcher of the last run of a shared model (ComfyUI tracks loaded models
+    through their patchers, so it stays known to ComfyUI's memory management while it is kept). It is
+    dropped when ComfyUI unloads it (``detach`` with its weights unpatched: ``POST /free``, or memory
+    another model needs; switching between clones of it detaches without unpatching) and when the
+    shared model is freed."""
+
+    def __init__(self):
+        self._entries: dict[int, tuple[weakref.ref, object]] = {}
+
+    def patcher_for(self, source):
+        """A private, non-dynamic copy of ``source`` with ordinary weights (``TrainLoraNode``:
+        ``model.clone(force_deepcopy=True)`` under ``inference_mode(False)``), loaded again only when
+        no copy of ``source``'s shared model is kept. Its patches, wrappers and options are ``source``'s;
+        its weights require no gradient."""
+        shared = source.model
+        entry = self._entries.get(id(shared))
+        kept = entry[1] if entry is not None and entry[0]() is shared else None
+        with torch.inference_mode(False):
+            if kept is None:
+                private = source.clone(disable_dynamic=True, force_deepcopy=True)
+            else:
+                private = source.clone(disable_dynamic=True, model_override=kept.get_clone_model_override())
+        private.model.requires_grad_(False)
+        private.add_callback_with_key(comfy.patcher_extension.CallbacksMP.ON_DETACH, WRAPPER_KEY, self._on_detach)
+        key = id(shared)
+        self._entries[key] = (weakref.ref(shared, lambda _dead, key=key: self._entries.pop(key, None)), private)
+        return private
+
+    def _on_detach(self, patcher, unpatch_all: bool) -> None:
+        if unpatch_all:
+            self.drop(patcher.model)
+
+    def drop(self, private_model) -> None:
+        for key, (_shared, private) in list(self._entries.items()):
+            if private.model is private_model:
+                del self._entries[key]
+
+    def kept(self) -> list:
+        """The private patchers kept now (for tests and the bench)."""
+        return [private for _shared, private in self._entries.values()]
+
+
+PRIVATE_COPIES = _PrivateCopies()
 
 
 def reloaded_patcher(patcher):
-    """A private, non-dynamic copy of ``patcher`` loaded again from its file, outside inference mode
-    (``TrainLoraNode``: ``model.clone(force_deepcopy=True)`` under ``inference_mode(False)``). Its
-    patches, wrappers and options are the clone's; its weights require no gradient."""
-    with torch.inference_mode(False):
-        private = patcher.clone(disable_dynamic=True, force_deepcopy=True)
-    private.model.requires_grad_(False)
-    return private
+    """The private copy of ``patcher``'s model for one run (see ``_PrivateCopies.patcher_for``)."""
+    return PRIVATE_COPIES.patcher_for(patcher)
 
 
-# --- copy_per_forward: identity weight wrappers (hosts before Dynamic VRAM) ----------------------
+# --- copy_weights: a no-op weight patch per parameter, identity weight wrappers for text encoders ---
+
+
+_NO_CHANGE = torch.zeros(())  # a zero-strength "diff" patch never reads its tensor
+
+
+def _add_no_op_weight_patches(patcher) -> None:
+    """A zero-strength difference patch on every parameter (see the module docstring): ComfyUI patches
+    each weight into an ordinary copy equal to it when it loads the clone, and restores it afterwards."""
+    names = [name for name, _param in patcher.model.named_parameters()]
+    patcher.add_patches({name: (_NO_CHANGE,) for name in names}, strength_patch=0.0)
+
 
 
 class _SavedWeights:
@@ -91,6 +154,16 @@ class _SavedWeights:
 
     def __init__(self):
         self._copies: dict[int, tuple] = {}
+        self._patchers = weakref.WeakSet()  # patchers that carry identity weight wrappers
+
+    def add_patcher(self, patcher) -> None:
+        self._patchers.add(patcher)
+
+    def needed(self) -> bool:
+        """Whether a patcher with identity weight wrappers exists: only then ``gradient_mode`` installs the
+        saved-tensor hooks (which otherwise cost memory: with them the allocator keeps the freed activations
+        of every backward pass, measured +12 MiB per guided step on the CPU test model)."""
+        return len(self._patchers) > 0
 
     def record(self, copy: torch.Tensor, module: torch.nn.Module, param: str) -> None:
         source = getattr(module, param, None)
@@ -190,14 +263,15 @@ def _load_in_full(executor, model, noise_shape, conds, model_options=None, **kwa
 
 
 def _sample_outside_inference_mode(executor, *args, **kwargs):
-    """OUTER_SAMPLE wrapper (copy_per_forward): model loading and sampling outside inference mode."""
+    """OUTER_SAMPLE wrapper (copy_weights): model loading (so the patched weight copies are ordinary
+    tensors) and sampling outside inference mode."""
     with torch.inference_mode(False):
         return executor(*args, **kwargs)
 
 
 def _sample_with_reloaded_weights(executor, *args, **kwargs):
-    """OUTER_SAMPLE wrapper (reload): for this run the guider samples a private copy of its model
-    with ordinary weights, loaded outside inference mode; afterwards the copy is dropped."""
+    """OUTER_SAMPLE wrapper (reload): for this run the guider samples the private copy of its model
+    with ordinary weights (``_PrivateCopies``), loaded outside inference mode."""
     guider = executor.class_obj
     source = guider.model_patcher
     with torch.inference_mode(False):
@@ -218,7 +292,7 @@ def differentiable_model(model):
     if strategy == RELOAD:
         clone.add_wrapper_with_key(outer, WRAPPER_KEY, _sample_with_reloaded_weights)
     else:
-        _add_identity_weight_wrappers(clone)
+        _add_no_op_weight_patches(clone)
         clone.add_wrapper_with_key(outer, WRAPPER_KEY, _sample_outside_inference_mode)
     clone.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.PREPARE_SAMPLING, WRAPPER_KEY, _load_in_full)
     return clone
@@ -235,6 +309,7 @@ def differentiable_clip(clip):
         clone.cond_stage_model = clone.patcher.model
     else:
         _add_identity_weight_wrappers(clone.patcher)
+        _SAVED_WEIGHTS.add_patcher(clone.patcher)
     for name, module in clone.patcher.model.named_modules():
         if isinstance(module, torch.nn.LayerNorm):
             clone.patcher.add_object_patch(f"{name}.forward", _NormalizeCopy(module))
@@ -261,14 +336,18 @@ class gradient_mode:
             comfy.model_management.in_training = True
         self._inference = torch.inference_mode(False)
         self._grad = torch.enable_grad()
-        self._saved = torch.autograd.graph.saved_tensors_hooks(_SAVED_WEIGHTS.pack, _SAVED_WEIGHTS.unpack)
+        self._saved = None
+        if _SAVED_WEIGHTS.needed():
+            self._saved = torch.autograd.graph.saved_tensors_hooks(_SAVED_WEIGHTS.pack, _SAVED_WEIGHTS.unpack)
         self._inference.__enter__()
         self._grad.__enter__()
-        self._saved.__enter__()
+        if self._saved is not None:
+            self._saved.__enter__()
         return self
 
     def __exit__(self, *exc):
-        self._saved.__exit__(*exc)
+        if self._saved is not None:
+            self._saved.__exit__(*exc)
         self._grad.__exit__(*exc)
         self._inference.__exit__(*exc)
         if self._in_training is not None:

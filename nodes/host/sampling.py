@@ -3,6 +3,7 @@ sampling code (``CFGGuider.sample``) and extended only through its documented ex
 ``KSAMPLER`` sampler functions, ``comfy.samplers.Sampler`` objects, and ``WrappersMP`` wrappers."""
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, TypeVar
@@ -350,6 +351,22 @@ class GuidedSteps:
         return comfy.samplers.calc_cond_batch(self.guider.inner_model, [self.guider.conds[key]], x, sigma,
                                               self.model_options)[0]
 
+    def denoise_each(self, inputs: dict[str, torch.Tensor], sigma: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{key: D(x_key; sigma)}``: several conditionings, each at its own latent, in one batched model
+        call (as a CFG batch; ``cond_or_uncond`` indexes ``inputs`` in order). Differentiable inside
+        ``gradient_mode`` with respect to every input. Conditionings with an area, a mask or a ControlNet
+        (which read the latent before the model call) are evaluated one call each."""
+        keys = list(inputs)
+        conds = [self.guider.conds[key] for key in keys]
+        if len(keys) == 1 or not _batchable(conds):
+            return {key: self.denoise(inputs[key], sigma, key) for key in keys}
+        base = inputs[keys[0]].detach()
+        # y - x is exact for neighbouring floats (Sterbenz), so the model reads x + (y - x) == y
+        offsets = [inputs[key] - base for key in keys]
+        with self._passes.row_offsets(offsets):
+            out = comfy.samplers.calc_cond_batch(self.guider.inner_model, conds, base, sigma, self.model_options)
+        return {key: pred + offset for key, pred, offset in zip(keys, out, offsets)}
+
     def input_scale(self, sigma: float) -> float:
         """c_in(sigma): the model input is ``c_in * x`` (``1/sqrt(1+sigma^2)`` for eps/v models)."""
         sampling = self.guider.inner_model.model_sampling
@@ -400,31 +417,80 @@ def check_stepwise_sampler(sampler) -> None:
                          f"({NOT_STEPWISE[name]}); {SAMPLERS_THAT_RUN}")
 
 
+def _batchable(conds: list) -> bool:
+    """Whether conditionings may share one model call with a different latent per conditioning: none
+    reads the latent before the model call (area crops, masks, ControlNet hints)."""
+    return all(not any(entry.get(name) is not None for name in ("area", "mask", "control"))
+               for cond in conds for entry in (cond or []))
+
+
 class _Passes:
-    """Which conditionings the sampler's CFG combines in the current pass (PREDICT_NOISE wrapper)."""
+    """Which conditionings the sampler's CFG combines in the current pass (PREDICT_NOISE wrapper), and
+    the per-conditioning latent offsets of a batched call (APPLY_MODEL wrapper, ``row_offsets``)."""
 
     DEFAULT = ("positive", "negative", None)
 
     def __init__(self):
         self.current: tuple = self.DEFAULT
+        self.offsets: Optional[list] = None
 
     def __deepcopy__(self, memo):
         return self
+
+    @contextlib.contextmanager
+    def row_offsets(self, offsets: list):
+        """Inside the block, the model reads ``x + offsets[i]`` in the rows of conditioning ``i`` of a
+        ``calc_cond_batch`` call (its ``cond_or_uncond``)."""
+        self.offsets = offsets
+        try:
+            yield
+        finally:
+            self.offsets = None
+
+    def apply_model(self, executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={},  # noqa: B006
+                    **kwargs):
+        offsets = self.offsets
+        if offsets is not None:
+            chunks = list(transformer_options.get("cond_or_uncond") or [0])
+            x = x + torch.cat([offsets[index].to(x) for index in chunks])
+        return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
 
     def predict_noise(self, executor, x, timestep, model_options={}, seed=None, **kwargs):  # noqa: B006 (host signature)
         positive, negative, offset = self.current
         if self.current == self.DEFAULT:
             return executor(x, timestep, model_options, seed, **kwargs)
         guider = executor.class_obj
+        model, cfg = guider.inner_model, guider.cfg
         cond, uncond = guider.conds.get(positive), guider.conds.get(negative)
-        if offset is None or math.isclose(guider.cfg, 1.0):
-            return comfy.samplers.sampling_function(guider.inner_model, x, timestep, uncond, cond, guider.cfg,
+        if positive == negative and not math.isclose(cfg, 1.0) and offset is None \
+                and "sampler_calc_cond_batch_function" not in model_options:
+            # CFG of a conditioning with itself is its own prediction: one evaluation serves both rows
+            pred = comfy.samplers.calc_cond_batch(model, [cond], x, timestep, model_options)[0]
+            return _cfg(model, [cond, cond], [pred, pred], cfg, x, timestep, model_options)
+        if offset is None or math.isclose(cfg, 1.0):
+            return comfy.samplers.sampling_function(model, x, timestep, uncond, cond, cfg,
                                                     model_options=model_options, seed=seed)
         offset = offset.to(x)
-        cond_pred = comfy.samplers.calc_cond_batch(guider.inner_model, [cond], x + offset, timestep, model_options)[0] - offset
-        uncond_pred = comfy.samplers.calc_cond_batch(guider.inner_model, [uncond], x, timestep, model_options)[0]
-        return comfy.samplers.cfg_function(guider.inner_model, cond_pred, uncond_pred, guider.cfg, x, timestep,
+        if _batchable([cond, uncond]):  # one call: the positive rows read x + offset
+            with self.row_offsets([offset, torch.zeros_like(offset)]):
+                cond_pred, uncond_pred = comfy.samplers.calc_cond_batch(model, [cond, uncond], x, timestep,
+                                                                        model_options)
+            cond_pred = cond_pred - offset
+        else:
+            cond_pred = comfy.samplers.calc_cond_batch(model, [cond], x + offset, timestep, model_options)[0] - offset
+            uncond_pred = comfy.samplers.calc_cond_batch(model, [uncond], x, timestep, model_options)[0]
+        return comfy.samplers.cfg_function(model, cond_pred, uncond_pred, cfg, x, timestep,
                                            model_options=model_options, cond=cond, uncond=uncond)
+
+
+def _cfg(model, conds: list, out: list, cfg: float, x, timestep, model_options: dict):
+    """The end of ``comfy.samplers.sampling_function`` after its model call: pre-CFG functions, then CFG."""
+    for fn in model_options.get("sampler_pre_cfg_function", []):
+        args = {"conds": conds, "conds_out": out, "cond_scale": cfg, "timestep": timestep, "input": x, "sigma": timestep,
+                "model": model, "model_options": model_options}
+        out = fn(args)
+    return comfy.samplers.cfg_function(model, out[0], out[1], cfg, x, timestep, model_options=model_options,
+                                       cond=conds[0], uncond=conds[1])
 
 
 class _ProgramRunner:
@@ -459,6 +525,7 @@ def make_stepwise_guider(model, conds: dict, cfg: float, program: StepProgram):
     patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.SAMPLER_SAMPLE, WRAPPER_KEY,
                                  _ProgramRunner(program, passes))
     patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.PREDICT_NOISE, WRAPPER_KEY, passes.predict_noise)
+    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY, passes.apply_model)
     guider = comfy.samplers.CFGGuider(patched)
     guider.inner_set_conds(conds)
     guider.set_cfg(cfg)
