@@ -24,13 +24,15 @@ SAMPLING = {"sampler_name": "euler", "scheduler": "simple", "steps": 20, "cfg": 
 
 
 def register(nodes_module) -> None:
-    """Adds this folder to ComfyUI's ``diffusion_models`` and ``vae`` paths and the ``ToyScene`` node."""
+    """Adds this folder to ComfyUI's ``diffusion_models`` and ``vae`` paths and the ``ToyScene`` and
+    ``ToyMask`` nodes."""
     import folder_paths
 
     for kind in ("diffusion_models", "vae"):
         if str(HERE) not in folder_paths.get_folder_paths(kind):
             folder_paths.add_model_folder_path(kind, str(HERE))
     nodes_module.NODE_CLASS_MAPPINGS["ToyScene"] = ToyScene
+    nodes_module.NODE_CLASS_MAPPINGS["ToyMask"] = ToyMask
 
 
 class ToyScene:
@@ -51,6 +53,23 @@ class ToyScene:
 
         image = scenes.draw(scenes.parse_caption(caption), seed)
         return (torch.from_numpy(image.astype(np.float32) / 255.0).unsqueeze(0),)
+
+
+class ToyMask:
+    """Test-only node: the ground-truth object mask of ``ToyScene``'s scene (1 inside the shape)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return ToyScene.INPUT_TYPES()
+
+    RETURN_TYPES = ("MASK",)
+    FUNCTION = "mask"
+    CATEGORY = "testing"
+
+    def mask(self, caption: str, seed: int):
+        import torch
+
+        return (torch.from_numpy(scenes.object_mask(scenes.parse_caption(caption), seed)).unsqueeze(0),)
 
 
 def loaders(prefix: str = "l") -> dict:

@@ -140,6 +140,12 @@ def draw(scene: Scene, seed: int = 0) -> np.ndarray:
     return np.clip(np.round(image), 0, 255).astype(np.uint8)
 
 
+def object_mask(scene: Scene, seed: int = 0) -> np.ndarray:
+    """``[SIZE, SIZE]`` float32: 1 where ``draw(scene, seed)`` covers more than half a pixel with the object."""
+    cx, cy, r = layout(scene, seed)
+    return (_coverage(inside_shape(scene.shape), cx, cy, r) > 0.5).astype(np.float32)
+
+
 def draw_dataset(count: int, seed: int) -> tuple[np.ndarray, list[Scene]]:
     """``count`` scenes cycling through :func:`all_scenes` in a seeded random order, each with its
     own jitter: images (count, SIZE, SIZE, 3) uint8 and their scenes."""
