@@ -112,6 +112,9 @@ class Backbone:
     kind = ""
     layer_choices: tuple[str, ...] = ()
     attention_levels: tuple[str, ...] = ()
+    # whether its blocks add residuals in place (``x += ...``) onto tensors a LayerNorm saved for the
+    # backward pass: then gradients need the LayerNorms to normalise a copy (host.differentiable_model)
+    residuals_in_place = False
 
     def __init__(self, model):
         self.model = model
@@ -433,6 +436,7 @@ class FluxBackbone(Backbone):
 
     kind = "flux"
     layer_choices = FLUX_LAYER_CHOICES
+    residuals_in_place = True  # comfy/ldm/flux/layers.py: ``img += ...``, ``x += ...`` after the norms
 
     @property
     def _diffusion_model(self):
@@ -510,9 +514,11 @@ class FluxBackbone(Backbone):
         self._override(patched).feature_probes.append((frozenset(blocks), probe))
 
     def segmentation_blocks(self, mode: str) -> tuple[tuple[str, int], tuple[str, int]]:
-        """Self- and cross-attention from the last double-stream block (measured on the toy world, README)."""
+        """Self- and cross-attention from the first single-stream block, where the two streams have just
+        been joined: of the toy world's five blocks the one whose masks agree best with the drawn objects
+        (README, "Appearance transfer on FLUX-class models"); the last double block without single blocks."""
         double, single = self.depths
-        block = ("double", double - 1) if double else ("single", single - 1)
+        block = ("single", 0) if single else ("double", double - 1)
         return block, block
 
 

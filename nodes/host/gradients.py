@@ -27,7 +27,8 @@ the host offers, not by its version:
 
 A model whose patcher is dynamic but that cannot be reloaded is refused with the fix named.
 In both cases the text encoder's LayerNorms normalise a copy of their input (an object patch), as
-ComfyUI's CLIP layers add in place (``x += ...``) onto tensors a LayerNorm saved.
+ComfyUI's CLIP layers add in place (``x += ...``) onto tensors a LayerNorm saved; so do the
+LayerNorms of a denoiser whose backbone adds its residuals in place (FLUX's blocks).
 """
 from __future__ import annotations
 
@@ -177,12 +178,27 @@ class _SavedWeights:
     def pack(self, tensor: torch.Tensor):
         entry = self._copies.get(id(tensor))
         if entry is None or entry[0]() is not tensor:
-            return tensor
+            # autograd skips its own check that a saved tensor was not modified in place when hooks are
+            # installed: keep the version, checked on unpack, so such a graph still fails loudly
+            return _Saved(tensor, tensor._version)
         return _WeightReference(*entry[1:])
 
     @staticmethod
     def unpack(packed):
-        return packed.materialise() if isinstance(packed, _WeightReference) else packed
+        if isinstance(packed, _WeightReference):
+            return packed.materialise()
+        if packed.tensor._version != packed.version:
+            raise RuntimeError(
+                f"one of the tensors saved for the backward pass ({list(packed.tensor.shape)}) was modified in place "
+                "after it was saved; the model's forward adds in place onto it (host.gradients)")
+        return packed.tensor
+
+
+class _Saved:
+    __slots__ = ("tensor", "version")
+
+    def __init__(self, tensor: torch.Tensor, version: int):
+        self.tensor, self.version = tensor, version
 
 
 class _WeightReference:
@@ -295,7 +311,19 @@ def differentiable_model(model):
         _add_no_op_weight_patches(clone)
         clone.add_wrapper_with_key(outer, WRAPPER_KEY, _sample_outside_inference_mode)
     clone.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.PREPARE_SAMPLING, WRAPPER_KEY, _load_in_full)
+    from .backbone import backbone  # the backbone module imports sampling, which imports this one
+
+    if backbone(clone).residuals_in_place:
+        _normalize_copies(clone, "diffusion_model.")
     return clone
+
+
+def _normalize_copies(patcher, prefix: str = "") -> None:
+    """Every LayerNorm under ``prefix`` normalises a copy of its input (``_NormalizeCopy``), so the
+    caller's later in-place residual add does not clobber the tensor autograd saved."""
+    for name, module in patcher.model.named_modules():
+        if name.startswith(prefix) and isinstance(module, torch.nn.LayerNorm):
+            patcher.add_object_patch(f"{name}.forward", _NormalizeCopy(module))
 
 
 def differentiable_clip(clip):
@@ -310,9 +338,7 @@ def differentiable_clip(clip):
     else:
         _add_identity_weight_wrappers(clone.patcher)
         _SAVED_WEIGHTS.add_patcher(clone.patcher)
-    for name, module in clone.patcher.model.named_modules():
-        if isinstance(module, torch.nn.LayerNorm):
-            clone.patcher.add_object_patch(f"{name}.forward", _NormalizeCopy(module))
+    _normalize_copies(clone.patcher)
     if reload:
         load = comfy.model_management.load_models_gpu
         with torch.inference_mode(False):

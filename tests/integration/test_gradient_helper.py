@@ -318,3 +318,41 @@ def test_copy_per_forward_keeps_no_weight_copies_for_the_backward_pass(lora_setu
     weighted_layers = sum(1 for m in model.model.diffusion_model.modules()
                           if getattr(m, "weight", None) is not None and hasattr(m, "weight_function"))
     assert len(references) >= weighted_layers // 2
+
+
+def test_flux_latent_gradient_matches_finite_differences():
+    """FLUX blocks add their residuals in place onto tensors their LayerNorms saved (``img += ...``):
+    the gradient of a loss on the prediction in the latent, through every block of the FLUX-layout
+    test model, equals the directional finite difference of the same loss (a clobbered saved tensor
+    gives a wrong gradient or, without saved-tensor hooks, an error)."""
+    import comfy.sd
+    from pack_testing import flux_file, flux_model_for_host
+
+    with torch.inference_mode():
+        model = comfy.sd.load_diffusion_model(str(flux_file("diffusion_models", flux_model_for_host())))
+    patched = host.differentiable_model(model)
+    generator = torch.Generator().manual_seed(3)
+    x0 = torch.randn((1, 16, 8, 8), generator=generator)
+    direction = torch.randn(x0.shape, generator=generator)
+    weights = torch.randn(x0.shape, generator=generator)
+    cond = torch.randn((1, 8, 768), generator=generator)
+    pooled = torch.randn((1, 768), generator=generator)
+    sigma = torch.tensor([0.7])
+    result = {}
+
+    def body(run):
+        with host.gradient_mode():
+            prepared = run.prepare_conditioning([[cond.clone(), {"pooled_output": pooled.clone()}]], x0)
+
+            def loss_at(x):
+                return (run.denoise(x, sigma.clone(), prepared).float() * weights).sum()
+
+            x = x0.clone().requires_grad_(True)
+            result["grad"] = torch.autograd.grad(loss_at(x), x)[0]
+            h = 1e-2
+            with torch.no_grad():
+                result["fd"] = float(loss_at(x0 + h * direction) - loss_at(x0 - h * direction)) / (2 * h)
+
+    host.run_with_model(patched, tuple(x0.shape), body)
+    analytic = float((result["grad"] * direction).sum())
+    assert abs(analytic - result["fd"]) <= 2e-2 * abs(result["fd"]) + 1e-3, (analytic, result["fd"])

@@ -1,0 +1,178 @@
+#!/usr/bin/env python3
+"""Zero-shot translation (EditDirection + CutLossGuidance) on the toy world, against baselines.
+
+    COMFYUI_PATH=.host/comfyui-0.33.0/ComfyUI .host/comfyui-0.33.0/venv/bin/python \
+        tools/toy_world/measure_translation.py [--edits 16] [--attribute shape,colour] [--json out.json]
+        [--grid docs/x.png]
+
+Each edit is a drawn scene and a one-word change of its caption ("a red plain circle ..." ->
+"a red plain square ..."). The scene is inverted (DDIMInvert, Euler inversion of the flow ODE, the
+source caption), then sampled from the inverted noise by:
+
+* ``reconstruction``: the source caption (CFGGuider): what inversion alone gives back;
+* ``target caption``: the target caption (CFGGuider), the baseline the issue names;
+* ``pix2pix-zero``: EditDirection (caption form) + CutLossGuidance with ``lambda_cut`` 0;
+* ``pix2pix-zeroCon``: the same with ``lambda_cut`` 3 (PatchNCE on image-token features).
+
+The detector reads the five attributes of every result: ``changed`` is the share whose edited
+attribute reads the target value, ``kept`` the share of the other four reading the source's, ``both``
+the share with the edit made and all four others kept.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+sys.path.insert(0, str(REPO / "tools"))
+sys.path.insert(0, str(REPO / "tests"))
+
+import numpy as np  # noqa: E402
+
+from toy_world import detect, harness, scenes  # noqa: E402
+
+STEPS, CFG = 20, 3.0
+ATTRIBUTES = ("colour", "pattern", "shape", "position", "background")
+VALUES = {"colour": scenes.COLOURS, "pattern": scenes.PATTERNS, "shape": scenes.SHAPES,
+          "position": scenes.POSITIONS, "background": tuple(scenes.BACKGROUNDS)}
+GUIDANCE = {"lambda_xa": 1.0, "step_size": 0.1, "guidance_start_step": 0, "guidance_end_step": 1000,
+            "num_patches": 64, "tau": 0.07, "offload_to_cpu": False}
+# The toy's text encoder is the random test CLIP-L: a mean over template sentences ("a photo of a
+# {word}", ...) carries no meaning the toy DiT reads, so the direction is the two captions' difference
+# (EditDirection's own sentences: one each) unless --templates
+CAPTION_SENTENCES = True
+METHODS = ("reconstruction", "target caption", "pix2pix-zero", "pix2pix-zeroCon")
+
+
+def edits(count: int, attributes: tuple[str, ...], seed: int = 11) -> list[tuple[scenes.Scene, scenes.Scene, int]]:
+    """``count`` (source, target, scene seed) per attribute: the target changes that one word."""
+    rng = np.random.default_rng(seed)
+    every = scenes.all_scenes()
+    out = []
+    for attribute in attributes:
+        for _ in range(count):
+            source = every[rng.integers(len(every))]
+            others = [v for v in VALUES[attribute] if v != getattr(source, attribute)]
+            out.append((source, source.replace(**{attribute: others[rng.integers(len(others))]}),
+                        int(rng.integers(1000))))
+    return out
+
+
+def prompt(source: scenes.Scene, target: scenes.Scene, scene_seed: int, method: str) -> dict:
+    """The API graph of one result, captured as ``image``."""
+    p = harness.loaders()
+    p.update({
+        "i": {"class_type": "ToyScene", "inputs": {"caption": source.caption, "seed": scene_seed}},
+        "v": {"class_type": "VAEEncode", "inputs": {"pixels": ["i", 0], "vae": ["l3", 0]}},
+        "sp": {"class_type": "CLIPTextEncode", "inputs": {"text": source.caption, "clip": ["l2", 1]}},
+        "tp": {"class_type": "CLIPTextEncode", "inputs": {"text": target.caption, "clip": ["l2", 1]}},
+        "n": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["l2", 1]}},
+        "inv": {"class_type": "DDIMInvert", "inputs": {
+            "model": ["l1", 0], "positive": ["sp", 0], "negative": ["n", 0], "latent": ["v", 0], "mode": "ddim",
+            "steps": STEPS, "cfg": 1.0, "scheduler": "simple", "skip_steps": 0, "seed": 0,
+            "noise_regularization": False, "lambda_ac": 20.0, "lambda_kl": 20.0, "regularization_steps": 5,
+            "auto_correlation_rolls": 5}},
+        "noise": {"class_type": "DisableNoise", "inputs": {}},
+        "sampler": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
+    })
+    if method in ("reconstruction", "target caption"):
+        positive = ["sp" if method == "reconstruction" else "tp", 0]
+        p["g"] = {"class_type": "CFGGuider", "inputs": {"model": ["l1", 0], "positive": positive,
+                                                         "negative": ["n", 0], "cfg": CFG}}
+    else:
+        differing = [a for a in ATTRIBUTES if getattr(source, a) != getattr(target, a)]
+        (attribute,) = differing
+        p["dir"] = {"class_type": "EditDirection", "inputs": {
+            "clip": ["l2", 1], "source": getattr(source, attribute), "target": getattr(target, attribute),
+            "caption": source.caption, "target_caption": target.caption, "multiplier": 1.0,
+            "source_sentences": source.caption if CAPTION_SENTENCES else "",
+            "target_sentences": target.caption if CAPTION_SENTENCES else ""}}
+        p["g"] = {"class_type": "CutLossGuidance", "inputs": {
+            "model": ["l1", 0], "positive": ["sp", 0], "negative": ["n", 0], "direction": ["dir", 0], "cfg": CFG,
+            "lambda_cut": 0.0 if method == "pix2pix-zero" else 3.0, **GUIDANCE}}
+    p["s"] = {"class_type": "SamplerCustomAdvanced", "inputs": {
+        "noise": ["noise", 0], "guider": ["g", 0], "sampler": ["sampler", 0], "sigmas": ["inv", 2],
+        "latent_image": ["inv", 0]}}
+    p["d"] = {"class_type": "VAEDecode", "inputs": {"samples": ["s", 0], "vae": ["l3", 0]}}
+    p["c"] = {"class_type": "Capture", "inputs": {"key": "image", "value": ["d", 0]}}
+    return p
+
+
+def score(image: np.ndarray, source: scenes.Scene, target: scenes.Scene) -> dict[str, float]:
+    result = detect.detect(image)
+    read = {a: getattr(result, a) for a in ATTRIBUTES}
+    (attribute,) = [a for a in ATTRIBUTES if getattr(source, a) != getattr(target, a)]
+    kept = [read[a] == getattr(source, a) for a in ATTRIBUTES if a != attribute]
+    changed = read[attribute] == getattr(target, attribute)
+    return {"changed": float(changed), "kept": float(np.mean(kept)), "both": float(changed and all(kept))}
+
+
+def measure(graph, edit_list, methods=METHODS):
+    scores = {m: [] for m in methods}
+    images = {m: [] for m in methods}
+    for source, target, seed in edit_list:
+        for method in methods:
+            image = graph.run(prompt(source, target, seed, method))["image"][0].float().cpu().numpy()
+            scores[method].append(score(image, source, target))
+            images[method].append(image)
+    table = {m: {k: round(float(np.mean([r[k] for r in rows])), 3) for k in ("changed", "kept", "both")}
+             for m, rows in scores.items()}
+    return table, images
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--edits", type=int, default=16, help="edits per attribute")
+    parser.add_argument("--attribute", default="shape,colour")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--templates", action="store_true", help="EditDirection's caption-form sentence templates")
+    parser.add_argument("--guidance", type=json.loads, default={}, help="CutLossGuidance inputs to change (JSON)")
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--grid", type=Path, help="the first 2 edits of each attribute")
+    args = parser.parse_args()
+
+    import pack_testing
+    import torch
+
+    torch.set_num_threads(args.threads)
+    graph = pack_testing.make_graph_runner()
+    import nodes
+
+    harness.register(nodes)
+    GUIDANCE.update(args.guidance)
+    global CAPTION_SENTENCES
+    CAPTION_SENTENCES = not args.templates
+    record = json.loads(args.json.read_text()) if args.json and args.json.exists() else {}
+    grid_rows = []
+    for attribute in args.attribute.split(","):
+        edit_list = edits(args.edits, (attribute,))
+        start = time.time()
+        table, images = measure(graph, edit_list)
+        print(f"{attribute}: {len(edit_list)} edits, {STEPS} steps, cfg {CFG}, {time.time() - start:.0f} s")
+        for method, row in table.items():
+            print(f"  {method:18s} " + " ".join(f"{k} {v:.2f}" for k, v in row.items()))
+        record[f"{attribute} edits"] = {"edits": len(edit_list), **table}
+        for index in range(min(2, len(edit_list))):
+            source, target, seed = edit_list[index]
+            cells = [scenes.draw(source, seed)] + [(images[m][index] * 255).clip(0, 255).astype(np.uint8)
+                                                   for m in METHODS]
+            grid_rows.append((target.caption, np.concatenate(cells, axis=1)))
+    if args.json:
+        record["settings"] = {"steps": STEPS, "cfg": CFG, "inversion": "ddim (Euler, cfg 1)", **GUIDANCE}
+        tmp = args.json.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record, indent=1) + "\n")
+        tmp.replace(args.json)
+    if args.grid:
+        from PIL import Image
+
+        tmp = args.grid.with_suffix(".tmp" + args.grid.suffix)
+        Image.fromarray(np.concatenate([row for _, row in grid_rows], axis=0)).save(tmp)
+        tmp.replace(args.grid)
+
+
+if __name__ == "__main__":
+    main()
