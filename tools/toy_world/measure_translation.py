@@ -128,6 +128,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--edits", type=int, default=16, help="edits per attribute")
     parser.add_argument("--attribute", default="shape,colour")
+    parser.add_argument("--cfg", type=float, default=3.0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--templates", action="store_true", help="EditDirection's caption-form sentence templates")
     parser.add_argument("--guidance", type=json.loads, default={}, help="CutLossGuidance inputs to change (JSON)")
@@ -144,7 +145,8 @@ def main() -> None:
 
     harness.register(nodes)
     GUIDANCE.update(args.guidance)
-    global CAPTION_SENTENCES
+    global CAPTION_SENTENCES, CFG
+    CFG = args.cfg
     CAPTION_SENTENCES = not args.templates
     record = json.loads(args.json.read_text()) if args.json and args.json.exists() else {}
     grid_rows = []
