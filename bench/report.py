@@ -186,11 +186,14 @@ def run_table(stem: str, run: dict, picked: dict[str, list[dict]]) -> list[str]:
     return lines + [""]
 
 
-def _newest_row(runs, case: str, model: str, device: str, full: bool):
-    """The newest error-free row of ``case`` on ``model`` among runs on ``device`` at that size."""
+def _newest_row(runs, case: str, model: str, device: str, full: bool, comfyui: str | None = None):
+    """The newest error-free row of ``case`` on ``model`` among runs on ``device`` at that size (and
+    on that ComfyUI version, if given)."""
     for _, file_runs in runs:
         for run in file_runs:
             if run["machine"]["device"] != device or bool(run["profile"].get("full_size")) != full:
+                continue
+            if comfyui is not None and run["machine"].get("comfyui") != comfyui:
                 continue
             rows = run["models"].get(model, {}).get("rows", [])
             r = next((x for x in rows if x["case"] == case and not x.get("error") and "time_ratio" in x), None)
@@ -249,11 +252,16 @@ def target_lines(runs) -> list[str]:
                 cpu_full.append(f"{model}: {_cell(r, limit_t, limit_gb, False)[0]}")
         cpu_small = []
         for model in MODELS:
-            r, run = _newest_row(runs, case, model, "cpu", False)
-            if r is not None:
+            # FLUX: one figure per host, whose test models differ (3072 wide on 0.3.75, 256 on 0.33+)
+            hosts = sorted({run["machine"].get("comfyui") for _, rs in runs for run in rs}, key=str) \
+                if model == "flux" else [None]
+            for host in hosts:
+                r, run = _newest_row(runs, case, model, "cpu", False, host)
+                if r is None:
+                    continue
                 label = model_label(model, run["models"][model])
                 if model == "flux":
-                    label += f", ComfyUI {run['machine']['comfyui']}"
+                    label += f", ComfyUI {host}"
                 cpu_small.append(f"{label}: {_cell(r, limit_t, limit_gb, False)[0]}")
         lines.append(f"| {text} | {' | '.join(cells)} | {status} | {'; '.join(cpu_full) or 'not measured'} "
                      f"| {'; '.join(cpu_small) or 'not measured'} |")
