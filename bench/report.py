@@ -344,7 +344,14 @@ def render() -> str:
         "by estimate 2–4 min: ~12 G normal draws at 150–300 M/s on one core, measured here, plus writing 24 GB) at "
         "512² (the FLUX workflows' size), with the test CLIP-L as its only text encoder: the image tokens and "
         "every block are FLUX.1's, but the text arrives as 77 tokens of width 768 instead of T5-XXL's ≥ 256 of "
-        "4096, so the joint sequence is 1101 tokens instead of 1280.",
+        "4096, so the joint sequence is 1101 tokens instead of 1280. GPU run (pending: no GPU lent), one call with "
+        "`.gpu` carried (`bash bench/gpu_carry.sh` here): `bash bench/gpu_carry.sh --install && PYTHONPATH=.gpu/site "
+        "COMFYUI_PATH=.gpu/ComfyUI python3 bench/run.py --device cuda --models flux --cases "
+        "appearance_transfer,appearance_auto_mask,translation --repeats 2; cp bench/results/*-cuda-*.json $OUT/` "
+        "(by estimate it fits a 10-minute call: the build above, then a FLUX.1 forward at 512² of about 26 TFLOP, "
+        "tens of ms on an H200, so the graphs take a few minutes; the built model stays in `.cache/bench_checkpoints` "
+        "while the machine stays warm). The FLUX trainer row also needs the 816 MB test CLIP vision model "
+        "(`.cache/clip`, too large to carry: build it there with tools/make_test_clip.py).",
         "- Results append to `bench/results/<date>-<device>.json` (machine, torch, ComfyUI version, pack commit, "
         "every repeat); `.venv/bin/python bench/report.py` regenerates this file.",
         "- `bench/gpu_smoke.py` runs every shipped workflow (`workflows/api/*.json`) at full architecture size on "

@@ -212,7 +212,8 @@ def main(argv=None) -> int:
         profile.repeats = args.repeats
     if args.training_steps:
         if args.training_steps <= profile.training_short_steps:
-            print(f"error: --training-steps must exceed the short run's {profile.training_short_steps}", file=sys.stderr)
+            print(f"error: --training-steps must exceed the short run's {profile.training_short_steps}",
+                  file=sys.stderr)
             return 2
         profile.training_steps = args.training_steps
     runner = harness.make_runner()
