@@ -355,7 +355,8 @@ def render() -> str:
         "- Results append to `bench/results/<date>-<device>.json` (machine, torch, ComfyUI version, pack commit, "
         "every repeat); `.venv/bin/python bench/report.py` regenerates this file.",
         "- `bench/gpu_smoke.py` runs every shipped workflow (`workflows/api/*.json`) at full architecture size on "
-        "CUDA and checks the outputs are finite; `--dry-run` does the same on the small models on any machine.",
+        "CUDA (the `*_flux` ones on the FLUX.1-size model, with its CLIP-L and the 16-channel test TAESD as VAE) "
+        "and checks the outputs are finite; `--dry-run` does the same on the small models on any machine.",
         "",
         "## Targets (issue 6: GPU, SD1.5 512², 50 steps unless a method fixes its own; SDXL 1024² beside)",
         "",
