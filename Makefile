@@ -53,7 +53,7 @@ serve: setup
 	$(PY) tools/serve.py --port $(PORT)
 
 # Seconds per image, time per step and peak memory of every method against plain sampling in
-# the same run (bench/README.md). CPU: the small test models; CUDA: real SD1.5/SDXL sizes.
+# the same run (bench/README.md). CPU: the small test models; CUDA: real SD1.5/SDXL/FLUX.1 sizes.
 bench: setup
 	$(PY) bench/run.py
 

@@ -23,6 +23,12 @@ JSON line.
 Peak memory: CUDA ``max_memory_allocated`` over the whole run (weights included); CPU the growth of
 the peak resident set during the run (harness.measure). ``losses`` of the first steps are reported
 by both sides: equal losses show the two compute the same objective.
+
+FLUX-class models (``--text-encoder``, ``--vae``: a diffusion model loaded with UNETLoader, its
+CLIP-L with CLIPLoader, its VAE with VAELoader) run the trainer side only, with the shipped
+image_analogy_flux workflow's token space (conditioning rows and the pooled vector, the
+flow-matching loss): there is no plain-loop counterpart of the FLUX loss yet, so the FLUX row is
+the node's seconds per step and peak memory, without a ratio.
 """
 from __future__ import annotations
 
@@ -37,6 +43,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import cases  # noqa: E402
 import harness  # noqa: E402
 
 TEST_CLIP = "test_clip_vit_l.safetensors"
@@ -76,18 +83,30 @@ class _BenchImage:
         return (bench_image(size, seed),)
 
 
-def trainer_graph(ckpt: str, size: int, steps: int, run: int) -> dict:
-    """``run`` only names the embedding file: it makes every run a new graph for the executor's cache."""
+def trainer_graph(ckpt: str, size: int, steps: int, run: int, text_encoder: str | None = None,
+                  vae: str | None = None) -> dict:
+    """``run`` only names the embedding file: it makes every run a new graph for the executor's cache.
+    With ``text_encoder`` (and ``vae``), ``ckpt`` is a FLUX-class diffusion model (stock UNETLoader,
+    CLIPLoader, VAELoader) trained in the shipped image_analogy_flux workflow's token space."""
+    graph = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}}}
+    model, clip, vae_ref, token_space = ["1", 0], ["1", 1], ["1", 2], "input_embedding"
+    if text_encoder:
+        graph = {"1": {"class_type": "UNETLoader", "inputs": {"unet_name": ckpt, "weight_dtype": "default"}},
+                 "1c": {"class_type": "CLIPLoader", "inputs": {"clip_name": text_encoder, "type": "stable_diffusion"}},
+                 "1v": {"class_type": "VAELoader", "inputs": {"vae_name": vae}}}
+        clip, vae_ref = ["1c", 0], ["1v", 0]
+        token_space = cases.workflow_inputs("image_analogy_flux", "DeltaInterpolationTrainer").get(
+            "token_space", "conditioning")
     return {
-        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
+        **graph,
         "2": {"class_type": "BenchImage", "inputs": {"size": size, "seed": 1}},
         "3": {"class_type": "BenchImage", "inputs": {"size": size, "seed": 2}},
         "4": {"class_type": "CLIPVisionLoader", "inputs": {"clip_name": TEST_CLIP}},
         "5": {"class_type": "DeltaInterpolationTrainer", "inputs": {
-            "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "image_before": ["2", 0], "image_after": ["3", 0],
+            "model": model, "clip": clip, "vae": vae_ref, "image_before": ["2", 0], "image_after": ["3", 0],
             "clip_vision": ["4", 0], "alignment_text_encoder": TEST_CLIP, "caption_before": CAPTION_BEFORE,
             "caption_after": CAPTION_AFTER, "prompt_before": PROMPT_BEFORE, "prompt_after": PROMPT_AFTER,
-            "name": f"bench_difference_{steps}_{run}", "if_exists": "overwrite", "token_space": "input_embedding",
+            "name": f"bench_difference_{steps}_{run}", "if_exists": "overwrite", "token_space": token_space,
             "num_tokens": NUM_TOKENS, "alpha": ALPHA,
             "steps": steps, "learning_rate": LEARNING_RATE, "lambda_mse": LAMBDA_MSE, "lambda_clip": LAMBDA_CLIP,
             "seed": SEED,
@@ -104,14 +123,16 @@ def run_trainer(args, device: str) -> dict:
     runner = harness.make_runner([Path(args.ckpt_folder)])
     nodes.NODE_CLASS_MAPPINGS["BenchImage"] = _BenchImage
     scratch = Path(tempfile.mkdtemp(prefix="ee_bench_analogy_"))
-    folder_paths.add_model_folder_path("embeddings", str(scratch), is_default=True)
+    for kind in ("embeddings", "differences"):  # the trained files (input-embedding / conditioning space)
+        folder_paths.add_model_folder_path(kind, str(scratch), is_default=True)
     for kind in ("clip_vision", "text_encoders"):
         folder_paths.add_model_folder_path(kind, str(CLIP_DIR), is_default=True)
 
     runs = iter(range(1_000_000))
 
     def once(steps: int):
-        return runner.run(trainer_graph(args.ckpt, args.size, steps, next(runs)))["out"]
+        return runner.run(trainer_graph(args.ckpt, args.size, steps, next(runs), args.text_encoder,
+                                        args.vae))["out"]
 
     warm = harness.Timer("warm-up")
     once(args.short_steps)  # loads the checkpoint and the CLIP models (cached by the executor afterwards)
@@ -261,12 +282,15 @@ def run_plain(args, device: str) -> dict:
 
 
 def side_command(side: str, ckpt_folder: Path, ckpt: str, size: int, steps: int, short_steps: int, device: str,
-                 repeats: int, threads: int | None) -> list[str]:
+                 repeats: int, threads: int | None, text_encoder: str | None = None,
+                 vae: str | None = None) -> list[str]:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--side", side, "--ckpt-folder", str(ckpt_folder),
            "--ckpt", ckpt, "--size", str(size), "--steps", str(steps), "--short-steps", str(short_steps),
            "--device", device, "--repeats", str(repeats)]
     if threads:
         cmd += ["--threads", str(threads)]
+    if text_encoder:
+        cmd += ["--text-encoder", text_encoder, "--vae", vae]
     return cmd
 
 
@@ -284,14 +308,26 @@ def run_side(cmd: list[str], log) -> dict:
 
 
 def compare(ckpt_folder: Path, ckpt: str, size: int, steps: int, short_steps: int, device: str, repeats: int,
-            threads: int | None, log) -> list[dict]:
-    """Rows for bench/run.py: the plain loop (baseline) and the trainer, in separate processes."""
+            threads: int | None, log, text_encoder: str | None = None, vae: str | None = None) -> list[dict]:
+    """Rows for bench/run.py: the plain loop (baseline) and the trainer, in separate processes; on a
+    FLUX-class model (``text_encoder`` given) the trainer alone (no plain loop of the FLUX loss yet)."""
     if not (CLIP_DIR / TEST_CLIP).exists():
         raise RuntimeError(f"{CLIP_DIR / TEST_CLIP} missing: run `make setup` (tools/make_test_clip.py)")
+    measured = steps - short_steps
+    notes = f"per training step, from whole-node runs of {steps} and {short_steps} steps"
+    if text_encoder:
+        trainer = run_side(side_command("trainer", ckpt_folder, ckpt, size, steps, short_steps, device, repeats,
+                                        threads, text_encoder, vae), log)
+        return [{"case": "analogy_trainer", "title": "DeltaInterpolationTrainer on FLUX (node, through ComfyUI's "
+                 "executor; token space conditioning, flow-matching loss)", "kind": "method", "steps": measured,
+                 "seconds_median": round(trainer["seconds_per_step"] * measured, 4),
+                 "ms_per_step": round(1000 * trainer["seconds_per_step"], 2),
+                 "steps_per_second": trainer["steps_per_second"], "peak_bytes_median": trainer["peak_bytes"],
+                 "start_bytes_median": trainer["start_bytes"], "detail": trainer,
+                 "notes": notes + "; no plain-loop counterpart of the FLUX loss yet, so no ratio"}]
     plain = run_side(side_command("plain", ckpt_folder, ckpt, size, steps, short_steps, device, 1, threads), log)
     trainer = run_side(side_command("trainer", ckpt_folder, ckpt, size, steps, short_steps, device, repeats, threads),
                        log)
-    measured = steps - short_steps
     base = {"case": "analogy_plain_loop", "title": "plain PyTorch loop of the same loss (two UNet calls, one backward)",
             "kind": "baseline", "steps": measured, "seconds_median": round(plain["seconds_per_step"] * measured, 4),
             "ms_per_step": round(1000 * plain["seconds_per_step"], 2), "steps_per_second": plain["steps_per_second"],
@@ -306,8 +342,7 @@ def compare(ckpt_folder: Path, ckpt: str, size: int, steps: int, short_steps: in
            "memory_ratio": round(trainer["peak_bytes"] / plain["peak_bytes"], 3) if plain["peak_bytes"] else None,
            "losses_match": all(abs(a - b) <= 1e-3 * max(1.0, abs(b))
                                for a, b in zip(trainer["losses"], plain["losses"])),
-           "notes": f"per training step, from whole-node runs of {steps} and {short_steps} steps; the plain loop "
-                    f"is timed over its steps {short_steps + 1}..{steps}"}
+           "notes": f"{notes}; the plain loop is timed over its steps {short_steps + 1}..{steps}"}
     return [base, row]
 
 
@@ -322,7 +357,11 @@ def main(argv=None) -> int:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--threads", type=int)
+    p.add_argument("--text-encoder", help="FLUX-class model: its text encoder file (CLIPLoader, stable_diffusion)")
+    p.add_argument("--vae", help="FLUX-class model: its VAE file (VAELoader)")
     args = p.parse_args(argv)
+    if args.text_encoder and args.side == "plain":
+        p.error("the plain loop is written for the SD UNets only")
     if not 1 <= args.short_steps < args.steps:
         p.error("need 1 <= --short-steps < --steps")
     import torch

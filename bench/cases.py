@@ -10,6 +10,11 @@ tools/demo.py's retarget does.
 Every case is compared with a plain sampling (stock ``SamplerCustom`` + ``euler``, same model,
 resolution and step count) run in the same process, interleaved with it. To add a method, write a
 ``build_<method>(ctx, run)`` function and append a ``Case`` to ``CASES``.
+
+FLUX-class models (``ctx.family == "flux"``) get the same graphs built from their own shipped
+workflows (``<name>_flux.json``): the stock UNETLoader and CLIPLoader (the test CLIP-L as the text
+encoder), the positive through FluxGuidance, 16-channel latents, the ``simple`` schedule, and no
+negative where the workflow has none (cfg 1 on a guidance-distilled model).
 """
 from __future__ import annotations
 
@@ -47,11 +52,25 @@ CPU_FULL_PROFILE = Profile(steps=6, appearance_steps=8, appearance_skip=3, repea
 
 @dataclass
 class Context:
-    model: str      # "sd15" / "sdxl"
-    ckpt: str       # checkpoint file name (in a registered checkpoints folder)
+    model: str      # "sd15" / "sdxl" / "flux"
+    ckpt: str       # checkpoint file name (in a registered checkpoints folder); FLUX: the diffusion model file
     size: int       # px
     profile: Profile
     threads: int | None = None  # torch CPU threads of subprocesses (None: their default)
+    text_encoder: str | None = None  # FLUX: the text encoder file (CLIPLoader, type stable_diffusion)
+    vae: str | None = None           # FLUX: the VAE file (VAELoader; only the trainer encodes images)
+
+    @staticmethod
+    def family_of(model: str) -> str:
+        return "flux" if model == "flux" else "sd"
+
+    @property
+    def family(self) -> str:
+        return self.family_of(self.model)
+
+    def workflow(self, name: str) -> str:
+        """The shipped workflow of ``name`` for this model's family."""
+        return f"{name}_flux" if self.family == "flux" else name
 
 
 @dataclass
@@ -70,6 +89,7 @@ class Case:
     # the method's floor as a multiple of its plain sampling, in UNet row-forward equivalents per step:
     # ctx -> (ratio, how it is counted); the report shows the measured time ratio over it
     floor: Callable[[Context], tuple[float, str]] | None = None
+    families: tuple[str, ...] = ("sd",)         # model families it is built for ("sd", "flux")
 
 
 def workflow_inputs(workflow: str, class_type: str, index: int = 0) -> dict:
@@ -100,28 +120,54 @@ def _scale_positions(inputs: dict, old_steps: int, new_steps: int) -> dict:
     return out
 
 
+def clip_ref(ctx: Context) -> list:
+    return ["1c", 0] if ctx.family == "flux" else ["1", 1]
+
+
+def flux_guidance(ctx: Context) -> float:
+    return float(workflow_inputs(ctx.workflow("appearance_transfer"), "FluxGuidance").get("guidance", 3.5))
+
+
 def _base(ctx: Context) -> dict:
+    """The model ("1", output 0), its text encoder (``clip_ref``), the positive "2" and the negative "3";
+    on FLUX the positive carries the workflows' distilled guidance (FluxGuidance)."""
+    if ctx.family != "flux":
+        return {
+            "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ctx.ckpt}},
+            "2": {"class_type": "CLIPTextEncode", "inputs": {"text": POSITIVE, "clip": ["1", 1]}},
+            "3": {"class_type": "CLIPTextEncode", "inputs": {"text": NEGATIVE, "clip": ["1", 1]}},
+        }
+    clip = clip_ref(ctx)
     return {
-        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ctx.ckpt}},
-        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": POSITIVE, "clip": ["1", 1]}},
-        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": NEGATIVE, "clip": ["1", 1]}},
+        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": ctx.ckpt, "weight_dtype": "default"}},
+        clip[0]: {"class_type": "CLIPLoader", "inputs": {"clip_name": ctx.text_encoder, "type": "stable_diffusion"}},
+        "2t": {"class_type": "CLIPTextEncode", "inputs": {"text": POSITIVE, "clip": clip}},
+        "2": {"class_type": "FluxGuidance", "inputs": {"conditioning": ["2t", 0], "guidance": flux_guidance(ctx)}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": NEGATIVE, "clip": clip}},
     }
 
 
+def _latent_channels(ctx: Context) -> int:
+    return 16 if ctx.family == "flux" else 4
+
+
 def _latent(ctx: Context, seed: int, run: int) -> dict:
-    return {"class_type": "BenchLatent", "inputs": {"width": ctx.size, "height": ctx.size, "seed": seed, "run": run}}
+    return {"class_type": "BenchLatent", "inputs": {"width": ctx.size, "height": ctx.size, "seed": seed, "run": run,
+                                                    "channels": _latent_channels(ctx)}}
 
 
 # --- (1) plain sampling: the yardstick -------------------------------------------------------
 
 
 def build_plain(ctx: Context, run: int, steps: int, cfg: float) -> dict:
+    flux = ctx.family == "flux"
     prompt = _base(ctx)
     prompt.update({
-        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": ctx.size, "height": ctx.size, "batch_size": 1}},
+        "4": {"class_type": "EmptySD3LatentImage" if flux else "EmptyLatentImage",
+              "inputs": {"width": ctx.size, "height": ctx.size, "batch_size": 1}},
         "5": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
-        "6": {"class_type": "BasicScheduler", "inputs": {"model": ["1", 0], "scheduler": "normal", "steps": steps,
-                                                          "denoise": 1.0}},
+        "6": {"class_type": "BasicScheduler", "inputs": {"model": ["1", 0], "scheduler": "simple" if flux else "normal",
+                                                          "steps": steps, "denoise": 1.0}},
         "7": {"class_type": "SamplerCustom", "inputs": {
             "model": ["1", 0], "add_noise": True, "noise_seed": run, "cfg": cfg, "positive": ["2", 0],
             "negative": ["3", 0], "sampler": ["5", 0], "sigmas": ["6", 0], "latent_image": ["4", 0]}},
@@ -165,16 +211,17 @@ def appearance_settings(ctx: Context) -> tuple[dict, dict, dict]:
     invert = {"mode": "edit_friendly_ddpm", "steps": 100, "cfg": 3.5, "scheduler": "ddim_uniform", "skip_steps": 32,
               "seed": 0, "noise_regularization": False, "lambda_ac": 20.0, "lambda_kl": 20.0,
               "regularization_steps": 5, "auto_correlation_rolls": 5}
-    invert.update(workflow_inputs("appearance_transfer", "DDIMInvert"))
+    workflow = ctx.workflow("appearance_transfer")
+    invert.update(workflow_inputs(workflow, "DDIMInvert"))
     old_steps = invert["steps"]
     invert.update(steps=p.appearance_steps, skip_steps=p.appearance_skip)
     rearrange = {"layers": "two_highest_decoder_levels", "strength": 1.0, "injection_start_step": 10,
                  "injection_end_step": 70, "structure_interval": 5, "structure_end_step": 40,
                  "adain_start_step": 49, "adain_end_step": 101, "restrict_to_reference_mask": False}
-    rearrange.update(workflow_inputs("appearance_transfer", "SemanticFeatureRearrange"))
+    rearrange.update(workflow_inputs(workflow, "SemanticFeatureRearrange"))
     rearrange = _scale_positions(rearrange, old_steps, p.appearance_steps)
     sampler = {"add_noise": False, "noise_seed": 0, "cfg": 1.0}
-    sampler.update({k: v for k, v in workflow_inputs("appearance_transfer", "SamplerCustom").items() if k in sampler})
+    sampler.update({k: v for k, v in workflow_inputs(workflow, "SamplerCustom").items() if k in sampler})
     return invert, rearrange, sampler
 
 
@@ -193,12 +240,15 @@ def build_appearance_transfer(ctx: Context, run: int, feature_source: str = "rep
     common = {**invert, "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0]}
     prompt["6"] = {"class_type": "DDIMInvert", "inputs": {**common, "latent": ["4", 0], "seed": 0}}
     prompt["7"] = {"class_type": "DDIMInvert", "inputs": {**common, "latent": ["5", 0], "seed": 1}}
+    if ctx.family == "flux":  # cfg 1 on a guidance-distilled model: the workflow's inversions take no negative
+        for node in ("6", "7"):
+            del prompt[node]["inputs"]["negative"]
     prompt["8"] = {"class_type": "SemanticFeatureRearrange", "inputs": {
         **rearrange, "model": ["1", 0], "reference": ["6", 1], "target": ["7", 1]}}
     if feature_source == "collected_from_inversion" or auto_mask != "off":
         prompt["8"]["inputs"]["positive"] = ["2", 0]
     if auto_mask != "off":
-        prompt["8"]["inputs"]["clip"] = ["1", 1]
+        prompt["8"]["inputs"]["clip"] = clip_ref(ctx)
     prompt["9"] = {"class_type": "InversionReplaySampler", "inputs": {"inversion": ["7", 1], "exact_final_step": False}}
     prompt["10"] = {"class_type": "SamplerCustom", "inputs": {
         **sampler, "model": ["8", 0], "positive": ["2", 0], "negative": ["3", 0], "sampler": ["9", 0],
@@ -216,31 +266,49 @@ def appearance_baseline(ctx: Context) -> tuple[int, float]:
 
 
 def translation_settings(ctx: Context) -> tuple[dict, dict]:
+    workflow = ctx.workflow("image_translation")
     direction = {"source": "cat", "target": "dog", "caption": POSITIVE, "multiplier": 1.0,
                  "source_sentences": "", "target_sentences": ""}
-    direction.update(workflow_inputs("image_translation", "EditDirection"))
+    direction.update(workflow_inputs(workflow, "EditDirection"))
     guidance = {"cfg": 5.0, "lambda_xa": 1.0, "lambda_cut": 3.0, "step_size": 0.1, "guidance_start_step": 0,
                 "guidance_end_step": 1000, "num_patches": 256, "tau": 0.07, "offload_to_cpu": False}
-    guidance.update(workflow_inputs("image_translation", "CutLossGuidance"))
+    guidance.update(workflow_inputs(workflow, "CutLossGuidance"))
     return direction, guidance
+
+
+def translation_inversion(ctx: Context) -> dict:
+    """DDIMInvert inputs of the translation graph: plain DDIM at cfg 1 (on FLUX the Euler inversion of
+    the shipped FLUX workflow, with its guidance), at the profile's step count."""
+    if ctx.family != "flux":
+        return {**invert_inputs(ctx), "mode": "ddim", "cfg": 1.0, "skip_steps": 0}
+    inputs = dict(invert_inputs(ctx))
+    inputs.update(workflow_inputs(ctx.workflow("image_translation"), "DDIMInvert"))
+    inputs["steps"] = ctx.profile.steps
+    return inputs
 
 
 def build_translation(ctx: Context, run: int) -> dict:
     """The inversion is cached (its inputs do not change between repeats): the figure is the
     guided sampling alone, which is what the CutLossGuidance target is about."""
     direction, guidance = translation_settings(ctx)
+    flux = ctx.family == "flux"
     prompt = _base(ctx)
     prompt["4"] = _latent(ctx, 1, 0)
     prompt["5"] = {"class_type": "DDIMInvert", "inputs": {
-        **invert_inputs(ctx), "mode": "ddim", "cfg": 1.0, "skip_steps": 0,
-        "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent": ["4", 0]}}
+        **translation_inversion(ctx), "model": ["1", 0], "positive": ["2", 0], "latent": ["4", 0]}}
+    if not flux:
+        prompt["5"]["inputs"]["negative"] = ["3", 0]
     prompt["6"] = {"class_type": "BenchTouch", "inputs": {"latent": ["5", 0], "run": run}}
-    prompt["7"] = {"class_type": "EditDirection", "inputs": {**direction, "clip": ["1", 1]}}
-    # the caption is the negative too, as in the shipped workflow and pix2pix-zero's edit_real.py
+    prompt["7"] = {"class_type": "EditDirection", "inputs": {**direction, "clip": clip_ref(ctx)}}
+    # the caption is the negative too, as in the shipped workflow and pix2pix-zero's edit_real.py; FLUX's
+    # workflow samples at cfg 1 through the distilled guidance and takes no negative
     prompt["8"] = {"class_type": "CutLossGuidance", "inputs": {
-        **guidance, "model": ["1", 0], "positive": ["2", 0], "negative": ["2", 0], "direction": ["7", 0]}}
+        **guidance, "model": ["1", 0], "positive": ["2", 0], "direction": ["7", 0]}}
+    if not flux:
+        prompt["8"]["inputs"]["negative"] = ["2", 0]
+    sampler = workflow_inputs(ctx.workflow("image_translation"), "KSamplerSelect").get("sampler_name", "ddim")
     prompt["9"] = {"class_type": "DisableNoise", "inputs": {}}
-    prompt["10"] = {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "ddim"}}
+    prompt["10"] = {"class_type": "KSamplerSelect", "inputs": {"sampler_name": sampler}}
     prompt["11"] = {"class_type": "SamplerCustomAdvanced", "inputs": {
         "noise": ["9", 0], "guider": ["8", 0], "sampler": ["10", 0], "sigmas": ["5", 2], "latent_image": ["6", 0]}}
     prompt["12"] = {"class_type": "Capture", "inputs": {"key": "out", "value": ["11", 0]}}
@@ -273,7 +341,7 @@ def compare_analogy(ctx: Context, folder, device: str, log) -> list[dict]:
 
     p = ctx.profile
     return analogy.compare(folder, ctx.ckpt, ctx.size, p.training_steps, p.training_short_steps, device,
-                           p.training_repeats, ctx.threads, log)
+                           p.training_repeats, ctx.threads, log, ctx.text_encoder, ctx.vae)
 
 
 # --- the registry ----------------------------------------------------------------------------
@@ -285,7 +353,9 @@ CASES: list[Case] = [
     Case("appearance_transfer", "Appearance transfer end to end (2 edit-friendly inversions + patched replay)",
          build_appearance_transfer, steps=lambda ctx: ctx.profile.appearance_steps, baseline=appearance_baseline,
          requires=("DDIMInvert", "SemanticFeatureRearrange", "InversionReplaySampler"),
-         notes="baseline: one plain sampling with the workflow's steps (100 on CUDA) and its inversion cfg (3.5)"),
+         small_models=("sd15", "sdxl", "flux"), families=("sd", "flux"),
+         notes="baseline: one plain sampling with the workflow's steps (100 on CUDA) and its inversion cfg (3.5; "
+               "FLUX: 1, the distilled guidance 3.5 in the conditioning)"),
     Case("appearance_collected", "Appearance transfer end to end, features collected once from the inversions "
          "(feature_source collected_from_inversion)",
          # its own run numbers: equal inputs would let ComfyUI's cache reuse appearance_transfer's inversions
@@ -304,15 +374,19 @@ CASES: list[Case] = [
          lambda ctx, run: build_appearance_transfer(ctx, run + 300_000, auto_mask="self_segmentation"),
          steps=lambda ctx: ctx.profile.appearance_steps, baseline=appearance_baseline,
          requires=("DDIMInvert", "SemanticFeatureRearrange", "InversionReplaySampler"),
+         small_models=("sd15", "sdxl", "flux"), families=("sd", "flux"),
          notes="same graph as appearance_transfer plus the mask pre-pass: one conditional evaluation of both "
-               "inversion latents, k-means over the highest level's self-attention"),
+               "inversion latents, k-means over the highest level's self-attention (FLUX: over the joint "
+               "attention's image-to-image part; the shipped FLUX workflow's setting)"),
     Case("translation", "CutLossGuidance sampling (pix2pix-zeroCon), inversion cached", build_translation,
          steps=lambda ctx: ctx.profile.steps, baseline=translation_baseline,
          requires=("EditDirection", "CutLossGuidance"), small_default=False, floor=translation_floor,
+         families=("sd", "flux"),
          notes="on the CPU profile only with --cases translation: its backward passes take minutes there"),
     Case("analogy_trainer", "DeltaInterpolationTrainer vs a plain PyTorch loop of the same loss", None,
          steps=lambda ctx: ctx.profile.training_steps - ctx.profile.training_short_steps, baseline=None,
          requires=("DeltaInterpolationTrainer",), small_models=("sd15",), compare=compare_analogy,
+         families=("sd", "flux"),
          notes="each side in its own process (bench/analogy.py); on the small profile SDXL only with --cases "
                "(its full-size CLIP-G text encoder makes a CPU step slow)"),
 ]

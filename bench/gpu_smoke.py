@@ -6,7 +6,9 @@
 
 Each ``workflows/api/*.json`` runs in-process through ComfyUI's validator and executor on
 random-weight SD1.5 (512 px) and SDXL (1024 px) checkpoints of the real architecture
-(bench/models.py), at the workflow's own step counts (``--max-steps`` caps them). Every LoadImage
+(bench/models.py), the FLUX workflows (``*_flux``, tools/demo.py's is_flux_workflow) on the random
+FLUX.1-size model instead (512 px, its CLIP-L as the only text encoder, the 16-channel test TAESD as
+its VAE), at the workflow's own step counts (``--max-steps`` caps them). Every LoadImage
 gets a synthetic picture (tools/demo.py), every VAEDecode's latent and every SaveImage/PreviewImage's
 images are captured and must be finite. Random weights make the images meaningless; what is checked
 is that the graphs run at real sizes without errors, NaN or inf, and how long they take.
@@ -38,15 +40,17 @@ def parse_args(argv=None):
     p.add_argument("--dry-run", action="store_true", help="small test models, 64 px, at most 4 steps, on CPU "
                    "(or CUDA if present): checks the script itself on any machine")
     p.add_argument("--workflows", default="*.json", help="glob in workflows/api (default *.json)")
-    p.add_argument("--models", default="sd15,sdxl")
+    p.add_argument("--models", default="sd15,sdxl,flux")
     p.add_argument("--max-steps", type=int, help="cap every step count (default: the workflow's own; "
                    "4 with --dry-run)")
     p.add_argument("--record", action="store_true", help="append the record also for --dry-run")
     return p.parse_args(argv)
 
 
-def prepare(workflow: dict, ckpt: str, size: int, small: bool, max_steps: int | None, images_dir: Path) -> dict:
-    """The workflow pointed at ``ckpt`` at ``size`` px, with synthetic inputs and Capture nodes."""
+def prepare(workflow: dict, ckpt: str, size: int, small: bool, max_steps: int | None, images_dir: Path,
+            text_encoder: str | None = None, vae: str | None = None) -> dict:
+    """The workflow pointed at ``ckpt`` at ``size`` px, with synthetic inputs and Capture nodes; a
+    FLUX workflow's text encoders become ``text_encoder`` (CLIPLoader) and its VAE ``vae``."""
     import demo  # tools/demo.py: retarget() and synthetic pictures, as the e2e test uses them
 
     wf = demo.retarget(workflow, ckpt, small=small or max_steps is not None, size=size,
@@ -63,6 +67,13 @@ def prepare(workflow: dict, ckpt: str, size: int, small: bool, max_steps: int | 
                 inputs[name] = demo.TEST_CLIP
         if inputs.get("if_exists") in ("error", "reuse"):
             inputs["if_exists"] = "overwrite"  # a scratch embeddings folder, new every run
+    if text_encoder:
+        for node in wf.values():
+            if node.get("class_type") in ("DualCLIPLoader", "CLIPLoader"):
+                node["class_type"] = "CLIPLoader"
+                node["inputs"] = {"clip_name": text_encoder, "type": "stable_diffusion"}
+            elif node.get("class_type") == "VAELoader":
+                node["inputs"]["vae_name"] = vae
     for node_id, path in demo.synthetic_inputs(wf, images_dir, min(size, 512)).items():
         wf[node_id]["inputs"]["image"] = path.name
     captures = {}
@@ -104,6 +115,7 @@ def main(argv=None) -> int:
         return 2
     device = "cuda" if torch.cuda.is_available() else "cpu"
     harness.import_host(device)
+    import demo
     import folder_paths
     import models
 
@@ -134,11 +146,14 @@ def main(argv=None) -> int:
             folder_paths.add_model_folder_path(kind, str(test_clip), is_default=True)
         for model, ck in ckpts.items():
             for path in files:
+                workflow = json.loads(path.read_text())
+                if demo.is_flux_workflow(workflow) != (model == "flux"):  # each family's workflows on its model
+                    continue
                 row = {"workflow": path.stem, "model": model, "checkpoint": ck["ckpt"], "size": ck["size"],
                        "max_steps": max_steps, "status": "ok"}
                 try:
-                    wf = prepare(json.loads(path.read_text()), ck["ckpt"], ck["size"], not full, max_steps,
-                                 scratch / "input")
+                    wf = prepare(workflow, ck["ckpt"], ck["size"], not full, max_steps, scratch / "input",
+                                 ck.get("text_encoder"), ck.get("vae"))
                     if device == "cuda":
                         torch.cuda.reset_peak_memory_stats()
                     t0 = time.perf_counter()

@@ -83,17 +83,18 @@ class _BenchLatent:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {"width": ("INT", {"default": 64}), "height": ("INT", {"default": 64}),
-                             "seed": ("INT", {"default": 0}), "run": ("INT", {"default": 0, "min": 0})}}
+                             "seed": ("INT", {"default": 0}), "run": ("INT", {"default": 0, "min": 0})},
+                "optional": {"channels": ("INT", {"default": 4, "min": 1})}}
 
     RETURN_TYPES = ("LATENT",)
     FUNCTION = "make"
     CATEGORY = "bench"
 
-    def make(self, width, height, seed, run):
+    def make(self, width, height, seed, run, channels=4):
         import torch
 
         g = torch.Generator().manual_seed(seed)
-        return ({"samples": torch.randn(1, 4, height // 8, width // 8, generator=g)},)
+        return ({"samples": torch.randn(1, channels, height // 8, width // 8, generator=g)},)
 
 
 class _BenchTouch:
@@ -112,15 +113,26 @@ class _BenchTouch:
         return (dict(latent),)
 
 
-def make_runner(extra_checkpoint_dirs: list[Path] = ()):
-    """pack_testing's GraphRunner with the pack, ``Capture``, ``BenchLatent`` and ``BenchTouch``."""
-    import pack_testing
+MODEL_KINDS = ("checkpoints", "diffusion_models", "text_encoders", "vae")  # what bench folders hold (bench/models.py)
+
+
+def add_model_folders(folders) -> None:
+    """ComfyUI searches ``folders`` for checkpoints, diffusion models, text encoders and VAEs."""
     import folder_paths
+
+    for folder in folders:
+        for kind in MODEL_KINDS:
+            folder_paths.add_model_folder_path(kind, str(folder), is_default=True)
+
+
+def make_runner(extra_checkpoint_dirs: list[Path] = ()):
+    """pack_testing's GraphRunner with the pack, ``Capture``, ``BenchLatent`` and ``BenchTouch``;
+    ``extra_checkpoint_dirs`` are searched for every model kind of ``MODEL_KINDS``."""
+    import pack_testing
     import nodes
 
     runner = pack_testing.make_graph_runner()
-    for folder in extra_checkpoint_dirs:
-        folder_paths.add_model_folder_path("checkpoints", str(folder), is_default=True)
+    add_model_folders(extra_checkpoint_dirs)
     nodes.NODE_CLASS_MAPPINGS["BenchLatent"] = _BenchLatent
     nodes.NODE_CLASS_MAPPINGS["BenchTouch"] = _BenchTouch
     return runner

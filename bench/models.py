@@ -1,4 +1,4 @@
-"""Random-weight checkpoints at the real SD1.5 and SDXL architecture sizes, for timing on CUDA.
+"""Random-weight checkpoints at the real SD1.5, SDXL and FLUX.1 architecture sizes, for timing on CUDA.
 
 They reuse tools/make_test_checkpoints.py's recipe (structured random UNet with the eps carrier,
 fan-in scaled CLIP) by importing its builders with the full-size UNet configs that ComfyUI's
@@ -9,6 +9,14 @@ and are rebuilt only when their recorded build id changes.
 
 Random weights time like real ones: the cost of a UNet evaluation depends on shapes, not values.
 The carrier keeps sampling bounded, so outputs stay finite, which the GPU smoke test checks.
+
+FLUX.1 (``flux``): make_test_checkpoints.py's FLUX-layout recipe at FLUX.1-dev's size (hidden 3072,
+24 heads, 19 double and 38 single blocks, guidance input: 11.9 B parameters, stored in bf16 as the
+released weights, 24 GB), loaded by UNETLoader, with the full-size CLIP-L of the test models as its
+only text encoder (CLIPLoader): the image tokens and every block are FLUX.1's, but the text arrives
+as CLIP-L's 77 tokens of width 768 (``txt_in`` 768 wide) instead of T5-XXL's 256+ tokens of 4096, so
+the joint sequence is 179 tokens shorter than FLUX.1-dev's (at 512 px: 1101 tokens against 1280).
+The small profile uses the FLUX-layout test model the host loads (tests/pack_testing.py).
 """
 from __future__ import annotations
 
@@ -46,14 +54,23 @@ SDXL_FULL_UNET = {
 VAE_DDCONFIG = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
                 "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0}
 
-# model -> (file name, family, full resolution)
+# FLUX.1-dev's layout; out_gain as the 3072-wide test model's
+FLUX1_FULL = {"hidden_size": 3072, "depth": 19, "depth_single_blocks": 38, "guidance_embed": True, "out_gain": 4.5}
+FLUX_TEXT_ENCODER_FULL = "bench_clip_l.safetensors"
+# the trainer's one-off encodes only (its per-step figure cancels them): the FLUX test VAE, a 16-channel TAESD
+FLUX_VAE_FULL = "bench_flux_taesd.safetensors"
+EXTRA_FILES = {"flux_text_encoder": FLUX_TEXT_ENCODER_FULL, "flux_vae": FLUX_VAE_FULL}
+
+# model -> (file name, family, full resolution); the small FLUX file depends on the host (small_flux_file)
 FULL = {
     "sd15": ("bench_sd15_full.safetensors", "SD15", 512),
     "sdxl": ("bench_sdxl_full.safetensors", "SDXL", 1024),
+    "flux": ("bench_flux1_full.safetensors", "FLUX", 512),  # the shipped FLUX workflows scale images to 512
 }
 SMALL = {
     "sd15": ("test_sd15.safetensors", "SD15", 64),
     "sdxl": ("test_sdxl.safetensors", "SDXL", 64),
+    "flux": (None, "FLUX", 64),
 }
 
 
@@ -91,6 +108,12 @@ def full_state_dict(model: str) -> dict:
     import comfy.supported_models as sm
 
     mk = _mk()
+    if model == "flux":
+        return mk.flux_state_dict(FLUX1_FULL)
+    if model == "flux_text_encoder":
+        return mk.clip_l_state_dict()
+    if model == "flux_vae":
+        return mk.flux_vae_state_dict()
     if model == "sd15":
         cfg = sm.SD15(dict(SD15_FULL_UNET))
         clip_shapes = mk.meta_state_dict(lambda: comfy.sd1_clip.SD1ClipModel())
@@ -121,18 +144,21 @@ def _recorded(path: Path) -> str | None:
 
 
 def ensure_full_checkpoint(model: str, folder: Path = CHECKPOINT_DIR, log=print) -> Path:
-    """Builds (once) the full-size random checkpoint of ``model`` ("sd15" / "sdxl")."""
+    """Builds (once) the full-size random checkpoint of ``model`` ("sd15" / "sdxl" / "flux"), or one of
+    FLUX's ``EXTRA_FILES`` ("flux_text_encoder": the CLIP-L its graphs load with CLIPLoader; "flux_vae")."""
     from safetensors.torch import save_file
 
-    name, _, _ = FULL[model]
+    name = EXTRA_FILES.get(model) or FULL[model][0]
     path = folder / name
     bid = build_id()
     if path.exists() and _recorded(path) == bid:
         return path
     t0 = time.perf_counter()
-    sd = full_state_dict(model)
-    tensors = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in sd.items()}
-    del sd
+    tensors = full_state_dict(model)
+    dtype = torch.bfloat16 if model == "flux" else torch.float16  # FLUX.1 is released in bf16
+    for key in list(tensors):  # converted one at a time: FLUX.1's fp32 weights alone take 48 GB
+        value = tensors[key]
+        tensors[key] = (value.to(dtype) if value.is_floating_point() else value).contiguous()
     folder.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{name}.tmp{os.getpid()}")
     try:
@@ -146,16 +172,45 @@ def ensure_full_checkpoint(model: str, folder: Path = CHECKPOINT_DIR, log=print)
     return path
 
 
+def small_flux_file() -> str:
+    """The FLUX-layout test model this host loads (tests/pack_testing.py): the narrow one on ComfyUI
+    0.33+, the 3072-wide one on hosts that fix 24 heads (0.3.75)."""
+    import pack_testing
+
+    for path in (pack_testing.FLUX_FILES / "diffusion_models" / pack_testing.FLUX_NARROW,
+                 pack_testing.FLUX_FILES / "text_encoders" / pack_testing.FLUX_CLIP):
+        if not path.exists():
+            raise SystemExit(f"error: FLUX test model {path} missing: run `make setup`")
+    name = pack_testing.flux_model_for_host()
+    if not (pack_testing.FLUX_FILES / "diffusion_models" / name).exists():
+        raise SystemExit(f"error: FLUX test model {name} missing in {pack_testing.FLUX_FILES}: run `make setup`")
+    return name
+
+
 def checkpoints(device: str, models: list[str], full: bool, log=print) -> dict[str, dict]:
-    """``{model: {"ckpt": file name, "family": ..., "size": px, "folder": Path}}``."""
+    """``{model: {"ckpt": file name, "family": ..., "size": px, "folder": Path, "text_encoder": file
+    name or None, "vae": file name or None}}``; FLUX's ``ckpt`` is a diffusion model, ``text_encoder``
+    its CLIP-L and ``vae`` its VAE."""
+    import pack_testing
+
     table = FULL if full else SMALL
     out = {}
     for model in models:
+        if model not in table:
+            raise SystemExit(f"error: unknown model {model!r}; known: {', '.join(table)}")
         name, family, size = table[model]
         folder = CHECKPOINT_DIR if full else SMALL_CHECKPOINT_DIR
+        text_encoder = vae = None
         if full:
             ensure_full_checkpoint(model, folder, log)
+            if model == "flux":
+                text_encoder = ensure_full_checkpoint("flux_text_encoder", folder, log).name
+                vae = ensure_full_checkpoint("flux_vae", folder, log).name
+        elif model == "flux":  # the pack's own test folders are registered by pack_testing's runner
+            name, folder = small_flux_file(), pack_testing.FLUX_FILES
+            text_encoder, vae = pack_testing.FLUX_CLIP, pack_testing.FLUX_VAE
         elif not (folder / name).exists():
             raise SystemExit(f"error: test checkpoint {folder / name} missing: run `make setup`")
-        out[model] = {"ckpt": name, "family": family, "size": size, "folder": folder, "full": full}
+        out[model] = {"ckpt": name, "family": family, "size": size, "folder": folder, "full": full,
+                      "text_encoder": text_encoder, "vae": vae}
     return out

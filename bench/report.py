@@ -29,6 +29,8 @@ class FloorLimit(float):
     """A time limit stated as a multiple of the method's floor."""
 
 
+MODELS = ("sd15", "sdxl", "flux")  # the target table's columns; the issue-6 verdict is SD1.5's
+
 TARGETS = [
     ("DDIMInvert ≤ 1.05× plain sampling of the same steps", "ddim_invert", 1.05, None),
     ("Appearance transfer end to end (both inversions) ≤ 2.5× one plain sampling", "appearance_transfer", 2.5, None),
@@ -124,6 +126,14 @@ def _gib(b) -> str:
     return "-" if b is None else f"{b / 2**30:.2f}"
 
 
+def model_label(model: str, data: dict) -> str:
+    """The model's name; FLUX's with its file, which differs by host and size (the test model a host
+    loads: 3072 wide on 0.3.75, 256 wide on 0.33+; FLUX.1's size on a GPU)."""
+    if model != "flux" or not data.get("checkpoint"):
+        return model
+    return f"flux ({Path(data['checkpoint']).stem})"
+
+
 def run_table(stem: str, run: dict, picked: dict[str, list[dict]]) -> list[str]:
     m = run["machine"]
     cuda = m["device"] == "cuda"
@@ -139,8 +149,9 @@ def run_table(stem: str, run: dict, picked: dict[str, list[dict]]) -> list[str]:
              + (f"; training {p['training_short_steps']} and {p['training_steps']} steps, "
                 f"{p['training_repeats']} repeat(s)" if "training_steps" in p else "")
              + f"; whole run {run.get('seconds_total', '?')} s."
-             + (f" Load average at start {m['load_average']} (shared machine: timings are noisy)."
-                if not cuda and m.get("load_average") else ""),
+             + (f" Load average at start {m['load_average']}"
+                + (f", at end {m['load_average_end']}" if m.get("load_average_end") else "")
+                + " (shared machine: timings are noisy)." if not cuda and m.get("load_average") else ""),
              f"Memory: {run['memory_method']}.", ""]
     mem_head = "peak GiB" if cuda else "peak RSS growth MiB"
     lines.append(f"| model | case | steps | s / image | ms / step | {mem_head} | time × plain | memory × plain "
@@ -149,12 +160,13 @@ def run_table(stem: str, run: dict, picked: dict[str, list[dict]]) -> list[str]:
     for model, rows in picked.items():
         data = run["models"][model]
         for r in rows:
-            label = f"{model} {data['size']}px"
+            label = model_label(model, data) + f" {data['size']}px"
             if r.get("error"):
                 lines.append(f"| {label} | {r['case']} | {r['steps']} | FAILED | | | | | | |")
                 continue
             mem = _gib(r["peak_bytes_median"]) if cuda else _mib(r["peak_bytes_median"])
-            ratio_t = f"{r['time_ratio']:.2f}" if "time_ratio" in r else "1 (baseline)"
+            ratio_t = f"{r['time_ratio']:.2f}" if "time_ratio" in r else (
+                "1 (baseline)" if r.get("kind") == "baseline" else "no baseline")
             ratio_m = f"{r['memory_ratio']:.2f}" if r.get("memory_ratio") else ""
             name = r["case"] + (f" (vs {r['baseline']})" if r.get("baseline") else "")
             if r.get("steps_per_second"):  # a training comparison: per-step figures
@@ -174,11 +186,14 @@ def run_table(stem: str, run: dict, picked: dict[str, list[dict]]) -> list[str]:
     return lines + [""]
 
 
-def _newest_row(runs, case: str, model: str, device: str, full: bool):
-    """The newest error-free row of ``case`` on ``model`` among runs on ``device`` at that size."""
+def _newest_row(runs, case: str, model: str, device: str, full: bool, comfyui: str | None = None):
+    """The newest error-free row of ``case`` on ``model`` among runs on ``device`` at that size (and
+    on that ComfyUI version, if given)."""
     for _, file_runs in runs:
         for run in file_runs:
             if run["machine"]["device"] != device or bool(run["profile"].get("full_size")) != full:
+                continue
+            if comfyui is not None and run["machine"].get("comfyui") != comfyui:
                 continue
             rows = run["models"].get(model, {}).get("rows", [])
             r = next((x for x in rows if x["case"] == case and not x.get("error") and "time_ratio" in x), None)
@@ -212,11 +227,12 @@ def _cell(r, limit_t, limit_gb, cuda: bool) -> tuple[str, bool]:
 
 def target_lines(runs) -> list[str]:
     has_gpu = any(r["machine"]["device"] == "cuda" and r["profile"].get("full_size") for _, rs in runs for r in rs)
-    lines = ["| target | GPU SD1.5 512² | GPU SDXL 1024² | status | CPU, real-size SD1.5 512² | CPU, small test models (64 px) |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| target | GPU SD1.5 512² | GPU SDXL 1024² | GPU FLUX.1 512² | status | CPU, real-size SD1.5 512² "
+             "| CPU, small test models (64 px) |",
+             "|---|---|---|---|---|---|---|"]
     for text, case, limit_t, limit_gb in TARGETS:
         cells, verdicts = [], []
-        for model in ("sd15", "sdxl"):
+        for model in MODELS:
             r, _ = _newest_row(runs, case, model, "cuda", True)
             if r is None:
                 cells.append("pending")
@@ -235,11 +251,19 @@ def target_lines(runs) -> list[str]:
             if r is not None:
                 cpu_full.append(f"{model}: {_cell(r, limit_t, limit_gb, False)[0]}")
         cpu_small = []
-        for model in ("sd15", "sdxl"):
-            r, _ = _newest_row(runs, case, model, "cpu", False)
-            if r is not None:
-                cpu_small.append(f"{model}: {_cell(r, limit_t, limit_gb, False)[0]}")
-        lines.append(f"| {text} | {cells[0]} | {cells[1]} | {status} | {'; '.join(cpu_full) or 'not measured'} "
+        for model in MODELS:
+            # FLUX: one figure per host, whose test models differ (3072 wide on 0.3.75, 256 on 0.33+)
+            hosts = sorted({run["machine"].get("comfyui") for _, rs in runs for run in rs}, key=str) \
+                if model == "flux" else [None]
+            for host in hosts:
+                r, run = _newest_row(runs, case, model, "cpu", False, host)
+                if r is None:
+                    continue
+                label = model_label(model, run["models"][model])
+                if model == "flux":
+                    label += f", ComfyUI {host}"
+                cpu_small.append(f"{label}: {_cell(r, limit_t, limit_gb, False)[0]}")
+        lines.append(f"| {text} | {' | '.join(cells)} | {status} | {'; '.join(cpu_full) or 'not measured'} "
                      f"| {'; '.join(cpu_small) or 'not measured'} |")
     return lines
 
@@ -285,8 +309,8 @@ def render() -> str:
         "encodings and loaded models stay cached between repeats (as in a session), VAE encode/decode are left "
         "out (equal with or without a method), and so is FreeU in the appearance workflow (FreeU (Eye-for-an-eye official): a filter on 4 decoder levels, a few FFTs of the backbone per UNet call; it does nothing on the small test models, whose widths it does not act on).",
         "",
-        "- **CUDA**: random-weight checkpoints at the real SD1.5 (512²) and SDXL (1024²) architecture sizes are "
-        "built once (`bench/models.py`, from tools/make_test_checkpoints.py's recipe; cached in "
+        "- **CUDA**: random-weight checkpoints at the real SD1.5 (512²), SDXL (1024²) and FLUX.1 (512², below) "
+        "architecture sizes are built once (`bench/models.py`, from tools/make_test_checkpoints.py's recipe; cached in "
         "`.cache/bench_checkpoints`); 50 steps, appearance transfer 100 steps skip 32. Peak memory is "
         "`torch.cuda.max_memory_allocated` (reset before each run, loaded weights included).",
         f"- **CPU**: the small test checkpoints at 64 px, {CPU.steps} steps (appearance {CPU.appearance_steps} skip "
@@ -304,10 +328,35 @@ def render() -> str:
         f"Steps: CUDA {CUDA.training_short_steps} and {CUDA.training_steps}; CPU small models "
         f"{CPU.training_short_steps} and {CPU.training_steps}; `--full` on a CPU builds the real-size checkpoints "
         f"and runs only this comparison ({CPU_FULL.training_short_steps} and {CPU_FULL.training_steps} steps at 512²).",
+        "- **FLUX-class models** (issues 21 and 22, `--models flux`): the same cases built from the shipped "
+        "`*_flux` workflows (stock UNETLoader, CLIPLoader of the test CLIP-L, FluxGuidance 3.5, cfg 1, euler and the "
+        "`simple` schedule, 16-channel latents; plain sampling likewise): appearance transfer (two edit-friendly "
+        "flow inversions and the patched replay, `dit_all_blocks`; with and without the automatic masks the FLUX "
+        "workflow uses), translation (EditDirection + CutLossGuidance at cfg 1 through the distilled guidance, "
+        "from a cached Euler inversion) and DeltaInterpolationTrainer per step (the node alone, in the FLUX "
+        "workflow's conditioning token space: there is no plain loop of the FLUX loss to compare with). CPU: the "
+        "FLUX-layout test model the host loads at 64 px (16 image tokens + 77 text tokens): on ComfyUI 0.3.75 "
+        "the 3072-wide one (`test_flux_wide`, 1 double + 1 single block, 0.5 B parameters), on 0.33+ the 256-wide "
+        "one (`test_flux`, 2 + 2 blocks): the two hosts' FLUX rows are of different models, not comparable with "
+        "each other, and both are far from FLUX.1's shape (its per-step cost is in the 57 blocks at 3072 wide). "
+        "CUDA: FLUX.1-dev's architecture with random weights (`bench/models.py`: hidden 3072, 24 heads, 19 double "
+        "+ 38 single blocks, guidance input, 11.9 B parameters in bf16, 24 GB; built on the GPU machine's CPU, "
+        "by estimate 2–4 min: ~12 G normal draws at 150–300 M/s on one core, measured here, plus writing 24 GB) at "
+        "512² (the FLUX workflows' size), with the test CLIP-L as its only text encoder: the image tokens and "
+        "every block are FLUX.1's, but the text arrives as 77 tokens of width 768 instead of T5-XXL's ≥ 256 of "
+        "4096, so the joint sequence is 1101 tokens instead of 1280. GPU run (pending: no GPU lent), one call with "
+        "`.gpu` carried (`bash bench/gpu_carry.sh` here): `bash bench/gpu_carry.sh --install && PYTHONPATH=.gpu/site "
+        "COMFYUI_PATH=.gpu/ComfyUI python3 bench/run.py --device cuda --models flux --cases "
+        "appearance_transfer,appearance_auto_mask,translation --repeats 2; cp bench/results/*-cuda-*.json $OUT/` "
+        "(by estimate it fits a 10-minute call: the build above, then a FLUX.1 forward at 512² of about 26 TFLOP, "
+        "tens of ms on an H200, so the graphs take a few minutes; the built model stays in `.cache/bench_checkpoints` "
+        "while the machine stays warm). The FLUX trainer row also needs the 816 MB test CLIP vision model "
+        "(`.cache/clip`, too large to carry: build it there with tools/make_test_clip.py).",
         "- Results append to `bench/results/<date>-<device>.json` (machine, torch, ComfyUI version, pack commit, "
         "every repeat); `.venv/bin/python bench/report.py` regenerates this file.",
         "- `bench/gpu_smoke.py` runs every shipped workflow (`workflows/api/*.json`) at full architecture size on "
-        "CUDA and checks the outputs are finite; `--dry-run` does the same on the small models on any machine.",
+        "CUDA (the `*_flux` ones on the FLUX.1-size model, with its CLIP-L and the 16-channel test TAESD as VAE) "
+        "and checks the outputs are finite; `--dry-run` does the same on the small models on any machine.",
         "",
         "## Targets (issue 6: GPU, SD1.5 512², 50 steps unless a method fixes its own; SDXL 1024² beside)",
         "",

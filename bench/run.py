@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
 """``make bench``: time every method against plain sampling of the same model, size and steps.
 
-    .venv/bin/python bench/run.py [--device auto|cpu|cuda] [--models sd15,sdxl] [--cases NAME,...]
+    .venv/bin/python bench/run.py [--device auto|cpu|cuda] [--models sd15,sdxl,flux] [--cases NAME,...]
                                   [--repeats N] [--small] [--no-save]
 
-On CUDA it builds random-weight SD1.5 (512 px) and SDXL (1024 px) checkpoints at the real
-architecture sizes (bench/models.py; cached in .cache/bench_checkpoints) and runs 50 steps
-(appearance transfer: 100 steps, skip 32). On a CPU it uses the small test checkpoints from
-``make setup`` at 64 px and 6 steps, and finishes in a few minutes; ``--full`` builds the real-size
-checkpoints on a CPU too (only the training comparison is practical there).
+On CUDA it builds random-weight SD1.5 (512 px), SDXL (1024 px) and FLUX.1 (512 px, the shipped
+FLUX workflows' size) models at the real architecture sizes (bench/models.py; cached in
+.cache/bench_checkpoints) and runs 50 steps (appearance transfer: 100 steps, skip 32). On a CPU it
+uses the small test models from ``make setup`` at 64 px and 6 steps (FLUX: the FLUX-layout test
+model the host loads), and finishes in a few minutes; ``--full`` builds the real-size checkpoints
+on a CPU too (only the training comparison is practical there).
 
 Each graph runs in-process through ComfyUI's own validator and executor (tests/pack_testing.py's
 GraphRunner), once to warm up (load the model, fill caches), then ``--repeats`` times interleaved
@@ -34,9 +35,12 @@ import harness  # noqa: E402
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--models", default="sd15,sdxl", help="comma list of sd15, sdxl (default both)")
+    p.add_argument("--models", default="sd15,sdxl,flux", help="comma list of sd15, sdxl, flux (default all)")
     p.add_argument("--cases", default="", help="comma list of case names (default all available)")
     p.add_argument("--repeats", type=int, help="measured runs per graph (default 3)")
+    p.add_argument("--training-steps", type=int, help="DeltaInterpolationTrainer: steps of the long run (default "
+                   "the profile's); a model whose training step is short against the run's one-off work (the "
+                   "narrow FLUX test model) needs more for its per-step figure to rise above run-to-run noise")
     p.add_argument("--small", action="store_true", help="on CUDA, use the small test checkpoints and the CPU "
                    "profile (a quick check of the bench itself)")
     p.add_argument("--full", action="store_true", help="on a CPU, build and use the real-size SD1.5/SDXL "
@@ -133,7 +137,7 @@ def run_model(runner, ctx, cases, repeats: int, device: str, folder) -> list[dic
     for case in compared:  # measured in their own processes; free this one's models first
         import comfy.model_management
 
-        comfy.model_management.unload_all_models()
+        unload_all_models()
         comfy.model_management.soft_empty_cache()
         try:
             rows.extend(case.compare(ctx, folder, device, log))
@@ -142,6 +146,23 @@ def run_model(runner, ctx, cases, repeats: int, device: str, folder) -> list[dic
             rows.append({"case": case.name, "title": case.title, "kind": "method", "steps": case.steps(ctx),
                          "error": f"{type(exc).__name__}: {exc}"[:2000]})
     return rows
+
+
+def unload_all_models() -> None:
+    """ComfyUI's unload_all_models, once more where it fails: on reload hosts (0.33) unloading the
+    gradient path's private model copy drops the pack's last reference to it (nodes/host/gradients.py,
+    ON_DETACH), its weights are freed inside the loop and ComfyUI's finalizer (cleanup_models) shortens
+    the list free_memory is walking, which raises IndexError; the next call sees a consistent list."""
+    import comfy.model_management
+
+    for attempt in range(3):
+        try:
+            comfy.model_management.unload_all_models()
+            return
+        except IndexError:
+            log(f"unload_all_models raised IndexError (the loaded-model list shrank while it was walked); "
+                f"again ({attempt + 1})")
+    comfy.model_management.unload_all_models()
 
 
 def append_result(record: dict, slug: str) -> Path:
@@ -189,9 +210,13 @@ def main(argv=None) -> int:
         case_mod.CPU_FULL_PROFILE if full else case_mod.CPU_PROFILE)
     if args.repeats:
         profile.repeats = args.repeats
-    wanted_models = [m.strip() for m in args.models.split(",") if m.strip()]
-    ckpts = models.checkpoints(device, wanted_models, full, log)
-    runner = harness.make_runner(sorted({c["folder"] for c in ckpts.values()}))
+    if args.training_steps:
+        if args.training_steps <= profile.training_short_steps:
+            print(f"error: --training-steps must exceed the short run's {profile.training_short_steps}",
+                  file=sys.stderr)
+            return 2
+        profile.training_steps = args.training_steps
+    runner = harness.make_runner()
 
     wanted_cases = {c.strip() for c in args.cases.split(",") if c.strip()}
     unknown = wanted_cases - {c.name for c in case_mod.CASES}
@@ -216,6 +241,15 @@ def main(argv=None) -> int:
             skipped[case.name] = why
             log(f"case {case.name} skipped: {why}")
 
+    def model_cases(model: str) -> list:
+        family = case_mod.Context.family_of(model)
+        return [c for c in selected if family in c.families and (wanted_cases or full or model in c.small_models)]
+
+    # only the models some selected case runs on are built or checked (FLUX.1 at full size is 24 GB)
+    wanted_models = [m.strip() for m in args.models.split(",") if m.strip() and model_cases(m.strip())]
+    ckpts = models.checkpoints(device, wanted_models, full, log)
+    harness.add_model_folders(sorted({c["folder"] for c in ckpts.values()}))
+
     info = harness.machine(device)
     record = {"date": harness.today(), "time": harness.now(), "machine": info,
               "profile": {"full_size": full, "steps": profile.steps, "appearance_steps": profile.appearance_steps,
@@ -230,17 +264,23 @@ def main(argv=None) -> int:
         f"{'full-size' if full else 'small test'} models, {profile.repeats} repeats")
     failed = False
     for model, ck in ckpts.items():
-        ctx = case_mod.Context(model=model, ckpt=ck["ckpt"], size=ck["size"], profile=profile, threads=args.threads)
+        ctx = case_mod.Context(model=model, ckpt=ck["ckpt"], size=ck["size"], profile=profile, threads=args.threads,
+                               text_encoder=ck["text_encoder"], vae=ck["vae"])
         t = harness.Timer(model)
-        model_cases = [c for c in selected if wanted_cases or full or model in c.small_models]
-        rows = run_model(runner, ctx, model_cases, profile.repeats, device, ck["folder"])
+        rows = run_model(runner, ctx, model_cases(model), profile.repeats, device, ck["folder"])
         failed |= any(r.get("error") for r in rows)
         record["models"][model] = {"checkpoint": ck["ckpt"], "family": ck["family"], "size": ck["size"],
                                    "seconds_total": round(t.done(), 1), "rows": rows}
+        if ck["text_encoder"]:
+            record["models"][model]["text_encoder"] = ck["text_encoder"]
         print_rows(model, ctx, rows, device)
         if device == "cuda":
             torch.cuda.empty_cache()
     record["seconds_total"] = round(t_all.done(), 1)
+    try:
+        record["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        pass
     if not args.no_save:
         path = append_result(record, harness.device_slug(info))
         log(f"results appended to {path.relative_to(harness.REPO)}")

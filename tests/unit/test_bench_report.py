@@ -62,3 +62,18 @@ def test_floor_targets_judge_the_ratio_over_the_floor():
                                                          "repeats": 3}, "memory_method": "m"},
                                       {"sd15": [_base("plain"), near]}))
     assert "| 4.50 | 1.07 |" in table
+
+
+def test_flux_rows_name_their_model_file_and_a_row_without_baseline_says_so():
+    trainer = {"case": "analogy_trainer", "kind": "method", "steps": 3, "seconds_median": 3.0, "ms_per_step": 1000.0,
+               "steps_per_second": 1.0, "peak_bytes_median": 2**20}
+    run = {**_run("t", {"flux": [_base("plain"), _method("appearance_transfer", "plain", 2.5), trainer]}),
+           "machine": {"device": "cpu", "cpu": "x", "cpu_cores": 2, "torch_threads": 1, "torch": "t", "comfyui": "c",
+                       "pack_commit": "p", "python": "3", "load_average": [2.0], "load_average_end": [3.0]},
+           "profile": {"steps": 6, "appearance_steps": 8, "appearance_skip": 3, "repeats": 3}, "memory_method": "m"}
+    run["models"]["flux"]["checkpoint"] = "test_flux_wide.safetensors"
+    table = "\n".join(report.run_table("f", run, {"flux": run["models"]["flux"]["rows"]}))
+    assert "| flux (test_flux_wide) 64px | appearance_transfer (vs plain) |" in table
+    assert "| 1 (baseline) |" in table and "| no baseline |" in table  # the trainer has no plain loop on FLUX
+    assert "at start [2.0], at end [3.0]" in table
+    assert report.model_label("sd15", {"checkpoint": "test_sd15.safetensors"}) == "sd15"
