@@ -36,9 +36,7 @@ import numpy as np  # noqa: E402
 from toy_world import detect, harness, scenes  # noqa: E402
 
 STEPS, CFG = 20, 3.0
-ATTRIBUTES = ("colour", "pattern", "shape", "position", "background")
-VALUES = {"colour": scenes.COLOURS, "pattern": scenes.PATTERNS, "shape": scenes.SHAPES,
-          "position": scenes.POSITIONS, "background": tuple(scenes.BACKGROUNDS)}
+ATTRIBUTES, VALUES = scenes.ATTRIBUTES, scenes.VALUES
 GUIDANCE = {"lambda_xa": 1.0, "step_size": 0.1, "guidance_start_step": 0, "guidance_end_step": 1000,
             "num_patches": 64, "tau": 0.07, "offload_to_cpu": False}
 # The toy's text encoder is the random test CLIP-L: a mean over template sentences ("a photo of a

@@ -46,6 +46,8 @@ DOT_RADIUS = 3.5
 SUPERSAMPLE = 4
 
 ATTRIBUTES = ("colour", "pattern", "shape", "position", "background")
+VALUES = {"colour": tuple(COLOURS), "pattern": PATTERNS, "shape": SHAPES, "position": POSITIONS,
+          "background": tuple(BACKGROUNDS)}  # the words of each attribute
 
 
 @dataclass(frozen=True)
