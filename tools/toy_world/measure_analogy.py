@@ -44,7 +44,7 @@ STEPS, CFG = 20, 3.0
 ATTRIBUTES, VALUES = scenes.ATTRIBUTES, scenes.VALUES
 METHODS = ("B reconstructed", "A' caption", "analogy")
 ALIGNMENT = "toy_alignment_clip_l.safetensors"
-TRAINER = {"token_space": "conditioning", "num_tokens": 4, "alpha": 0.8, "learning_rate": 0.01,
+TRAINER = {"token_space": "conditioning", "num_tokens": 4, "alpha": 0.8, "learning_rate": 0.1,
            "lambda_mse": 4.0, "lambda_clip": 0.0, "keep": "best_on_validation", "validation_every": 50,
            "validation_timesteps": 8, "if_exists": "overwrite"}
 
@@ -153,7 +153,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--analogies", type=int, default=8, help="analogies per attribute")
     parser.add_argument("--attribute", default="colour,pattern")
-    parser.add_argument("--steps", type=int, default=200, help="the trainer's steps")
+    parser.add_argument("--steps", type=int, default=400, help="the trainer's steps")
     parser.add_argument("--trainer", type=json.loads, default={}, help="trainer inputs to change (JSON)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path)
