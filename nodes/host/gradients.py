@@ -32,6 +32,7 @@ ComfyUI's CLIP layers add in place (``x += ...``) onto tensors a LayerNorm saved
 from __future__ import annotations
 
 import inspect
+import uuid
 import weakref
 
 import torch
@@ -135,9 +136,14 @@ _NO_CHANGE = torch.zeros(())  # a zero-strength "diff" patch never reads its ten
 
 def _add_no_op_weight_patches(patcher) -> None:
     """A zero-strength difference patch on every parameter (see the module docstring): ComfyUI patches
-    each weight into an ordinary copy equal to it when it loads the clone, and restores it afterwards."""
+    each weight into an ordinary copy equal to it when it loads the clone, and restores it afterwards.
+    The patch set's id is derived from the source's (``add_patches`` draws a new one), so another clone
+    of the same model and patches (the node run again with other settings) finds its copies in place
+    while ComfyUI keeps them loaded, as it does for a LoRA that did not change."""
+    source_id = patcher.patches_uuid
     names = [name for name, _param in patcher.model.named_parameters()]
     patcher.add_patches({name: (_NO_CHANGE,) for name in names}, strength_patch=0.0)
+    patcher.patches_uuid = uuid.uuid5(source_id, WRAPPER_KEY)
 
 
 
