@@ -34,6 +34,11 @@ and the CLIP-loss feature is taken from the encoder's final-LayerNorm *outputs a
 of D* (VISII's mean-then-project, visii.py:927-934). :func:`append_tokens` is the literal
 concatenation; the losses, slerp and timestep schedule do not depend on the choice.
 
+Rectified-flow models (FLUX.1; not in the paper, which uses SD). The consistency loss keeps its form
+with the model's own target, the velocity eps - x0 at x = (1 - sigma) x0 + sigma eps
+(:func:`noised_latent` with ``FLOW``). FLUX reads a pooled CLIP-L vector beside the text rows; the pack
+gives D a pooled part too (:func:`add_to_pooled`), zero-initialised and negated like the rows.
+
 References
 - Kim, Kim, Kim, "Difference Inversion: Interpolate and Isolate the Difference with Token
   Consistency for Image Analogy Generation", CVPR 2025 (project page kdst-team/DifferenceInversion).
@@ -48,6 +53,8 @@ from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
+
+from .inversion import FLOW, VE
 
 Predictor = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 """``predict(latent, t, conditioning) -> prediction`` (eps or v, the same kind as ``target``)."""
@@ -185,8 +192,9 @@ def append_tokens(prompt_embeds: torch.Tensor, signed_tokens: torch.Tensor) -> t
 
 def add_to_padding_rows(conditioning: torch.Tensor, signed_rows: torch.Tensor) -> torch.Tensor:
     """[P ; s D] in the conditioning space: ``conditioning`` ``[B, T, W]`` (the text encoder's output,
-    T = 77 x chunks) with ``signed_rows`` ``[K, W]`` added onto its **last K rows**, the padding after
-    the end token of the last 77-row chunk (the caller checks that they are padding).
+    T = 77 x chunks for CLIP, T >= 256 for FLUX.1's T5-XXL) with ``signed_rows`` ``[K, W]`` added onto
+    its **last K rows**, the padding after the end token of the last chunk (the caller checks that
+    they are padding).
 
     The sequence length stays T. This is the composition of research note
     ``docs/research/difference_inversion_official.md`` section 4.3 (option C), chosen over
@@ -321,20 +329,35 @@ def shuffled_timesteps(
 # --- training-loop helpers -----------------------------------------------------------------
 
 
-def noised_latent(x0: torch.Tensor, sigma: torch.Tensor | float, noise: torch.Tensor) -> torch.Tensor:
-    """z_{X,t} in sigma space: x = x0 + sigma(t) * eps.
+def noised_latent(x0: torch.Tensor, sigma: torch.Tensor | float, noise: torch.Tensor,
+                  process: str = VE) -> torch.Tensor:
+    """z_{X,t} in the coordinates ComfyUI's model takes, for ``process``:
 
-    This is the paper's z_{X,t} = sqrt(abar_t) z_X + sqrt(1 - abar_t) eps (figure steps 4/5) divided
-    by sqrt(abar_t), with sigma(t) = sqrt((1 - abar_t) / abar_t) (the VP-to-sigma correspondence of Karras et al. 2022):
-    the form ComfyUI's models take, which rescale by c_in = 1 / sqrt(sigma^2 + 1) = sqrt(abar_t)
-    themselves. The noise eps (and so the eps / v targets) is the same in both forms.
+    - ``VE`` (eps/v-prediction UNets): x = x0 + sigma(t) * eps. This is the paper's
+      z_{X,t} = sqrt(abar_t) z_X + sqrt(1 - abar_t) eps (figure steps 4/5) divided by sqrt(abar_t), with
+      sigma(t) = sqrt((1 - abar_t) / abar_t) (the VP-to-sigma correspondence of Karras et al. 2022): the
+      form ComfyUI's models take, which rescale by c_in = 1 / sqrt(sigma^2 + 1) = sqrt(abar_t)
+      themselves. The noise eps (and so the eps / v targets) is the same in both forms.
+    - ``FLOW`` (rectified-flow models, FLUX.1): x = (1 - sigma) x0 + sigma eps (Liu et al. 2023, Eq. 1;
+      ``core.inversion.noisy_latent``), whose regression target is the velocity eps - x0.
     """
     if not torch.is_tensor(sigma):
         sigma = torch.tensor(float(sigma), dtype=x0.dtype, device=x0.device)
     sigma = sigma.to(x0.dtype).to(x0.device)
     while sigma.ndim < x0.ndim:
         sigma = sigma.unsqueeze(-1)
+    if process == FLOW:
+        return (1.0 - sigma) * x0 + sigma * noise
     return x0 + sigma * noise
+
+
+def add_to_pooled(pooled: torch.Tensor, signed_delta: torch.Tensor) -> torch.Tensor:
+    """The pooled text vector with a (signed) difference added: ``pooled`` ``[B, W]`` + ``signed_delta``
+    ``[1, W]``, in ``pooled``'s dtype and device. As :func:`add_to_padding_rows`, a zero delta gives
+    ``pooled`` back exactly and a negated one the exact reverse change. (FLUX-class models read the
+    pooled CLIP-L vector through ``vector_in``: it modulates every block, so a difference needs it to
+    reach what the text rows cannot; this pack's choice, the paper has no pooled vector.)"""
+    return pooled + signed_delta.to(device=pooled.device, dtype=pooled.dtype)
 
 
 # --- fair selection of the tokens (this pack; neither paper has a validation set) ---------------

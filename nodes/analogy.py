@@ -4,7 +4,9 @@ DeltaInterpolationTrainer learns K Difference tokens from a before/after pair, i
 output (conditioning) space by default, saved in models/differences, or in their input space as a
 standard ComfyUI embedding; TokenInjector adds them (or a saved one, by name) to a prompt of B.
 The workflow ``image_analogy`` inverts B (edit-friendly, at the sampling cfg) and replays it with that
-prompt to make B': with a zero difference B' is B.
+prompt to make B': with a zero difference B' is B. On FLUX-class flow models (``image_analogy_flux``)
+the loss is the flow-matching error, the rows are those of the text encoder FLUX reads (FLUX.1:
+T5-XXL) and the difference has a pooled CLIP-L part, which carries the CLIP loss.
 """
 from __future__ import annotations
 
@@ -33,6 +35,12 @@ METADATA_KEY = "exemplar_edit"
 CONDITIONING, INPUT_EMBEDDING = "conditioning", "input_embedding"
 TOKEN_SPACES = (CONDITIONING, INPUT_EMBEDDING)
 
+POOLED = "pooled"
+"""The key of the pooled-vector part of a conditioning-space difference (FLUX-class models), beside
+the text encoders' keys ("l", "g", "t5xxl")."""
+POOLED_FILE_KEY = "pooled_output"
+"""Its tensor name in a difference file, beside the text encoders' embedding keys ("clip_l", "t5xxl")."""
+
 
 @dataclass
 class DifferenceEmbedding:
@@ -44,11 +52,32 @@ class DifferenceEmbedding:
     path: str = ""
     losses: list[float] = field(default_factory=list)  # total loss per step
     selection: Optional[dif.TokenSelection] = None  # validation losses and the kept step
+    trained_for: Optional[dict] = None  # ``text_record``: the model kind and text layout it was trained with
+
+
+def text_record(model, rows: dict[str, torch.Tensor], file_keys: dict[str, str]) -> dict:
+    """What a difference was trained for, saved in its file and checked by Token Injector: the model's
+    latent family and prediction, and the width of each part of the difference by its file key."""
+    return {"model_family": host.model_family(model), "prediction": host.prediction_type(model),
+            "parts": {file_keys[key]: int(value.shape[-1]) for key, value in rows.items()}}
+
+
+def describe_parts(parts: dict[str, int]) -> str:
+    """``{"t5xxl": 4096, "pooled_output": 768}`` as 't5xxl rows (4096 wide) and a pooled vector (768)'."""
+    rows = [f"{key} ({width} wide)" for key, width in parts.items() if key != POOLED_FILE_KEY]
+    text = ("rows of " + " + ".join(rows)) if rows else "no text rows"
+    if POOLED_FILE_KEY in parts:
+        text += f" and a pooled vector ({parts[POOLED_FILE_KEY]} wide)"
+    return text
+
+
+DIFFERENCE_FOLDERS = "models/differences (token_space input_embedding: models/embeddings)"
 
 
 def check_embedding_name(name: str, input_name: str = "name") -> str:
-    """The file stem for ``name``; refuses names that are not a plain file name ``embedding:NAME`` can use."""
-    return host.file_stem(name, input_name)
+    """The file stem for ``name`` (the trainer's ``name``, the injector's ``embedding_name``: one rule);
+    refuses names that are not a plain file name ``embedding:NAME`` can use."""
+    return host.file_stem(name, input_name, DIFFERENCE_FOLDERS)
 
 
 def difference_path(stem: str, space: str) -> str:
@@ -58,26 +87,38 @@ def difference_path(stem: str, space: str) -> str:
     return os.path.join(folder, f"{stem}.safetensors")
 
 
-def check_padding_room(clip, tokens: dict, num_tokens: int, input_name: str) -> None:
-    """A conditioning-space difference is added onto the last ``num_tokens`` rows of the last 77-row
-    chunk (``core.difference.add_to_padding_rows``): they must be padding, after the end token."""
-    room = host.padding_rows(clip, tokens)
+def check_padding_room(clip, tokens: dict, num_tokens: int, input_name: str, layout=None) -> None:
+    """A conditioning-space difference is added onto the last ``num_tokens`` rows of the last chunk of
+    the text encoders that form the conditioning (``layout``; CLIP: 77-row chunks, FLUX.1's T5-XXL: one
+    chunk of at least 256 rows; ``core.difference.add_to_padding_rows``): they must be padding, after
+    the end token."""
+    keys = None if layout is None else [slot.key for slot in layout]
+    room = host.padding_rows(clip, tokens, keys)
     if room < num_tokens:
+        chunk = "T5 tokens (256 rows)" if keys is not None and "t5xxl" in keys else "last 77-token chunk"
+        fixes = ("shorten the prompt or train with fewer num_tokens" if "T5" in chunk else
+                 "shorten the prompt by a few words (or lengthen it into a new chunk), train with fewer "
+                 "num_tokens, or use token_space input_embedding")
         raise InputError(
-            f"{input_name}: its last 77-token chunk has {room} padding rows after the end token, fewer than the "
+            f"{input_name}: its {chunk} has {room} padding rows after the end token, fewer than the "
             f"{num_tokens} rows of the difference (it is added onto padding rows so that the prompt itself is "
-            "unchanged); shorten the prompt by a few words (or lengthen it into a new chunk), train with fewer "
-            "num_tokens, or use token_space input_embedding")
+            f"unchanged); {fixes}")
 
 
 def conditioning_with_difference(conditioning: list, layout, rows: dict[str, torch.Tensor],
                                  strength: float) -> list:
     """CONDITIONING [P; strength * D] in the conditioning space: every entry's cond with the difference
     rows (the text encoders' blocks side by side, as ``layout`` orders them) added onto its last K
-    rows; everything else, the pooled output included, is P's own. ``strength * D == 0`` gives P's
-    values exactly."""
+    rows and, where the difference has a pooled part (FLUX-class models), its pooled output shifted by
+    it; everything else is P's own. ``strength * D == 0`` gives P's values exactly."""
     block = torch.cat([rows[slot.key].float() for slot in layout], dim=-1) * strength
-    return [[dif.add_to_padding_rows(cond, block), dict(extra)] for cond, extra in conditioning]
+    out = []
+    for cond, extra in conditioning:
+        extra = dict(extra)
+        if POOLED in rows:
+            extra["pooled_output"] = dif.add_to_pooled(extra["pooled_output"], rows[POOLED].float() * strength)
+        out.append([dif.add_to_padding_rows(cond, block), extra])
+    return out
 
 
 def _check_images(image_before: torch.Tensor, image_after: torch.Tensor) -> None:
@@ -120,9 +161,13 @@ def difference_prompts(model, clip, prompt_tokens_before: dict, prompt_tokens_af
 def term_error(run: host.ModelRun, conditioning: list, latent: torch.Tensor, sigma: torch.Tensor,
                noise: torch.Tensor) -> torch.Tensor:
     """|| target - pred(z_{X,t}, t, conditioning) ||^2 (mean) for one term of the token consistency
-    loss, in the model's own target (eps or v): ``(D_hat - x0) / output_scale``, with
-    z_{X,t} = x0 + sigma * noise. ``latent`` is in model space ``[N, C, h, w]``; ``sigma`` a scalar tensor."""
-    x = dif.noised_latent(latent, sigma, noise)
+    loss, in the model's own target: ``(D_hat - x0) / output_scale``, which is eps - eps_hat (eps
+    models) or v - v_hat (v models) at z_{X,t} = x0 + sigma * noise, and for rectified-flow models
+    (FLUX.1) the flow-matching error v_hat - v of the velocity v = noise - x0 at
+    z_{X,t} = (1 - sigma) x0 + sigma * noise (``dif.noised_latent``). ``latent`` is in model space
+    ``[N, C, h, w]``; ``sigma`` a scalar tensor."""
+    process = dif.FLOW if host.is_flow_model(run.patcher) else dif.VE
+    x = dif.noised_latent(latent, sigma, noise, process)
     sigmas = sigma.reshape(1).to(x.device, x.dtype).expand(x.shape[0])
     prepared = run.prepare_conditioning(conditioning, x)
     error = (run.denoise(x, sigmas, prepared) - latent) / run.output_scale(sigmas, x)
@@ -189,6 +234,7 @@ class InputEmbeddingSpace:
     words, encoded with it (a standard ``embedding:`` file). The text encoders run in every step."""
 
     name = INPUT_EMBEDDING
+    feature_is_projected = False  # clip_loss_rows gives hidden states, which text_projection reads
 
     def __init__(self, model, clip, alignment, target_slot, slots, prompt_before: str, prompt_after: str,
                  num_tokens: int):
@@ -197,6 +243,8 @@ class InputEmbeddingSpace:
         self.tokens_before, self.tokens_after = clip.tokenize(prompt_before), clip.tokenize(prompt_after)
         self.empty_alignment_tokens = alignment.clip.tokenize("")
         self.grad_limits = {s.key: host.token_embedding_scale(clip, s.key) for s in slots}
+        self.shapes = {s.key: (num_tokens, s.width) for s in slots}
+        self.file_keys = {s.key: s.embedding_key for s in slots}
 
     def prepare(self, device) -> None:
         """Inside ``host.gradient_mode``: the differentiable text encoders."""
@@ -218,26 +266,45 @@ class InputEmbeddingSpace:
 class ConditioningSpace:
     """Difference rows in the text encoders' output space, added onto the last K (padding) rows of
     the encoded prompt (``core.difference.add_to_padding_rows``), one block per text encoder side by
-    side as the conditioning holds them (SDXL: CLIP-L then CLIP-G); the pooled output stays the
-    prompt's own. P(A) and P(A') are encoded once; gradients run from the UNet straight to D."""
+    side as the conditioning holds them (SDXL: CLIP-L then CLIP-G; FLUX.1: T5-XXL). For models that
+    read a pooled text vector through FLUX's ``vector_in`` (``pooled_width``), the difference also
+    has a pooled part, added onto the prompt's pooled CLIP-L vector (``core.difference.add_to_pooled``);
+    the CLIP loss then acts on that part, the one in CLIP's own space on every FLUX-class model. Other
+    models' pooled output (SDXL) stays the prompt's own. P(A) and P(A') are encoded once; gradients
+    run from the model straight to D."""
 
     name = CONDITIONING
 
-    def __init__(self, clip, target_slot, prompt_before: str, prompt_after: str, num_tokens: int):
+    def __init__(self, clip, target_slot, prompt_before: str, prompt_after: str, num_tokens: int,
+                 pooled_width: Optional[int] = None):
         self.layout = host.conditioning_layout(clip)
         self.target_slot = target_slot
         encoded = []
         for input_name, prompt in (("prompt_before", prompt_before), ("prompt_after", prompt_after)):
             tokens = clip.tokenize(prompt)
-            check_padding_room(clip, tokens, num_tokens, input_name)
+            check_padding_room(clip, tokens, num_tokens, input_name, self.layout)
             encoded.append(host.encode_tokens(clip, tokens))
         self.cond_before, self.cond_after = encoded
+        self.shapes = {slot.key: (num_tokens, slot.width) for slot in self.layout}
+        self.file_keys = {slot.key: slot.embedding_key for slot in self.layout}
         # VISII clips gradient values at the largest value of the encoded prompt (visii.py:937)
         self.grad_limits, offset = {}, 0
         for slot in self.layout:
             self.grad_limits[slot.key] = max(float(c[..., offset:offset + slot.width].abs().max())
                                              for c, _ in self.cond_before + self.cond_after)
             offset += slot.width
+        self.feature_is_projected = False
+        if pooled_width is not None:
+            pooled = [extra.get("pooled_output") for _, extra in self.cond_before + self.cond_after]
+            if any(p is None or p.shape[-1] != pooled_width for p in pooled):
+                raise InputError(
+                    f"clip: the model reads a {pooled_width}-wide pooled text vector but this CLIP's conditioning has "
+                    f"{'none' if pooled[0] is None else f'a {pooled[0].shape[-1]}-wide one'}; connect the text "
+                    "encoders the model was made for (FLUX.1: DualCLIPLoader with clip_l and t5xxl, type flux)")
+            self.shapes[POOLED] = (1, pooled_width)
+            self.file_keys[POOLED] = POOLED_FILE_KEY
+            self.grad_limits[POOLED] = max(float(p.abs().max()) for p in pooled)
+            self.feature_is_projected = host.pooled_output_is_projected(clip)
 
     def prepare(self, device) -> None:
         """Inside ``host.gradient_mode``: ordinary (not inference-mode) copies on the device."""
@@ -252,10 +319,13 @@ class ConditioningSpace:
                 conditioning_with_difference(self.cond_after, self.layout, rows, -1.0))
 
     def clip_loss_rows(self, rows: dict[str, torch.Tensor], device) -> torch.Tensor:
-        """The CLIP-L block of D itself. For SD1.x the conditioning is CLIP-L's final-LayerNorm output,
-        the space ``text_projection`` reads; for SDXL it is the penultimate layer without the final
-        LayerNorm, so the tie is approximate there (research note section 3)."""
-        return rows[self.target_slot.key]
+        """The CLIP-L part of D itself. With a pooled part (FLUX-class models) that part: FLUX.1's
+        pooled vector is CLIP-L's unprojected end-token state, exactly what ``text_projection`` turns
+        into CLIP's text feature, and its rows (T5-XXL) are in no CLIP space. Otherwise the CLIP-L
+        block of the rows: for SD1.x the conditioning is CLIP-L's final-LayerNorm output, the space
+        ``text_projection`` reads; for SDXL it is the penultimate layer without the final LayerNorm,
+        so the tie is approximate there (research note section 3)."""
+        return rows[POOLED] if POOLED in rows else rows[self.target_slot.key]
 
 
 def recorded_inputs(**values) -> dict:
@@ -269,33 +339,85 @@ def _shown(value) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def reuse_saved_difference(path: str, stem: str, inputs: dict, slots, space: str) -> DifferenceEmbedding:
-    """The difference saved at ``path``, when the inputs recorded in it equal ``inputs``; otherwise
+REUSE_FIX = "choose another name, or set if_exists to overwrite to train again and replace it"
+INJECT_FIX = ("train it again with Delta Interpolation Trainer (if_exists overwrite), or delete the file and give "
+              "another name")
+
+
+@dataclass
+class SavedDifference:
+    """A difference file read in full and checked (``read_difference_file``)."""
+
+    rows: dict[str, torch.Tensor]  # by part key ("l", "g", "t5xxl", ``POOLED``), for the parts the file holds
+    tensors: dict[str, torch.Tensor]  # as stored, by file key
+    metadata: dict
+
+
+def read_difference_file(path: str, file_keys: dict[str, str], widths: dict[str, int], input_name: str,
+                         fix: str) -> SavedDifference:
+    """The difference saved at ``path`` (one ``[K, width]`` tensor per text encoder and, on FLUX-class
+    models, a ``[1, width]`` pooled part under ``POOLED_FILE_KEY``) and the file's metadata: the one
+    reader of the trainer's files, for Token Injector's ``embedding_name`` and the trainer's
+    ``if_exists`` reuse. ``file_keys`` maps part keys to tensor names, ``widths`` tensor names to the
+    width this CLIP/model gives them. InputError naming ``input_name``, the file (relative to the models
+    folder) and ``fix`` when it cannot be read, holds no tokens, holds other than floating-point
+    ``[K, width]`` tensors of one K, a width that is not its text encoder's, or a value that is not
+    finite (NaN tokens give a black image): never a part of it."""
+    tensors, metadata = host.read_safetensors(path, input_name, fix)
+    where = host.model_relative_path(path)
+    if not tensors:
+        raise InputError(f"{input_name}: {where} holds no tensors; {fix}")
+    for key, tensor in tensors.items():
+        if not tensor.is_floating_point() or tensor.ndim != 2 or 0 in tensor.shape:
+            raise InputError(f"{input_name}: {where} holds {key!r} as a {str(tensor.dtype).replace('torch.', '')} "
+                             f"tensor of shape {list(tensor.shape)}, not difference tokens [tokens, width]; {fix}")
+        if key in widths and tensor.shape[1] != widths[key]:
+            raise InputError(f"{input_name}: {where} holds {key!r} tokens {tensor.shape[1]} wide, but this CLIP's "
+                             f"{key} is {widths[key]} wide; {fix}")
+        if not torch.isfinite(tensor).all():
+            raise InputError(f"{input_name}: {where} holds values that are not finite (NaN or infinite) in "
+                             f"{key!r}; {fix}")
+    counts = {key: tensor.shape[0] for key, tensor in tensors.items() if key != POOLED_FILE_KEY}
+    if not counts:
+        raise InputError(f"{input_name}: {where} holds no difference tokens; {fix}")
+    if len(set(counts.values())) > 1:
+        raise InputError(f"{input_name}: {where} holds different numbers of tokens per text encoder ({counts}); {fix}")
+    rows = {key: tensors[name].float() for key, name in file_keys.items() if name in tensors}
+    return SavedDifference(rows=rows, tensors=tensors, metadata=metadata)
+
+
+def reuse_saved_difference(saved: SavedDifference, path: str, stem: str, inputs: dict,
+                           file_keys: dict[str, str], space: str) -> DifferenceEmbedding:
+    """The difference ``saved`` at ``path``, when the inputs recorded in it equal ``inputs``; otherwise
     InputError naming every field that differs."""
     where = host.model_relative_path(path)
     try:
-        record = json.loads(host.read_safetensors_metadata(path).get(METADATA_KEY, "null"))
-    except (ValueError, OSError) as e:
-        raise InputError(f"name: {where} cannot be read ({e}); choose another name or set if_exists to overwrite")
-    saved = record.get("inputs") if isinstance(record, dict) else None
-    if not isinstance(saved, dict):
+        record = json.loads(saved.metadata.get(METADATA_KEY, "null"))
+    except ValueError as e:
+        raise InputError(f"name: {where} has a record of its inputs that cannot be read ({e}); {REUSE_FIX}") from None
+    saved_inputs = record.get("inputs") if isinstance(record, dict) else None
+    if not isinstance(saved_inputs, dict):
         raise InputError(f"name: {where} exists but records no trainer inputs (made by another tool or an older "
                          "version of this node), so it cannot be reused safely; choose another name or set if_exists "
                          "to overwrite")
-    differing = sorted(k for k in set(saved) | set(inputs) if saved.get(k) != inputs.get(k))
+    differing = sorted(k for k in set(saved_inputs) | set(inputs) if saved_inputs.get(k) != inputs.get(k))
     if differing:
-        details = "; ".join(f"{k}: {_shown(saved.get(k))} in the file, {_shown(inputs.get(k))} now" for k in differing)
+        details = "; ".join(f"{k}: {_shown(saved_inputs.get(k))} in the file, {_shown(inputs.get(k))} now"
+                            for k in differing)
         raise InputError(f"if_exists: {where} was trained from other inputs ({details}); choose another name to keep "
                          "both, or set if_exists to overwrite to train again")
-    tensors = host.load_tensors(path)
-    rows = {s.key: tensors[s.embedding_key].float() for s in slots if s.embedding_key in tensors}
+    missing = [name for key, name in file_keys.items() if key not in saved.rows]
+    if missing:
+        raise InputError(f"name: {where} holds no {missing} part for this model and CLIP; {REUSE_FIX}")
+    rows = saved.rows
     selection = dif.TokenSelection(record.get("keep", dif.KEEP_BEST_ON_VALIDATION))
     selection.history = [(int(step), float(loss)) for step, loss in record.get("validation", [])]
     selection.baseline = float(record.get("validation_baseline", math.nan))
     selection.kept_step = int(record.get("kept_step", -1))
     selection.kept_loss = float(record.get("validation_loss", math.nan))
     selection.kept_tokens = rows
-    return DifferenceEmbedding(rows=rows, space=space, name=stem, path=path, selection=selection)
+    return DifferenceEmbedding(rows=rows, space=space, name=stem, path=path, selection=selection,
+                               trained_for=record.get("trained_for"))
 
 
 def load_saved_difference(clip, name: str) -> DifferenceEmbedding:
@@ -303,17 +425,29 @@ def load_saved_difference(clip, name: str) -> DifferenceEmbedding:
     embedding ComfyUI's own loader finds for 'embedding:<name>' (input space)."""
     stem = check_embedding_name(name, "embedding_name")
     path = difference_path(stem, CONDITIONING)
-    if os.path.isfile(path):
-        tensors = host.load_tensors(path)
-        rows = {s.key: tensors[s.embedding_key].float() for s in host.text_encoder_slots(clip)
-                if s.embedding_key in tensors}
-        return DifferenceEmbedding(rows=rows, space=CONDITIONING, name=stem, path=path)
+    if host.existing_file(path, "embedding_name", INJECT_FIX):
+        slots = host.text_encoder_slots(clip)
+        file_keys = {s.key: s.embedding_key for s in slots} | {POOLED: POOLED_FILE_KEY}
+        saved = read_difference_file(path, file_keys, {s.embedding_key: s.width for s in slots}, "embedding_name",
+                                     INJECT_FIX)
+        try:
+            record = json.loads(saved.metadata.get(METADATA_KEY, "null"))
+        except ValueError:
+            record = None
+        trained_for = record.get("trained_for") if isinstance(record, dict) else None
+        if not isinstance(trained_for, dict):  # made before this was recorded: its tensors say what it holds
+            trained_for = {"parts": {name: int(t.shape[-1]) for name, t in saved.tensors.items()}}
+        return DifferenceEmbedding(rows=saved.rows, space=CONDITIONING, name=stem, path=path, trained_for=trained_for)
     try:
         rows = host.load_embedding_rows(clip, stem)
     except InputError:
         raise InputError(f"embedding_name: no difference {stem!r} in models/differences and no embedding of that name "
                          "with vectors for this CLIP in models/embeddings; train one with Delta Interpolation Trainer "
                          "or check the name") from None
+    bad = sorted(key for key, row in rows.items() if not torch.isfinite(row).all())
+    if bad:
+        raise InputError(f"embedding_name: the embedding {stem!r} (models/embeddings) holds values that are not finite "
+                         f"(NaN or infinite) for text encoder(s) {bad}; {INJECT_FIX}")
     return DifferenceEmbedding(rows=rows, space=INPUT_EMBEDDING, name=stem)
 
 
@@ -335,10 +469,12 @@ class DeltaInterpolationTrainer(host.PackNode):
                 "'embedding:<name>' in any prompt)."
             ),
             inputs=[
-                io.Model.Input("model", tooltip="The diffusion model (SD1.x, SD2.x, SDXL) to learn the difference through; "
-                               "it is not changed (gradients run on a clone)."),
-                io.Clip.Input("clip", tooltip="The model's CLIP (from the same checkpoint) with the layer setting you "
-                              "generate with; one set of tokens per text encoder (SDXL: clip_l and clip_g)."),
+                io.Model.Input("model", tooltip="The diffusion model (SD1.x, SD2.x, SDXL, or a FLUX.1-class flow model) "
+                               "to learn the difference through; it is not changed (gradients run on a clone)."),
+                io.Clip.Input("clip", tooltip="The model's CLIP (from the same checkpoint; FLUX.1: DualCLIPLoader clip_l + "
+                              "t5xxl, type flux) with the layer setting you generate with; one set of tokens per "
+                              "text encoder that forms the conditioning (SDXL: clip_l and clip_g; FLUX.1: t5xxl, "
+                              "plus a pooled CLIP-L part)."),
                 io.Vae.Input("vae", tooltip="The model's VAE, to encode the two images once."),
                 io.Image.Input("image_before", tooltip="A: the image before the change."),
                 io.Image.Input("image_after", tooltip="A': the same image after the change; same size as image_before."),
@@ -372,7 +508,7 @@ class DeltaInterpolationTrainer(host.PackNode):
                                        "(as VISII optimises it), so zero tokens change nothing and -D is exactly the "
                                        "reverse change; a file for Token Injector. input_embedding: vectors in the "
                                        "encoders' input space, a standard 'embedding:' file; a zero token there still "
-                                       "changes the prompt's encoding."),
+                                       "changes the prompt's encoding (CLIP text encoders only, not FLUX.1's T5)."),
                 io.Int.Input("num_tokens", default=DEFAULT_TOKENS, min=1, max=16,
                              tooltip="K, the number of Difference tokens (paper: not given). 4 holds a change while "
                                      "leaving little room for content; below 8 they stay one group in a prompt chunk."),
@@ -415,6 +551,10 @@ class DeltaInterpolationTrainer(host.PackNode):
         )
 
     @classmethod
+    def validate_inputs(cls, name=None, caption_before=None, caption_after=None, alpha=None) -> bool | str:
+        return cls.validation_result(locals())
+
+    @classmethod
     def check_inputs(cls, values: dict) -> None:
         # only the name itself: whether the file exists is checked when the node runs, so a prompt that
         # ComfyUI answers from its cache (the same inputs again) is not refused for the file it saved
@@ -439,9 +579,22 @@ class DeltaInterpolationTrainer(host.PackNode):
         path = difference_path(stem, token_space)
         if steps < 1 or num_tokens < 1:
             raise InputError("steps and num_tokens: must be at least 1")
+        # the file is state, not a value: checked when the node runs, before any work
+        exists = host.existing_file(path, "name", "choose another name (a folder is never replaced)")
+        if exists and if_exists not in (IF_EXISTS_REUSE, IF_EXISTS_OVERWRITE):
+            raise InputError(f"name: {host.model_relative_path(path)} already exists; choose another name, or set "
+                             "if_exists to reuse (load it when it was trained from these inputs) or overwrite")
         _check_images(image_before, image_after)
-        host.check_sigma_space_model(model)
+        host.check_sigma_space_model(model, flows=True)
         slots = host.text_encoder_slots(clip)
+        if token_space == INPUT_EMBEDDING:
+            others = [s.embedding_key for s in slots if not host.is_clip_tokenizer(clip, s.key)]
+            if others:
+                raise InputError(
+                    f"token_space: input_embedding learns input vectors of every text encoder and runs the encoders "
+                    f"with gradients at every step; this CLIP also has {others} (T5-XXL on FLUX.1: 4.7B parameters, "
+                    "no CLIP tokenizer), which this space does not support. Use token_space conditioning (its "
+                    "difference rows are added onto the T5 padding rows the model reads)")
         inputs = recorded_inputs(
             model=host.model_fingerprint(model), clip=host.clip_fingerprint(clip), vae=host.vae_fingerprint(vae),
             clip_vision=host.clip_vision_fingerprint(clip_vision), alignment_text_encoder=alignment_text_encoder,
@@ -450,14 +603,22 @@ class DeltaInterpolationTrainer(host.PackNode):
             prompt_after=prompt_after, token_space=token_space, num_tokens=num_tokens, alpha=alpha, steps=steps,
             learning_rate=learning_rate, lambda_mse=lambda_mse, lambda_clip=lambda_clip, seed=seed, keep=keep,
             validation_every=validation_every, validation_timesteps=validation_timesteps)
-        if os.path.exists(path):
-            if if_exists == IF_EXISTS_REUSE:
-                difference = reuse_saved_difference(path, stem, inputs, slots, token_space)
-                selection = difference.selection
-                return io.NodeOutput(difference, stem, selection.summary(), selection.kept_loss)
-            if if_exists != IF_EXISTS_OVERWRITE:
-                raise InputError(f"name: {host.model_relative_path(path)} already exists; choose another name, or set "
-                                 "if_exists to reuse (load it when it was trained from these inputs) or overwrite")
+        pooled_width = host.pooled_vector_width(model) if token_space == CONDITIONING else None
+        if token_space == CONDITIONING:
+            layout = host.conditioning_layout(clip)
+            file_keys = {s.key: s.embedding_key for s in layout}
+            widths = {s.embedding_key: s.width for s in layout}
+            if pooled_width is not None:
+                file_keys[POOLED] = POOLED_FILE_KEY
+                widths[POOLED_FILE_KEY] = pooled_width
+        else:
+            file_keys = {s.key: s.embedding_key for s in slots}
+            widths = {s.embedding_key: s.width for s in slots}
+        if exists and if_exists == IF_EXISTS_REUSE:
+            saved = read_difference_file(path, file_keys, widths, "name", REUSE_FIX)
+            difference = reuse_saved_difference(saved, path, stem, inputs, file_keys, token_space)
+            selection = difference.selection
+            return io.NodeOutput(difference, stem, selection.summary(), selection.kept_loss)
         alignment = host.load_alignment_text_encoder(alignment_text_encoder, "alignment_text_encoder")
         target_slot = next((s for s in slots if s.key == alignment.slot.key and s.width == alignment.slot.width), None)
         if target_slot is None:
@@ -483,12 +644,14 @@ class DeltaInterpolationTrainer(host.PackNode):
                                            alpha)
 
         if token_space == CONDITIONING:
-            space = ConditioningSpace(clip, target_slot, prompt_before, prompt_after, num_tokens)
+            space = ConditioningSpace(clip, target_slot, prompt_before, prompt_after, num_tokens, pooled_width)
         else:
             space = InputEmbeddingSpace(model, clip, alignment, target_slot, slots, prompt_before, prompt_after,
                                         num_tokens)
         latent_before = host.model_space_latent(model, host.vae_encode(vae, image_before))
         latent_after = host.model_space_latent(model, host.vae_encode(vae, image_after))
+        # one entry per training timestep, drawn uniformly: for FLUX.1 the 10000 levels of its shifted
+        # schedule (ModelSamplingFlux), so the draws follow the shift the model samples with
         train_sigmas = host.training_sigmas(model)
         generator = torch.Generator(device="cpu").manual_seed(seed)
         timesteps = dif.shuffled_timesteps(steps, len(train_sigmas), generator)
@@ -498,26 +661,31 @@ class DeltaInterpolationTrainer(host.PackNode):
         selection = dif.TokenSelection(keep)
 
         rows, losses = _train(
-            model, space, slots, projection, d_interp, latent_before, latent_after, train_sigmas, timesteps,
-            generator, num_tokens, learning_rate, lambda_mse, lambda_clip, selection, validation_every,
+            model, space, projection, d_interp, latent_before, latent_after, train_sigmas, timesteps,
+            generator, learning_rate, lambda_mse, lambda_clip, selection, validation_every,
             train_sigmas[check_timesteps], check_noise)
 
         if os.path.exists(path) and if_exists != IF_EXISTS_OVERWRITE:
             raise InputError(f"name: {host.model_relative_path(path)} appeared during training; choose another name or "
                              "set if_exists to overwrite")
+        trained_for = text_record(model, rows, space.file_keys)
         metadata = {METADATA_KEY: json.dumps({
             "method": "Difference Inversion (DeltaInterpolationTrainer)", "inputs": inputs, "token_space": token_space,
             "model_family": host.model_family(model), "keep": keep, "kept_step": selection.kept_step,
             "validation_loss": selection.kept_loss, "validation": selection.history,
-            "validation_baseline": selection.baseline}, sort_keys=True)}
-        host.save_tensors_atomically(path, {s.embedding_key: rows[s.key] for s in slots}, metadata)
+            "validation_baseline": selection.baseline, "trained_for": trained_for}, sort_keys=True)}
+        try:
+            host.save_tensors_atomically(path, {space.file_keys[key]: value for key, value in rows.items()}, metadata)
+        except OSError as e:  # e.g. a folder of that name made during training: never replaced
+            raise InputError(f"name: {host.model_relative_path(path)} cannot be written "
+                             f"({e.strerror or type(e).__name__}); choose another name and run again") from None
         difference = DifferenceEmbedding(rows=rows, space=token_space, name=stem, path=path, losses=losses,
-                                         selection=selection)
+                                         selection=selection, trained_for=trained_for)
         return io.NodeOutput(difference, stem, selection.summary(), selection.kept_loss)
 
 
-def _train(model, space, slots, projection, d_interp, latent_before, latent_after, train_sigmas, timesteps,
-           generator, num_tokens, learning_rate, lambda_mse, lambda_clip, selection: dif.TokenSelection,
+def _train(model, space, projection, d_interp, latent_before, latent_after, train_sigmas, timesteps,
+           generator, learning_rate, lambda_mse, lambda_clip, selection: dif.TokenSelection,
            validation_every: int, validation_sigmas: torch.Tensor, validation_noise: torch.Tensor,
            ) -> tuple[dict[str, torch.Tensor], list[float]]:
     steps = len(timesteps)
@@ -527,11 +695,12 @@ def _train(model, space, slots, projection, d_interp, latent_before, latent_afte
     with host.gradient_mode():
         unet = host.differentiable_model(model)
         space.prepare(device)
-        rows = {s.key: dif.difference_tokens(num_tokens, s.width, device=device) for s in slots}
+        rows = {key: dif.difference_tokens(*shape, device=device) for key, shape in space.shapes.items()}
         optimizer = torch.optim.AdamW(list(rows.values()), lr=learning_rate)
         clean_before = latent_before.clone().to(device, torch.float32)
         clean_after = latent_after.clone().to(device, torch.float32)
         projection_t = projection.clone().to(device)
+        project = (lambda h: h) if space.feature_is_projected else (lambda h: h @ projection_t.T)  # noqa: E731
         target = d_interp.clone().to(device)
         losses = torch.zeros(steps, device=device)
         step_sigmas = train_sigmas[timesteps].to(device)
@@ -558,8 +727,7 @@ def _train(model, space, slots, projection, d_interp, latent_before, latent_afte
                     noise = torch.randn(clean_after.shape, generator=generator, pin_memory=pin_noise).to(
                         device, non_blocking=True)
                     if lambda_clip > 0:
-                        feature = dif.difference_token_feature(space.clip_loss_rows(rows, device),
-                                                               lambda h: h @ projection_t.T)
+                        feature = dif.difference_token_feature(space.clip_loss_rows(rows, device), project)
                         clip_loss = dif.clip_direction_loss(feature, target)
                     else:  # no CLIP term: skip the alignment encoder's pass
                         clip_loss = torch.zeros((), device=device)
@@ -591,6 +759,38 @@ def _train(model, space, slots, projection, d_interp, latent_before, latent_afte
         host.run_with_model(unet, tuple(clean_after.shape), train_steps)
     result = {k: v.detach().float().cpu() for k, v in selection.kept_tokens.items()}
     return result, losses.cpu().tolist()
+
+
+def check_difference_fits(difference: DifferenceEmbedding, layout, conditioning: list) -> None:
+    """A conditioning-space difference must have a part for each text encoder that forms this CLIP's
+    conditioning rows, of its width, and a pooled part only where the conditioning has a pooled vector
+    of that width: otherwise it was trained for another kind of model (a FLUX.1 difference, T5 rows
+    and a pooled CLIP-L vector, given an SD CLIP, or the reverse) or another text encoder."""
+    pooled = conditioning[0][1].get("pooled_output") if conditioning else None
+    here = {slot.embedding_key: slot.width for slot in layout}
+    if difference.trained_for is not None and isinstance(difference.trained_for.get("parts"), dict):
+        parts = {str(k): int(v) for k, v in difference.trained_for["parts"].items()}
+    else:
+        names = {slot.key: slot.embedding_key for slot in layout} | {POOLED: POOLED_FILE_KEY}
+        parts = {names.get(key, key): int(value.shape[-1]) for key, value in difference.rows.items()}
+    rows_part = {k: v for k, v in parts.items() if k != POOLED_FILE_KEY}
+    pooled_fits = POOLED_FILE_KEY not in parts or (pooled is not None and pooled.shape[-1] == parts[POOLED_FILE_KEY])
+    if rows_part == here and pooled_fits and all(slot.key in difference.rows for slot in layout):
+        return
+    subject = repr(difference.name) if difference.name else "it"
+    family = (difference.trained_for or {}).get("model_family")
+    if family:
+        flow = " (rectified flow)" if difference.trained_for.get("prediction") == host.FLOW_PREDICTION else ""
+        subject += f" was trained for the {family} model family{flow}, whose conditioning has"
+    else:
+        subject += " has"
+    clip_has = describe_parts(here | ({POOLED_FILE_KEY: int(pooled.shape[-1])} if pooled is not None
+                                      and POOLED_FILE_KEY in parts else {}))
+    raise InputError(
+        f"difference: {subject} {describe_parts(parts)}, but this CLIP's conditioning has {clip_has}; a difference "
+        "only applies to the kind of model and text encoders it was trained with (FLUX.1: T5-XXL rows and a pooled "
+        "CLIP-L vector; SD1.x: CLIP-L rows; SDXL: CLIP-L + CLIP-G rows). Connect that model's CLIP, or train a "
+        "difference with this model")
 
 
 class TokenInjector(host.PackNode):
@@ -628,6 +828,10 @@ class TokenInjector(host.PackNode):
         )
 
     @classmethod
+    def validate_inputs(cls, embedding_name=None) -> bool | str:
+        return cls.validation_result(locals())
+
+    @classmethod
     def check_inputs(cls, values: dict) -> None:
         name = values.get("embedding_name")
         if name and name.strip():
@@ -646,16 +850,19 @@ class TokenInjector(host.PackNode):
         else:
             raise InputError("difference: connect a Delta Interpolation Trainer, or give embedding_name")
         rows = difference.rows
-        slots = host.conditioning_layout(clip) if difference.space == CONDITIONING else host.text_encoder_slots(clip)
+        if difference.space == CONDITIONING:
+            slots = host.conditioning_layout(clip)
+            tokens = clip.tokenize(text)
+            conditioning = host.encode_tokens(clip, tokens)
+            check_difference_fits(difference, slots, conditioning)
+            check_padding_room(clip, tokens, rows[slots[0].key].shape[0], "text", slots)
+            return io.NodeOutput(conditioning_with_difference(conditioning, slots, rows, strength))
+        slots = host.text_encoder_slots(clip)
         missing = [s.embedding_key for s in slots if s.key not in rows or rows[s.key].shape[-1] != s.width]
         if missing:
             raise InputError(
                 f"difference: it has no {missing} vectors for this CLIP (it holds {sorted(rows)}); use a difference "
                 "trained with a model of the same family")
-        if difference.space == CONDITIONING:
-            tokens = clip.tokenize(text)
-            check_padding_room(clip, tokens, rows[slots[0].key].shape[0], "text")
-            return io.NodeOutput(conditioning_with_difference(host.encode_tokens(clip, tokens), slots, rows, strength))
         tokens = host.append_embedding_rows(clip, clip.tokenize(text),
                                             {s.key: rows[s.key].float() * strength for s in slots})
         return io.NodeOutput(host.encode_tokens(clip, tokens))

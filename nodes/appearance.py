@@ -459,7 +459,8 @@ def _mask_list(mask: Optional[torch.Tensor], name: str, image_hw: tuple[int, int
 
 def build_patch(model, reference, target, layers: str, strength: float, schedule: TransferSchedule,
                 restrict_to_reference_mask: bool, reference_mask=None, target_mask=None,
-                feature_source: str = REPLAYED, structure_rows: str = OFFICIAL_ROWS) -> AppearanceTransferPatch:
+                feature_source: str = REPLAYED, structure_rows: str = OFFICIAL_ROWS,
+                dit_matching: Optional[str] = None) -> AppearanceTransferPatch:
     """Validates the inputs and makes the patch for ``model`` (not yet applied)."""
     reference = _check_inversion(reference, "reference")
     target = _check_inversion(target, "target")
@@ -510,8 +511,10 @@ def build_patch(model, reference, target, layers: str, strength: float, schedule
     blocks = host.backbone(model).select_layers(layers)
     if structure_rows not in STRUCTURE_ROWS:
         raise InputError(f"structure_rows: {structure_rows!r} is not one of {list(STRUCTURE_ROWS)}")
+    if dit_matching is not None and dit_matching not in host.FLUX_MATCHING:
+        raise InputError(f"dit_matching: {dit_matching!r} is not one of {list(host.FLUX_MATCHING)}")
     return AppearanceTransferPatch(reference, target, blocks, masks, schedule, strength, restrict_to_reference_mask,
-                                   feature_source, structure_rows=structure_rows)
+                                   feature_source, structure_rows=structure_rows, matching=dit_matching)
 
 
 def apply_patch(model, patch: AppearanceTransferPatch):
@@ -615,6 +618,13 @@ class SemanticFeatureRearrange(host.PackNode):
                 io.String.Input("prompt", default="", multiline=True, optional=True,
                                 tooltip="auto_mask: the text of the positive prompt (the same text as its "
                                         "CLIPTextEncode), to find object_word's token."),
+                io.Combo.Input("dit_matching", options=list(host.FLUX_MATCHING), default=host.FLUX_DEFAULT_MATCHING,
+                               optional=True,
+                               tooltip="FLUX-class (DiT) models only: which image-token features find the "
+                                       "correspondence. key/query/value: the self-attention's own (rotary "
+                                       "embedding undone); hidden: the block's input hidden state. The rearranged "
+                                       "features are the tokens' queries, keys and values in every case. UNet "
+                                       "models match their norm1 features and ignore this."),
             ],
             outputs=[io.Model.Output(display_name="MODEL", tooltip="The patched clone of the model."),
                      io.Mask.Output(display_name="target_mask",
@@ -622,6 +632,11 @@ class SemanticFeatureRearrange(host.PackNode):
                      io.Mask.Output(display_name="reference_mask",
                                     tooltip="The reference masks used (connected, automatic, or the whole image).")],
         )
+
+    @classmethod
+    def validate_inputs(cls, injection_start_step=None, injection_end_step=None, adain_start_step=None,
+                        adain_end_step=None) -> bool | str:
+        return cls.validation_result(locals())
 
     @classmethod
     def check_inputs(cls, values: dict) -> None:
@@ -635,7 +650,7 @@ class SemanticFeatureRearrange(host.PackNode):
                 structure_interval, structure_end_step, adain_start_step, adain_end_step,
                 restrict_to_reference_mask, feature_source=REPLAYED, positive=None, reference_mask=None,
                 target_mask=None, auto_mask=OFF, object_word="", clip=None, structure_rows=OFFICIAL_ROWS,
-                prompt="") -> io.NodeOutput:
+                prompt="", dit_matching=None) -> io.NodeOutput:
         cls.refuse_invalid(locals())
         host.check_sigma_space_model(model, flows=True)
         schedule = TransferSchedule(injection_start_step, injection_end_step, structure_interval,
@@ -653,7 +668,7 @@ class SemanticFeatureRearrange(host.PackNode):
                                                           schedule.adain_start)
             target_mask, reference_mask = target_mask[None], reference_mask[None]
         patch = build_patch(model, reference, target, layers, strength, schedule, restrict_to_reference_mask,
-                            reference_mask, target_mask, feature_source, structure_rows)
+                            reference_mask, target_mask, feature_source, structure_rows, dit_matching)
         if feature_source == FROM_INVERSION:
             if positive is None:
                 raise InputError("positive: collected_from_inversion needs the conditioning the images were inverted "

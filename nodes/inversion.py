@@ -105,6 +105,11 @@ class DDIMInvert(host.PackNode):
         )
 
     @classmethod
+    def validate_inputs(cls, steps=None, skip_steps=None, mode=None, noise_regularization=None, convention=None,
+                        scheduler=None) -> bool | str:
+        return cls.validation_result(locals())
+
+    @classmethod
     def check_inputs(cls, values: dict) -> None:
         steps, skip_steps = values.get("steps"), values.get("skip_steps")
         if steps is not None and skip_steps is not None and not 0 <= skip_steps < steps:

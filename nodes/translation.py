@@ -153,6 +153,10 @@ class EditDirectionNode(host.PackNode):
         )
 
     @classmethod
+    def validate_inputs(cls, caption=None, target_caption=None) -> bool | str:
+        return cls.validation_result(locals())
+
+    @classmethod
     def check_inputs(cls, values: dict) -> None:
         target_caption = values.get("target_caption")
         if not isinstance(target_caption, str) or not target_caption.strip():
@@ -544,6 +548,10 @@ class CutLossGuidance(host.PackNode):
             outputs=[io.Guider.Output(display_name="GUIDER",
                                       tooltip="For SamplerCustomAdvanced, with DDIMInvert's LATENT and SIGMAS and DisableNoise.")],
         )
+
+    @classmethod
+    def validate_inputs(cls, guidance_start_step=None, guidance_end_step=None) -> bool | str:
+        return cls.validation_result(locals())
 
     @classmethod
     def check_inputs(cls, values: dict) -> None:

@@ -280,12 +280,7 @@ def host_loads_narrow_flux() -> bool:
     """Whether this ComfyUI detects a FLUX layout narrower than 3072 (heads = hidden / 128, ComfyUI
     0.33+); 0.3.75 fixes 24 heads, so only the 3072-wide test model loads there. Asked of the host's
     own detection on the narrow test model's weights."""
-    import comfy.model_detection
-    from safetensors.torch import load_file
-
-    state_dict = load_file(str(flux_file("diffusion_models", FLUX_NARROW)))
-    config = comfy.model_detection.detect_unet_config(state_dict, "")
-    return config is not None and config.get("num_heads") == config.get("hidden_size", 0) // 128
+    return comfy_host.loads_narrow_flux(flux_file("diffusion_models", FLUX_NARROW))
 
 
 def flux_model_for_host() -> str:

@@ -122,12 +122,38 @@ def prepare_server(url: str) -> None:
             raise BrowserError(f"POST {url}/settings answered HTTP {r.status}")
 
 
+_FLUX_MODEL: list[str] = []
+
+
+def model_for(prompt: Mapping, ckpt: str = TEST_CHECKPOINT) -> str:
+    """The test model a workflow is retargeted to: ``ckpt`` (SD), or for a FLUX workflow the FLUX test
+    model the server's host loads (``demo.flux_test_model``, asked once)."""
+    if not demo.is_flux_workflow(prompt):
+        return ckpt
+    if not _FLUX_MODEL:
+        _FLUX_MODEL.append(demo.flux_test_model())
+    return _FLUX_MODEL[0]
+
+
+def retarget_replacements(prompt: Mapping, ckpt: str = TEST_CHECKPOINT) -> dict[str, dict]:
+    """``{node_id: {"type": class, "widgets": {input: value}}}``: the nodes ``demo.retarget`` replaces by
+    another node type (a FLUX workflow's DualCLIPLoader becomes CLIPLoader of the test CLIP-L), with
+    the new node's widget values. In the browser the node is swapped, its output links kept."""
+    target = demo.retarget(prompt, ckpt)
+    return {str(node_id): {"type": node["class_type"],
+                           "widgets": {k: v for k, v in node.get("inputs", {}).items() if not isinstance(v, list)}}
+            for node_id, node in target.items() if node.get("class_type") != prompt[node_id].get("class_type")}
+
+
 def retarget_changes(prompt: Mapping, ckpt: str = TEST_CHECKPOINT) -> dict[str, dict]:
     """``{node_id: {input: value}}``: the widget values that ``demo.retarget`` changes in an API
-    prompt (the one the frontend built from the loaded graph)."""
+    prompt (the one the frontend built from the loaded graph); nodes it replaces are left out
+    (``retarget_replacements``)."""
     target = demo.retarget(prompt, ckpt)
     changes: dict[str, dict] = {}
     for node_id, node in target.items():
+        if node.get("class_type") != prompt[node_id].get("class_type"):
+            continue
         before = prompt[node_id].get("inputs", {})
         for name, value in node.get("inputs", {}).items():
             if not isinstance(value, list) and before.get(name) != value:
@@ -182,6 +208,40 @@ _JS_SET_WIDGETS = """(changes) => {
   }
   app.graph.setDirtyCanvas(true, true);
   return problems;
+}"""
+
+_JS_REPLACE_NODES = """(replacements) => {
+  // a node swapped for another type, as a user deletes it and adds the other: same place, the new
+  // node's widgets set, every output link re-made from the new node's output of the same index
+  const problems = [], made = {};
+  const graph = app.graph;
+  const linkOf = (id) => (graph.links?.get ? graph.links.get(id) : graph.links?.[id]);
+  for (const [id, spec] of Object.entries(replacements)) {
+    const old = graph.getNodeById(Number(id)) ?? graph.getNodeById(id);
+    if (!old) { problems.push(`no node ${id}`); continue; }
+    const node = LiteGraph.createNode(spec.type);
+    if (!node) { problems.push(`no node type ${spec.type}`); continue; }
+    node.pos = [old.pos[0], old.pos[1]];
+    graph.add(node);
+    for (const [name, value] of Object.entries(spec.widgets)) {
+      const widget = (node.widgets ?? []).find(w => w.name === name);
+      if (!widget) { problems.push(`${spec.type} has no widget ${name}`); continue; }
+      widget.value = value;
+      widget.callback?.(value, app.canvas, node);
+    }
+    const targets = [];
+    (old.outputs ?? []).forEach((output, slot) => {
+      for (const linkId of output.links ?? []) {
+        const link = linkOf(linkId);
+        if (link) targets.push([slot, graph.getNodeById(link.target_id), link.target_slot]);
+      }
+    });
+    graph.remove(old);
+    for (const [slot, target, targetSlot] of targets) node.connect(slot, target, targetSlot);
+    made[id] = String(node.id);
+  }
+  app.graph.setDirtyCanvas(true, true);
+  return {problems, made};
 }"""
 
 _JS_FRAME = """([scale, left, top]) => {
@@ -437,6 +497,13 @@ class Frontend:
         if problems:
             raise BrowserError("; ".join(problems))
 
+    def replace_nodes(self, replacements: Mapping[str, Mapping]) -> dict[str, str]:
+        """Swaps nodes for other node types (``retarget_replacements``); returns {old id: new id}."""
+        result = self.page.evaluate(_JS_REPLACE_NODES, {k: dict(v) for k, v in replacements.items()})
+        if result["problems"]:
+            raise BrowserError("; ".join(result["problems"]))
+        return result["made"]
+
     def screenshot_graph(self, path: Path) -> Path:
         """A PNG of the whole graph as the canvas draws it (readable zoom, no overlays)."""
         page = self.page
@@ -556,7 +623,8 @@ def check_workflow(chrome, url: str, name: str, *, screenshot_dir: Path | None =
                    ckpt: str = TEST_CHECKPOINT) -> dict:
     """Opens template ``name`` from the template browser, checks it (known node types, no error, and
     its layout as the frontend holds it: ``workflow_ui.layout_problems``), screenshots it (and makes
-    its template thumbnail from the screenshot), retargets it to ``ckpt``, runs it with Run and waits
+    its template thumbnail from the screenshot), retargets it to ``ckpt`` (a FLUX workflow: to the
+    FLUX test model, its text encoder node swapped for the test CLIP-L's), runs it with Run and waits
     for the image. Returns a summary; raises BrowserError."""
     start = time.monotonic()
     ui = Frontend(chrome, url)
@@ -574,6 +642,13 @@ def check_workflow(chrome, url: str, name: str, *, screenshot_dir: Path | None =
         thumbnail = write_thumbnail(shot, thumbnail_dir / f"{name}.jpg") if shot and thumbnail_dir else None
 
         prompt = ui.api_prompt()
+        ckpt = model_for(prompt, ckpt)
+        replacements = retarget_replacements(prompt, ckpt)
+        replaced = {}
+        if replacements:
+            made = ui.replace_nodes(replacements)
+            replaced = {made[k]: dict(v["widgets"]) for k, v in replacements.items()}
+            prompt = ui.api_prompt()
         changes = retarget_changes(prompt, ckpt)
         images = demo.synthetic_inputs(prompt, scratch / name)
         for node_id, path in images.items():  # LoadImage's upload button posts the file the same way
@@ -608,7 +683,8 @@ def check_workflow(chrome, url: str, name: str, *, screenshot_dir: Path | None =
                                f"{output_nodes} do not show them in the browser") from None
         files = run_workflow.download_images(url, outputs, scratch / name / "out")
         return {"workflow": name, "prompt_id": prompt_id, "screenshot": shot, "thumbnail": thumbnail, "outputs": files,
-                "output_nodes": output_nodes, "changes": changes, "seconds": time.monotonic() - start,
+                "output_nodes": output_nodes, "changes": {**replaced, **changes}, "replaced": replacements,
+                "seconds": time.monotonic() - start,
                 "console_errors": list(ui.console_errors), "failed_requests": list(ui.failed_requests)}
     finally:
         ui.close()

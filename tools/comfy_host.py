@@ -44,3 +44,15 @@ def import_host() -> None:
         import comfy.model_management  # noqa: F401
     finally:
         sys.argv = saved_argv
+
+
+def loads_narrow_flux(path: str | os.PathLike) -> bool:
+    """Whether the imported host detects the FLUX-layout model at ``path`` (narrower than 3072) with
+    heads = hidden / 128, as ComfyUI 0.33+ does; 0.3.75 fixes 24 heads, so only 3072-wide FLUX models
+    load there. Asked of the host's own detection (``comfy.model_detection``) on the file's weights."""
+    import_host()
+    import comfy.model_detection
+    from safetensors.torch import load_file
+
+    config = comfy.model_detection.detect_unet_config(load_file(str(path)), "")
+    return config is not None and config.get("num_heads") == config.get("hidden_size", 0) // 128

@@ -6,7 +6,11 @@ Starts ComfyUI with the pack (``tools/serve.py``), then runs each ``workflows/ap
 on a CPU: tiny images, few steps, a generated input picture for every LoadImage node. Images go
 to ``out/<workflow>/<checkpoint>/``; a table of results is printed at the end.
 
-``CKPT=/path/model.safetensors make demo`` also runs every workflow on that real checkpoint,
+FLUX-class workflows (they load their model with UNETLoader) run on the FLUX-layout test model
+the host loads (the narrow one on ComfyUI 0.33+, the 3072-wide one on 0.3.75), with the test CLIP-L
+and the test FLUX VAE; SD workflows run on the SD test checkpoints.
+
+``CKPT=/path/model.safetensors make demo`` also runs every SD workflow on that real checkpoint,
 without the size and step reductions (slow on a CPU, but the images mean something).
 
 Nothing is installed or built here: that is ``make setup``'s job.
@@ -37,6 +41,8 @@ WORKFLOWS = REPO / "workflows" / "api"
 TEST_CHECKPOINTS = ("test_sd15.safetensors", "test_sdxl.safetensors")
 SMALL_SIZE = 64
 SMALL_STEPS = 4
+SMALL_FLUX_STEPS = 2  # the 3072-wide FLUX test model (ComfyUI 0.3.75) takes seconds per forward on a CPU
+SMALL_VALIDATION_TIMESTEPS = 2
 
 # Int inputs that index into a schedule (scaled with it) rather than count steps (capped).
 STEP_OFFSETS = {"skip_steps", "start_step", "start_at_step", "end_at_step", "end_step", "last_step", "stop_step"}
@@ -60,15 +66,48 @@ def _is_step_offset(name: str) -> bool:
 
 TEST_CLIP = "test_clip_vit_l.safetensors"
 
+# FLUX-class workflows load a diffusion model, its text encoders and its VAE separately (UNETLoader,
+# DualCLIPLoader type flux, VAELoader); on the test models (tools/make_test_checkpoints.py, linked by
+# tools/serve.py) those are a random FLUX-layout model, the test CLIP-L alone and a 16-channel TAESD.
+FLUX_MODEL_LOADERS = ("UNETLoader",)
+FLUX_TEST_NARROW = "test_flux.safetensors"  # hidden 256: detected by ComfyUI 0.33+ only
+FLUX_TEST_WIDE = "test_flux_wide.safetensors"  # hidden 3072: detected by every host (0.3.75 fixes 24 heads)
+FLUX_TEST_CLIP = "test_clip_l.safetensors"
+FLUX_TEST_VAE = "test_flux_vae.safetensors"
+
+
+def is_flux_workflow(workflow: Mapping) -> bool:
+    """Whether an API workflow runs a FLUX-class model (it loads its diffusion model with UNETLoader)."""
+    return any(node.get("class_type") in FLUX_MODEL_LOADERS for node in workflow.values())
+
+
+def _retarget_flux_loaders(wf: dict, unet: str) -> None:
+    """Points a FLUX workflow's loaders at the test files: UNETLoader at ``unet``, DualCLIPLoader (clip_l +
+    t5xxl) becomes CLIPLoader of the test CLIP-L (type stable_diffusion: its rows condition the test
+    models), VAELoader loads the test FLUX VAE."""
+    for node in wf.values():
+        kind, inputs = node.get("class_type"), node.get("inputs", {})
+        if kind in FLUX_MODEL_LOADERS:
+            inputs["unet_name"] = unet
+            inputs["weight_dtype"] = "default"
+        elif kind == "DualCLIPLoader":
+            node["class_type"] = "CLIPLoader"
+            node["inputs"] = {"clip_name": FLUX_TEST_CLIP, "type": "stable_diffusion"}
+        elif kind == "VAELoader" and not _is_link(inputs.get("vae_name")):
+            inputs["vae_name"] = FLUX_TEST_VAE
+
 
 def retarget(workflow: Mapping, ckpt: str, *, small: bool = True, size: int = SMALL_SIZE,
              max_steps: int = SMALL_STEPS) -> dict:
-    """A copy of an API workflow pointed at checkpoint ``ckpt`` (a name in models/checkpoints).
+    """A copy of an API workflow pointed at checkpoint ``ckpt`` (a name in models/checkpoints), or for a
+    FLUX workflow (:func:`is_flux_workflow`) at the diffusion model ``ckpt`` (models/diffusion_models).
 
     With ``small`` (the test checkpoints) it is also made cheap:
+    - a FLUX workflow's text encoders and VAE become the test ones (:func:`_retarget_flux_loaders`);
     - every int ``width`` / ``height`` (ImageScale, EmptyLatentImage, ...) becomes ``size``;
       ``megapixels`` (ImageScaleToTotalPixels) the smallest allowed;
-    - every int step count (``steps`` or ``*_steps``) is capped at ``max_steps``;
+    - every int step count (``steps`` or ``*_steps``) is capped at ``max_steps`` (FLUX workflows: at
+      ``SMALL_FLUX_STEPS``), the trainer's ``validation_timesteps`` at ``SMALL_VALIDATION_TIMESTEPS``;
     - CLIP vision / alignment text encoder file names become the test CLIP's;
     - ``overwrite`` inputs are switched on and ``if_exists`` set to overwrite, so repeated test runs
       (with other test checkpoints too) may replace their own outputs;
@@ -76,6 +115,13 @@ def retarget(workflow: Mapping, ckpt: str, *, small: bool = True, size: int = SM
       factor as the node's own ``steps`` (else the workflow's largest ``steps``) and kept below it.
     """
     wf = copy.deepcopy(dict(workflow))
+    if is_flux_workflow(wf):
+        if small:
+            _retarget_flux_loaders(wf, ckpt)
+        else:
+            for node in wf.values():
+                if node.get("class_type") in FLUX_MODEL_LOADERS:
+                    node["inputs"]["unet_name"] = ckpt
     for node in wf.values():
         inputs = node.get("inputs", {})
         if "ckpt_name" in inputs and not _is_link(inputs["ckpt_name"]):
@@ -90,6 +136,8 @@ def retarget(workflow: Mapping, ckpt: str, *, small: bool = True, size: int = SM
                     inputs[name] = TEST_CLIP
     if not small:
         return wf
+    if is_flux_workflow(wf):
+        max_steps = min(max_steps, SMALL_FLUX_STEPS)
 
     all_steps = [v for node in wf.values() for k, v in node.get("inputs", {}).items() if k == "steps" and _is_int(v)]
     workflow_steps = max(all_steps) if all_steps else None
@@ -103,6 +151,8 @@ def retarget(workflow: Mapping, ckpt: str, *, small: bool = True, size: int = SM
                 continue
             if name in ("width", "height"):
                 inputs[name] = size
+            elif name == "validation_timesteps":
+                inputs[name] = min(value, SMALL_VALIDATION_TIMESTEPS)
             elif _is_step_count(name):
                 inputs[name] = min(value, max_steps)
             elif _is_step_offset(name) and own_steps:
@@ -177,6 +227,36 @@ def workflow_files(pattern: str = "*.json") -> list[Path]:
     return sorted(WORKFLOWS.glob(pattern))
 
 
+def flux_test_model(python: str | None = None) -> str:
+    """The FLUX-layout test model the server's host loads: the narrow one where its detection takes
+    hidden sizes below 3072 (ComfyUI 0.33+), else the wide one. Asked of the host itself, in a
+    subprocess of the server's Python (``comfy_host.loads_narrow_flux``)."""
+    import subprocess
+
+    narrow = serve.FLUX_CACHE / "diffusion_models" / FLUX_TEST_NARROW
+    script = (f"import sys; sys.path.insert(0, {str(TOOLS)!r}); import comfy_host; "
+              f"print('narrow' if comfy_host.loads_narrow_flux({str(narrow)!r}) else 'wide')")
+    result = subprocess.run([python or serve.python_exe(), "-c", script], capture_output=True, text=True,
+                            timeout=600, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    answer = result.stdout.strip().splitlines()[-1:] if result.returncode == 0 else []
+    if answer not in (["narrow"], ["wide"]):
+        raise RuntimeError(f"could not ask the host which FLUX test model it loads: {result.stderr[-2000:]}")
+    return FLUX_TEST_NARROW if answer == ["narrow"] else FLUX_TEST_WIDE
+
+
+def plan(files: list[Path], sd_checkpoints: list[str], flux_model: str | None, real: list[str] = ()
+         ) -> list[tuple[str, bool, list[Path]]]:
+    """``[(model, small, workflows)]``, model-major (each model loads once): SD workflows on the SD test
+    checkpoints (and on each real checkpoint, unreduced), FLUX workflows (:func:`is_flux_workflow`) on
+    the FLUX test model the host loads."""
+    flux = [path for path in files if is_flux_workflow(run_workflow.load_workflow(path))]
+    sd = [path for path in files if path not in flux]
+    runs = [(ckpt, True, sd) for ckpt in sd_checkpoints] + [(ckpt, False, sd) for ckpt in real]
+    if flux and flux_model:
+        runs.append((flux_model, True, flux))
+    return [(model, small, paths) for model, small, paths in runs if paths]
+
+
 def run_one(url: str, path: Path, ckpt: str, out_root: Path, scratch: Path, *, small: bool,
             timeout: float) -> dict:
     start = time.monotonic()
@@ -237,7 +317,14 @@ def main(argv: list[str] | None = None) -> int:
               f"run `make setup`", file=sys.stderr)
         return 1
     real = [Path(c).name for c in os.environ.get("CKPT", "").split(os.pathsep) if c.strip()]
-    plan = [(c, True) for c in tests] + [(c, False) for c in real]
+    flux_model = None
+    if any(is_flux_workflow(run_workflow.load_workflow(path)) for path in files):
+        flux_model = flux_test_model()
+        if not (serve.FLUX_CACHE / "diffusion_models" / flux_model).is_file():
+            print(f"error: FLUX test model {flux_model} missing in {serve.FLUX_CACHE}: run `make setup`",
+                  file=sys.stderr)
+            return 1
+    runs = plan(files, tests, flux_model, real)
     out_root = Path(args.out)
     rows: list[dict] = []
     t0 = time.monotonic()
@@ -246,9 +333,9 @@ def main(argv: list[str] | None = None) -> int:
             ctx = serve.running_server() if not args.url else _existing(args.url)
             with ctx as url:
                 print(f"[demo] ComfyUI at {url} ({time.monotonic() - t0:.1f} s to start); "
-                      f"{len(files)} workflow(s) x {len(plan)} checkpoint(s)", flush=True)
-                for ckpt, small in plan:  # checkpoint-major: each model is loaded once
-                    for path in files:
+                      f"{sum(len(paths) for _, _, paths in runs)} run(s) of {len(files)} workflow(s)", flush=True)
+                for ckpt, small, paths in runs:  # model-major: each model is loaded once
+                    for path in paths:
                         timeout = args.timeout or (900.0 if small else 7200.0)
                         row = run_one(url, path, ckpt, out_root, Path(scratch), small=small, timeout=timeout)
                         rows.append(row)

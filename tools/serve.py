@@ -56,6 +56,8 @@ CLIP_CACHE = REPO / ".cache" / "clip"
 DEFAULT_BASE = REPO / ".run" / "serve"
 FLUX_CACHE = REPO / ".cache" / "flux"  # tools/make_test_checkpoints.py --flux-out
 FLUX_FOLDERS = ("diffusion_models", "vae", "text_encoders")
+TOY_WORLD = REPO / "tools" / "toy_world"  # the trained toy FLUX model and its VAE (committed)
+TOY_FILES = {"diffusion_models": "toy_flux_dit.safetensors", "vae": "toy_flux_vae.safetensors"}
 MODEL_SUFFIXES = {".safetensors", ".ckpt", ".pt", ".pth", ".sft", ".bin"}
 
 __all__ = ["running_server", "prepare_base", "server_command", "host_dir", "pack_nodes", "ServerError",
@@ -181,9 +183,12 @@ def prepare_base(base: str | os.PathLike, ckpts: Iterable[str | os.PathLike] = (
             entry.unlink()
     for name, src in wanted.items():
         _link(src.resolve(), ckpt_dir / name)
-    if use_cache:  # the FLUX-class test files (UNETLoader, VAELoader, CLIPLoader folders)
+    if use_cache:  # the FLUX-class test files (UNETLoader, VAELoader, CLIPLoader folders) and the toy world
         for kind in FLUX_FOLDERS:
-            for model_file in sorted((FLUX_CACHE / kind).glob("*.safetensors")):
+            files = sorted((FLUX_CACHE / kind).glob("*.safetensors"))
+            if kind in TOY_FILES and (TOY_WORLD / TOY_FILES[kind]).is_file():
+                files.append(TOY_WORLD / TOY_FILES[kind])
+            for model_file in files:
                 (base / "models" / kind).mkdir(parents=True, exist_ok=True)
                 _link(model_file.resolve(), base / "models" / kind / model_file.name)
     if use_cache:  # the test CLIP (both towers): a CLIP vision model and an alignment text encoder

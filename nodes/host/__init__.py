@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io  # noqa: F401  (re-exported for the node modules)
 
-from .backbone import (FLUX_LAYER_CHOICES, FLUX_MATCHING, UNET_LAYER_CHOICES_NAMES, Backbone,  # noqa: F401
+from .backbone import (FLUX_DEFAULT_MATCHING, FLUX_LAYER_CHOICES, FLUX_MATCHING, UNET_LAYER_CHOICES_NAMES, Backbone,  # noqa: F401
                        CrossAttentionMaps, CrossAttentionProbe, ImageTokens, TokenFeatures, backbone,
                        unet_attn1_patch)
 from .facts import *  # noqa: F401,F403

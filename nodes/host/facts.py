@@ -155,6 +155,14 @@ def uses_pooled_text(model) -> bool:
     return config.get("adm_in_channels") is not None or config.get("vec_in_dim") is not None
 
 
+def pooled_vector_width(model) -> Optional[int]:
+    """Width of the pooled text vector a FLUX-class model reads through ``vector_in`` (CLIP-L's 768;
+    it modulates every block), None for models without one (SD UNets; SDXL's pooled text enters
+    through ``adm_in_channels``, see ``uses_pooled_text``)."""
+    width = model.model.model_config.unet_config.get("vec_in_dim")
+    return int(width) if width is not None else None
+
+
 def attention_block_ids(model) -> list[tuple[str, int]]:
     """The UNet blocks holding transformer (attention) layers, as the ``(block_name, number)`` keys
     ``set_model_attn*_replace`` takes: ``("input", i)``, ``("middle", 0)``, ``("output", i)``."""

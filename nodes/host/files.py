@@ -7,6 +7,9 @@ import torch
 
 import comfy.utils
 
+from .facts import InputError
+
+
 def embeddings_folder() -> str:
     """Where new embeddings are saved: the first ``embeddings`` model folder."""
     import folder_paths
@@ -204,15 +207,43 @@ def content_hash(tensor: torch.Tensor) -> str:
     return hashlib.sha256(f"{tuple(data.shape)}|".encode() + data.numpy().tobytes()).hexdigest()[:16]
 
 
-def read_safetensors_metadata(path: str) -> dict:
-    """The string metadata of a safetensors file ({} when it has none)."""
+def existing_file(path: str, input_name: str, fix: str) -> bool:
+    """Whether a file is at ``path``; InputError naming ``input_name``, the path (relative to the
+    models folder) and ``fix`` when something else is (a folder, a device): it is never read or replaced."""
+    import os
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise InputError(f"{input_name}: {model_relative_path(path)} is a link to nothing; {fix}") from None
+        return False
+    except OSError as e:
+        raise InputError(f"{input_name}: {model_relative_path(path)} cannot be read ({e.strerror}); {fix}") from None
+    if stat.S_ISREG(mode):
+        return True
+    kind = "a folder" if stat.S_ISDIR(mode) else "not a plain file"
+    raise InputError(f"{input_name}: {model_relative_path(path)} is {kind}; {fix}")
+
+
+def read_safetensors(path: str, input_name: str, fix: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """Every tensor (on the CPU) and the string metadata of the safetensors file at ``path``, read in
+    full; InputError naming ``input_name``, the file (relative to the models folder) and ``fix`` when
+    it cannot be (not safetensors, cut short, a header that claims more data than the file holds):
+    never a part of it."""
     import safetensors
 
-    with safetensors.safe_open(path, framework="pt") as f:
-        return dict(f.metadata() or {})
-
-
-def load_tensors(path: str) -> dict[str, torch.Tensor]:
-    import safetensors.torch
-
-    return safetensors.torch.load_file(path, device="cpu")
+    existing_file(path, input_name, fix)
+    try:
+        with safetensors.safe_open(path, framework="pt", device="cpu") as f:
+            metadata = dict(f.metadata() or {})
+            tensors = {key: f.get_tensor(key) for key in f.keys()}
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+    except Exception as e:  # safetensors' own SafetensorError and anything else the file makes it raise
+        reason = str(e).replace(path, model_relative_path(path)).strip() or type(e).__name__
+    else:
+        return tensors, metadata
+    raise InputError(f"{input_name}: {model_relative_path(path)} cannot be read as a safetensors file ({reason}); "
+                     f"{fix}")

@@ -276,6 +276,8 @@ class GuidedSteps:
     def __init__(self, guider, sample, passes: "_Passes", sigmas, extra_args: dict, callback):
         self.guider = guider
         self._sample = sample  # the rest of the SAMPLER_SAMPLE chain: other packs' wrappers, then the sampler
+        self.sampler = sample.class_obj  # the user's SAMPLER
+        self._moved_checked = False
         self._passes = passes
         self.sigmas = sigmas
         self.model_options = extra_args.get("model_options", {})
@@ -325,14 +327,25 @@ class GuidedSteps:
                 callback = lambda i, denoised, x_now, _total: self.callback(k + i, denoised, x_now, self.steps)  # noqa: E731
             extra_args = dict(self._extra_args, seed=None if self.seed is None else self.seed + k)
             noise = self._noise_starting_at(x, k)
-            out = self._sample(self.guider, self.sigmas[k:k + 2], extra_args, callback, noise, x, None, True)
+            # the sampler gets its own copy of the two levels: one that edits its sigmas in place (as
+            # uni_pc sets a final 0 to 0.001) must neither change the schedule nor fail on an
+            # inference-mode tensor (the guider samples outside inference mode)
+            levels = self.sigmas[k:k + 2].clone()
+            x_next = self._sample(self.guider, levels, extra_args, callback, noise, x, None, True)
             if noise is not None and bool(torch.count_nonzero(noise)):
                 # the stock sampler divided its result by (1 - sigma_next) (inverse noise scaling): undo it
                 sampling = self.guider.inner_model.model_sampling
-                out = sampling.noise_scaling(self.sigmas[k + 1], torch.zeros_like(out), out)
-            return out
+                x_next = sampling.noise_scaling(self.sigmas[k + 1], torch.zeros_like(x_next), x_next)
         finally:
             self._passes.current = _Passes.DEFAULT
+        if not self._moved_checked and self.levels[k] != self.levels[k + 1]:
+            self._moved_checked = True  # once per run: the comparison waits for the device
+            if torch.equal(x_next, x):
+                name = stock_sampler_name(self.sampler, comfy.samplers.SAMPLER_NAMES) or "this sampler"
+                raise InputError(f"sampler: {name} left the latent where it was in a step from sigma "
+                                 f"{self.levels[k]:.4g} to {self.levels[k + 1]:.4g}, so it cannot run one step at a "
+                                 f"time, as this guider runs your sampler; {SAMPLERS_THAT_RUN}")
+        return x_next
 
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor, key: str) -> torch.Tensor:
         return comfy.samplers.calc_cond_batch(self.guider.inner_model, [self.guider.conds[key]], x, sigma,
@@ -361,6 +374,47 @@ class GuidedSteps:
 
 
 StepProgram = Callable[[GuidedSteps, torch.Tensor], torch.Tensor]
+
+NOT_STEPWISE = {
+    "uni_pc": "UniPC only evaluates the model in the first step of a call and moves from the second on",
+    "uni_pc_bh2": "UniPC only evaluates the model in the first step of a call and moves from the second on",
+    "dpm_adaptive": "adaptive DPM-Solver picks its own steps between the first and the last level",
+}
+"""Stock samplers that cannot run one step of the schedule per call (``GuidedSteps.sample_step``),
+refused before the first step. A sampler that leaves the latent where it was in a step is refused
+after its first step (``GuidedSteps.sample_step``): ``sa_solver`` and ``sa_solver_pece`` of hosts
+whose SA-Solver returns its corrected state, not the step's prediction (0.3.75; fixed by v0.33).
+Every other stock sampler runs, multistep ones in their first-order form (README)."""
+
+SAMPLERS_THAT_RUN = ("choose another in KSamplerSelect: ddim or euler (the papers' sampler), euler_ancestral, dpmpp_2m, "
+                     "heun and the other stock samplers run (multistep ones in their first-order form)")
+
+
+def stock_sampler_name(sampler, names) -> Optional[str]:
+    """Which of the stock samplers ``names`` (KSamplerSelect's names) the SAMPLER ``sampler`` is, or None:
+    the same sampler function as ``comfy.samplers.sampler_object(name)``, wherever the SAMPLER was
+    made (KSamplerSelect, a node with the sampler's own options)."""
+    function = getattr(sampler, "sampler_function", None)
+    if function is None:
+        return None
+    for name in names:
+        try:
+            stock = comfy.samplers.sampler_object(name).sampler_function
+        except Exception:  # not a sampler of this host
+            continue
+        same = stock is function or (getattr(stock, "__qualname__", None) == getattr(function, "__qualname__", "")
+                                     and getattr(stock, "__module__", None) == getattr(function, "__module__", ""))
+        if same:
+            return name
+    return None
+
+
+def check_stepwise_sampler(sampler) -> None:
+    """InputError naming the sampler when it is one of ``NOT_STEPWISE``, and the samplers that run."""
+    name = stock_sampler_name(sampler, NOT_STEPWISE)
+    if name is not None:
+        raise InputError(f"sampler: {name} cannot run one step at a time, as this guider runs your sampler "
+                         f"({NOT_STEPWISE[name]}); {SAMPLERS_THAT_RUN}")
 
 
 def _batchable(conds: list) -> bool:
@@ -453,6 +507,7 @@ class _ProgramRunner:
                  disable_pbar=False, *args, **kwargs):
         if denoise_mask is not None:
             raise InputError("latent_image: a noise mask is not supported by this guider; remove it (SetLatentNoiseMask)")
+        check_stepwise_sampler(executor.class_obj)  # before any step: the sampler is known only now
         steps = GuidedSteps(guider, executor, self.passes, sigmas, extra_args, callback)
         return self.program(steps, steps.start(noise, latent_image))
 

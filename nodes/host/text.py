@@ -64,8 +64,7 @@ def append_embedding_rows(clip, tokens: dict, rows_by_key: dict[str, torch.Tenso
             out[key] = chunks
             continue
         sub = _sub_tokenizer(clip, key)
-        if (sub is None or sub.start_token is None or sub.end_token is None or not sub.pad_to_max_length
-                or sub.pad_left or sub.min_length is not None or sub.min_padding is not None):
+        if not is_clip_tokenizer(clip, key):
             raise InputError(f"clip: the tokenizer of text encoder {key!r} is not a CLIP tokenizer this node supports")
         end, start, pad = sub.end_token, sub.start_token, sub.pad_token
         chunks = [list(chunk) for chunk in chunks]
@@ -98,40 +97,71 @@ def append_embedding_rows(clip, tokens: dict, rows_by_key: dict[str, torch.Tenso
 
 
 def conditioning_layout(clip) -> list[TextEncoderSlot]:
-    """The text encoders of ``clip`` in the order their outputs sit side by side in a conditioning
-    row: SDXL concatenates CLIP-L's 768 then CLIP-G's 1280 values (``comfy/sdxl_clip.py``
-    ``SDXLClipModel.encode_token_weights``); single-encoder CLIPs have one. Checked against an encode."""
+    """The text encoders whose outputs form the rows of ``clip``'s conditioning, in the order their
+    values sit side by side in a row: SDXL concatenates CLIP-L's 768 then CLIP-G's 1280 values
+    (``comfy/sdxl_clip.py`` ``SDXLClipModel.encode_token_weights``); SD1.x and SD2.x have one encoder;
+    FLUX.1's rows are T5-XXL's alone (``comfy/text_encoders/flux.py``: its CLIP-L only gives the pooled
+    vector). Checked against an encode of the empty prompt: the width of a row, and for an encoder
+    chosen among several, the number of rows."""
     slots = {slot.key: slot for slot in text_encoder_slots(clip)}
-    order = ["l", "g"] if set(slots) == {"l", "g"} else list(slots)
-    if len(order) != len(slots) or len(order) > 2:
+    cond = clip.encode_from_tokens(clip.tokenize(""), return_pooled=True)[0]
+    rows, width = cond.shape[1], cond.shape[-1]
+    if set(slots) == {"l", "g"}:
+        layout = [slots["l"], slots["g"]]
+    elif len(slots) == 1:
+        layout = list(slots.values())
+    else:  # one encoder forms the rows (FLUX.1: T5-XXL, 256 rows for a short prompt), the others pool
+        empty = clip.tokenize("")
+        layout = [slot for key, slot in slots.items()
+                  if slot.width == width and sum(len(chunk) for chunk in empty[key]) == rows]
+    if len(layout) != 1 and [s.key for s in layout] != ["l", "g"]:
         raise InputError(f"clip: text encoders {sorted(slots)} are not a CLIP layout this node supports "
-                         "(SD1.x, SD2.x, SDXL)")
-    layout = [slots[key] for key in order]
-    cond, _ = clip.encode_from_tokens(clip.tokenize(""), return_pooled=True)
-    if cond.shape[-1] != sum(slot.width for slot in layout):
-        raise InputError(f"clip: its conditioning is {cond.shape[-1]} wide, not the {sum(s.width for s in layout)} "
-                         f"of its text encoders {order}; this CLIP is not supported in the conditioning space")
+                         "(SD1.x, SD2.x, SDXL, FLUX.1)")
+    if width != sum(slot.width for slot in layout):
+        raise InputError(f"clip: its conditioning is {width} wide, not the {sum(s.width for s in layout)} "
+                         f"of its text encoders {[s.key for s in layout]}; this CLIP is not supported in the "
+                         "conditioning space")
     return layout
 
 
-def padding_rows(clip, tokens: dict) -> int:
-    """How many rows after the end token the last 77-token chunk of ``tokens`` has (the fewest over
-    the text encoders): the rows a difference in the conditioning space may be added onto."""
+def padding_rows(clip, tokens: dict, keys: Optional[list[str]] = None) -> int:
+    """How many rows after the end token the last chunk of ``tokens`` has (the fewest over the text
+    encoders ``keys``, default all): the rows a difference in the conditioning space may be added
+    onto. A CLIP chunk is 77 rows; T5-XXL's one chunk is at least 256 rows (FLUX.1), so long prompts
+    leave it none."""
     import numbers
 
     room = None
-    for key, chunks in tokens.items():
+    for key in keys if keys is not None else list(tokens):
         sub = _sub_tokenizer(clip, key)
         end = getattr(sub, "end_token", None)
-        last = chunks[-1]
-        eos = next((i for i in range(1, len(last))
+        start = int(getattr(sub, "tokens_start", 1))
+        last = tokens[key][-1]
+        eos = next((i for i in range(start, len(last))
                     if isinstance(last[i][0], numbers.Integral) and int(last[i][0]) == end), None)
         if eos is None:
-            raise InputError(f"clip: the tokens of text encoder {key!r} have no end token; not a CLIP tokenizer "
+            raise InputError(f"clip: the tokens of text encoder {key!r} have no end token; not a tokenizer "
                              "this node supports")
         free = len(last) - 1 - eos
         room = free if room is None else min(room, free)
     return int(room or 0)
+
+
+def is_clip_tokenizer(clip, key: str) -> bool:
+    """Whether text encoder ``key`` of ``clip`` is a CLIP (77-token chunks with start and end tokens, as
+    ``append_embedding_rows`` reproduces them); FLUX.1's T5-XXL is not."""
+    sub = _sub_tokenizer(clip, key)
+    return (sub is not None and sub.start_token is not None and sub.end_token is not None
+            and sub.pad_to_max_length and not sub.pad_left and sub.min_length is None
+            and sub.min_padding is None)
+
+
+def pooled_output_is_projected(clip) -> bool:
+    """Whether the CLIP-L pooled vector in this CLIP's conditioning is the projected CLIP text feature
+    (``return_projected_pooled``); FLUX.1 and SD1.x CLIPs give the unprojected end-token state, the
+    input of ``text_projection``."""
+    module = getattr(clip.cond_stage_model, "clip_l", None)
+    return bool(getattr(module, "return_projected_pooled", False))
 
 
 def encode_tokens(clip, tokens: dict) -> list:

@@ -1,12 +1,20 @@
 """Input validation shared by every node: finite numbers in range, file names, step windows.
 
-Every node of the pack derives from :class:`PackNode`. Its ``validate_inputs`` runs in ComfyUI's
-prompt validation, so a bad value is refused at ``POST /prompt`` (HTTP 400, the input named) before
-any node runs. ComfyUI leaves range checks to a node that validates its own inputs, so ``PackNode``
-checks every widget value against the node's schema itself (finite floats: ComfyUI's min/max test
-lets a JSON ``NaN`` through), then the node's own rules (``check_inputs``: no tensors, only values).
-Values that arrive through links are not known at validation; ``refuse_invalid`` runs the same
-checks at execution on everything the node received.
+Every node of the pack derives from :class:`PackNode`. A bad widget value is refused at
+``POST /prompt`` (HTTP 400) before any node runs, the input named, in one of two ways:
+
+- ComfyUI's own checks (type conversion, ``min``/``max``, combo options) for every input a node's
+  ``validate_inputs`` does not take: each failure is reported on exactly that input. ComfyUI's range
+  test passes a JSON ``NaN`` (``nan < min`` is False), so every FLOAT's ``min`` is made a
+  :class:`FiniteMinimum`, below which ``NaN`` lies.
+- The node's own rules (``check_inputs``: values only, no tensors), run by a ``validate_inputs``
+  that names in its signature the inputs those rules read, and only those: ComfyUI attaches a
+  ``validate_inputs`` failure to every input in its signature (a ``**kwargs`` signature marks every
+  input of the node), and skips its own checks for them, so ``PackNode`` checks their values
+  against the schema itself.
+
+Values that arrive through links are not known at validation; ``refuse_invalid`` runs the schema
+checks and the rules at execution on everything the node received.
 """
 from __future__ import annotations
 
@@ -22,6 +30,41 @@ WINDOWS_RESERVED_NAMES = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range
                           *(f"LPT{i}" for i in range(1, 10))}
 FORBIDDEN_NAME_CHARS = set('<>:"|?*')
 MAX_FILE_NAME_BYTES = 255  # ext4, NTFS (in UTF-16 units), APFS: the common limit of one path component
+
+
+class FiniteMinimum(float):
+    """A FLOAT input's ``min`` that a ``NaN`` is below (a plain float compares False with NaN either
+    way). ComfyUI's range test ``value < min`` then refuses a JSON ``NaN`` on exactly that input, as
+    any value out of range ("Value nan smaller than min of 0.0"). Python asks the right operand first
+    when its type derives from the left one's, so this ``__gt__`` answers ``nan < minimum``. It is
+    still a float: /object_info and the frontend see the plain number."""
+
+    def __gt__(self, other):
+        if isinstance(other, float) and math.isnan(other):
+            return True
+        return float.__gt__(self, other)
+
+
+def with_finite_minimums(schema: io.Schema) -> io.Schema:
+    """``schema`` with every FLOAT input's ``min`` a :class:`FiniteMinimum`."""
+    for entry in schema.inputs:
+        if isinstance(entry, io.Float.Input) and entry.min is not None and not isinstance(entry.min, FiniteMinimum):
+            entry.min = FiniteMinimum(entry.min)
+    return schema
+
+
+INPUT_TYPES_OF = {io.Int.Input: int, io.Float.Input: (int, float), io.String.Input: str, io.Boolean.Input: bool}
+
+
+def type_problem(entry, value: Any) -> Optional[str]:
+    """Why ``value`` is not of the widget type of ``entry`` (an INT that is text, ...), or None."""
+    expected = next((types for kind, types in INPUT_TYPES_OF.items() if isinstance(entry, kind)), None)
+    if expected is None or value is None:
+        return None
+    if isinstance(value, expected) and not (isinstance(value, bool) and expected is not bool):
+        return None
+    kind = {int: "a whole number", str: "text", bool: "true or false"}.get(expected, "a number")
+    return f"{entry.id}: {value!r} is not {kind}"
 
 
 def number_problem(name: str, value: Any, minimum=None, maximum=None) -> Optional[str]:
@@ -44,6 +87,9 @@ def schema_problem(schema: io.Schema, values: dict) -> Optional[str]:
         value = values.get(entry.id)
         if value is None:
             continue
+        problem = type_problem(entry, value)
+        if problem:
+            return problem
         if isinstance(entry, (io.Float.Input, io.Int.Input)):
             problem = number_problem(entry.id, value, getattr(entry, "min", None), getattr(entry, "max", None))
         elif isinstance(entry, io.Combo.Input):
@@ -57,17 +103,18 @@ def schema_problem(schema: io.Schema, values: dict) -> Optional[str]:
     return None
 
 
-def file_stem(name: str, input_name: str, suffix: str = ".safetensors") -> str:
+def file_stem(name: str, input_name: str, folders: str, suffix: str = ".safetensors") -> str:
     """The file stem for ``name``, or InputError naming ``input_name``: a plain file name that
-    ``embedding:NAME`` can use and every common file system can store."""
+    ``embedding:NAME`` can use and every common file system can store. ``folders`` says where the
+    node keeps such files (for the message: the node picks the folder, the name cannot)."""
     stem = name.strip()
     if stem.lower().endswith(suffix):
         stem = stem[: -len(suffix)]
     if not stem:
         raise InputError(f"{input_name}: give a name (a plain file name such as 'to_winter')")
     if "/" in stem or "\\" in stem or os.sep in stem or (os.altsep and os.altsep in stem):
-        raise InputError(f"{input_name}: {name!r} contains a path separator; give a plain file name, it is saved "
-                         "in the embeddings folder")
+        raise InputError(f"{input_name}: {name!r} contains a path separator; give a plain file name such as "
+                         f"'to_winter', without a folder: the files are kept in {folders}")
     if ".." in stem or stem.startswith("."):
         raise InputError(f"{input_name}: {name!r} may not contain '..' or start with '.'; give a plain file name")
     if any(c.isspace() for c in stem) or any(c in FORBIDDEN_NAME_CHARS for c in stem) or not stem.isprintable():
@@ -92,7 +139,25 @@ def step_window_problem(start_name: str, start: Optional[int], end_name: str, en
 
 class PackNode(io.ComfyNode):
     """Base of every node of the pack: the schema's ranges, finite numbers and the node's own rules,
-    checked when ComfyUI validates a prompt and again at execution."""
+    checked when ComfyUI validates a prompt and again at execution (see the module docstring).
+
+    A node with rules (``check_inputs``) defines ``validate_inputs`` with the inputs they read as
+    keyword arguments, and returns ``cls.validation_result(locals())``. A node without rules defines
+    none: ComfyUI checks all its widget values itself."""
+
+    def __init_subclass__(cls, **kwargs):
+        """Each node's ``define_schema`` gives FLOAT minimums a NaN lies below (``with_finite_minimums``),
+        so the node modules declare plain ``io.Float.Input`` ranges. ComfyUI's class clones (subclasses
+        carrying the same ``define_schema``) are not wrapped twice."""
+        super().__init_subclass__(**kwargs)
+        define = cls.__dict__.get("define_schema")
+        if define is not None and not getattr(define.__func__, "finite_minimums", False):
+            def define_schema(node_cls, _define=define.__func__):
+                return with_finite_minimums(_define(node_cls))
+
+            define_schema.finite_minimums = True
+            define_schema.__doc__ = define.__func__.__doc__
+            cls.define_schema = classmethod(define_schema)
 
     @classmethod
     def check_inputs(cls, values: dict) -> None:
@@ -100,8 +165,15 @@ class PackNode(io.ComfyNode):
         through a link and is not known yet. Override in a node."""
 
     @classmethod
-    def problem(cls, values: dict) -> Optional[str]:
-        problem = schema_problem(cls.define_schema(), values)
+    def problem(cls, values: dict, validating: bool = False) -> Optional[str]:
+        """The first problem of ``values``. ``validating``: at ``POST /prompt``, where ComfyUI has already
+        reported a value it could not convert to its input's type (on that input): such a value is
+        left out (as if linked), so no rule compares it and nothing is reported twice."""
+        schema = cls.define_schema()
+        if validating:
+            entries = {entry.id: entry for entry in schema.inputs}
+            values = {k: None if k in entries and type_problem(entries[k], v) else v for k, v in values.items()}
+        problem = schema_problem(schema, values)
         if problem:
             return problem
         try:
@@ -111,8 +183,9 @@ class PackNode(io.ComfyNode):
         return None
 
     @classmethod
-    def validate_inputs(cls, **values) -> bool | str:
-        problem = cls.problem(values)
+    def validation_result(cls, values: dict) -> bool | str:
+        """What a node's ``validate_inputs`` returns for the values it received (``locals()``)."""
+        problem = cls.problem({k: v for k, v in values.items() if k != "cls"}, validating=True)
         return True if problem is None else problem
 
     @classmethod

@@ -84,9 +84,10 @@ def test_there_are_workflows():
 def test_workflow_opens_and_runs_in_the_frontend(server, chrome, name, tmp_path):
     result = bw.check_workflow(chrome, server, name, screenshot_dir=SCREENSHOT_DIR, thumbnail_dir=THUMBNAIL_DIR,
                                scratch=tmp_path, timeout_s=RUN_TIMEOUT)
-    # The graph was retargeted in the browser: the frontend sent the test checkpoint and small sizes.
+    # The graph was retargeted in the browser: the frontend sent the test checkpoint (FLUX workflows: the
+    # FLUX test model, with the test CLIP-L's loader in place of DualCLIPLoader) and small sizes.
     changed = {k for values in result["changes"].values() for k in values}
-    assert "ckpt_name" in changed, result["changes"]
+    assert {"ckpt_name", "unet_name"} & changed, result["changes"]
     assert result["outputs"], result
     for path in result["outputs"]:
         with Image.open(path) as im:

@@ -99,11 +99,19 @@ def test_every_pack_node_is_documented(object_info):
 
 # --- every shipped workflow, on both model families ------------------------------------------
 
-RUNS = [pytest.param(ckpt, wf, id=f"{Path(ckpt).stem}-{wf.stem}") for ckpt in TEST_CKPTS for wf in API_WORKFLOWS]
+FLUX_MODEL = "flux"  # the FLUX-layout test model the host loads (pack_testing.flux_model_for_host), as make demo
+FLUX_WORKFLOWS = [wf for wf in API_WORKFLOWS if demo.is_flux_workflow(run_workflow.load_workflow(wf))]
+RUNS = ([pytest.param(ckpt, wf, id=f"{Path(ckpt).stem}-{wf.stem}") for ckpt in TEST_CKPTS
+         for wf in API_WORKFLOWS if wf not in FLUX_WORKFLOWS]
+        + [pytest.param(FLUX_MODEL, wf, id=f"flux-{wf.stem}") for wf in FLUX_WORKFLOWS])
 
 
 @pytest.mark.parametrize("ckpt, workflow_path", RUNS)
 def test_shipped_workflow_runs(server, ckpt, workflow_path, tmp_path):
+    if ckpt == FLUX_MODEL:
+        import pack_testing
+
+        ckpt = pack_testing.flux_model_for_host()
     workflow = demo.retarget(run_workflow.load_workflow(workflow_path), ckpt)
     images = demo.synthetic_inputs(workflow, tmp_path / "inputs")
     paths = run_workflow.submit_workflow(server, workflow, images, None, tmp_path / "out", RUN_TIMEOUT)
@@ -319,15 +327,15 @@ def _assert_next_valid_prompt_runs(server, tmp_path):
     assert entry["status"]["status_str"] == "success"
 
 
-@pytest.mark.parametrize("node, field, value", [
-    ("4", "cfg", float("nan")),
-    ("4", "lambda_ac", float("inf")),
+@pytest.mark.parametrize("node, field, value, expected", [
+    ("4", "cfg", float("nan"), "Value nan smaller than min of 0.0"),
+    ("4", "lambda_ac", float("inf"), "Value inf bigger than max of 1000.0"),
 ])
-def test_non_finite_inversion_values_are_refused_before_work(server, tmp_path, node, field, value):
+def test_non_finite_inversion_values_are_refused_before_work(server, tmp_path, node, field, value, expected):
     prompt = _invert_prompt()
     prompt[node]["inputs"][field] = value
     message = _rejection(server, prompt)
-    assert f"{field}: {value}" in message and "give a finite value" in message or "above the maximum" in message, message
+    assert f'input "{field}": {expected}' in message, message
     _assert_next_valid_prompt_runs(server, tmp_path)
 
 
@@ -336,9 +344,11 @@ def test_non_finite_values_of_the_other_nodes_are_refused(server, tmp_path):
                                 TEST_CKPTS[0])
     direction = next(k for k, v in translation.items() if v["class_type"] == "EditDirection")
     translation[direction]["inputs"]["multiplier"] = float("nan")
-    assert "multiplier: nan is not a number" in _rejection(server, translation)
+    assert 'input "multiplier": Value nan smaller than min of -4.0' in _rejection(server, translation)
     message = _rejection(server, _analogy_prompt(learning_rate=float("nan")))
-    assert "learning_rate: nan is not a number" in message, message
+    assert 'input "learning_rate": Value nan smaller than min of 1e-06' in message, message
+    message = _rejection(server, _analogy_prompt(alpha=float("nan")))  # read by a rule: the node's own message
+    assert "alpha: nan is not a number; give a finite value between 0.0 and 1.0" in message, message
     _assert_next_valid_prompt_runs(server, tmp_path)
 
 
@@ -439,3 +449,188 @@ def test_shipped_analogy_workflow_runs_twice_and_trains_once(server, tmp_path):
         assert (path.stat().st_mtime_ns, path.read_bytes()) == written  # loaded, not trained and saved again
     finally:
         path.unlink(missing_ok=True)
+
+
+# --- bad files and values, second pass (issue 24): one error per bad input, named ----------------
+
+def _marked_inputs(error: run_workflow.WorkflowError, node_id: str) -> list[str]:
+    """The inputs ComfyUI's answer tags on ``node_id`` (the frontend marks each of them)."""
+    errors = (error.details.get("node_errors") or {}).get(node_id, {}).get("errors", [])
+    return [(e.get("extra_info") or {}).get("input_name") for e in errors]
+
+
+def _refused(server, prompt: dict) -> run_workflow.WorkflowError:
+    with pytest.raises(run_workflow.WorkflowError) as info:
+        run_workflow.queue_prompt(server, prompt)
+    assert "HTTP 400" in str(info.value), info.value
+    return info.value
+
+
+def test_a_nan_number_marks_only_its_input(server, tmp_path):
+    prompt = _invert_prompt()
+    prompt["4"]["inputs"]["cfg"] = float("nan")
+    error = _refused(server, prompt)
+    assert _marked_inputs(error, "4") == ["cfg"], error.details
+    assert 'input "cfg"' in str(error) and "nan" in str(error) and "min of 0.0" in str(error), error
+    _assert_next_valid_prompt_runs(server, tmp_path)
+
+
+def test_text_for_a_number_marks_only_its_input(server, tmp_path):
+    prompt = _invert_prompt()
+    prompt["4"]["inputs"]["steps"] = "abc"
+    error = _refused(server, prompt)
+    assert _marked_inputs(error, "4") == ["steps"], error.details
+    assert 'input "steps"' in str(error) and "not supported between" not in str(error), error
+    _assert_next_valid_prompt_runs(server, tmp_path)
+
+
+def test_a_rule_marks_only_the_inputs_it_reads(server, tmp_path):
+    error = _refused(server, _invert_prompt(steps=2, skip_steps=2))
+    marked = _marked_inputs(error, "4")
+    assert "skip_steps" in marked and not {"model", "positive", "latent", "cfg", "seed"} & set(marked), marked
+    assert len(set(marked)) == len(marked)
+
+
+def _injector_prompt(embedding_name: str) -> dict:
+    """Token Injector loading a saved difference by name, sampled for one step (64 px)."""
+    return {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": TEST_CKPTS[0]}},
+        "2": {"class_type": "TokenInjector", "inputs": {"clip": ["1", 1], "text": "a photo", "strength": 1.0,
+                                                        "embedding_name": embedding_name}},
+        "3": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "4": {"class_type": "KSampler", "inputs": {
+            "model": ["1", 0], "seed": 0, "steps": 1, "cfg": 1.0, "sampler_name": "euler", "scheduler": "normal",
+            "positive": ["2", 0], "negative": ["2", 0], "latent_image": ["3", 0], "denoise": 1.0}},
+        "5": {"class_type": "VAEDecode", "inputs": {"samples": ["4", 0], "vae": ["1", 2]}},
+        "6": {"class_type": "PreviewImage", "inputs": {"images": ["5", 0]}},
+    }
+
+
+def _difference_bytes(rows) -> bytes:
+    import safetensors.torch
+
+    return safetensors.torch.save({"clip_l": rows})
+
+
+def _corrupt_differences() -> dict[str, bytes]:
+    import struct
+
+    import torch
+
+    valid = _difference_bytes(torch.zeros(4, 768))  # the test CLIP-L is 768 wide
+    header = json.dumps({"clip_l": {"dtype": "F32", "shape": [4, 768], "data_offsets": [0, 4 * 768 * 4]}}).encode()
+    return {
+        "half": valid[: len(valid) // 2],
+        "short": struct.pack("<Q", len(header)) + header + b"\0" * 64,  # the header claims 12288 bytes of data
+        "text": b"this is not a safetensors file\n",
+        "nan": _difference_bytes(torch.full((4, 768), float("nan"))),
+    }
+
+
+@pytest.mark.parametrize("kind", ["half", "short", "text", "nan"])
+def test_a_bad_difference_file_is_named_with_its_input_and_the_fix(server, tmp_path, kind):
+    folder = server.base / "models" / "differences"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"e2e_bad_{kind}.safetensors"
+    content = _corrupt_differences()[kind]
+    path.write_bytes(content)
+    try:
+        with pytest.raises(run_workflow.WorkflowError) as info:
+            run_workflow.submit_workflow(server, _injector_prompt(path.stem), out_dir=tmp_path, timeout=120)
+        message = str(info.value)
+        assert info.value.node_id == "2"
+        assert f"embedding_name: differences/{path.name}" in message, message
+        assert ("not finite" if kind == "nan" else "cannot be read as a safetensors file") in message, message
+        assert "train it again" in message and str(server.base) not in message, message
+        assert path.read_bytes() == content
+    finally:
+        path.unlink()
+    _assert_next_valid_prompt_runs(server, tmp_path)
+
+
+def test_a_good_difference_file_is_injected_by_name(server, tmp_path):
+    """The control of the test above: the same prompt with a readable, finite file runs."""
+    import torch
+
+    path = server.base / "models" / "differences" / "e2e_good.safetensors"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(_difference_bytes(torch.zeros(4, 768)))
+    try:
+        assert run_workflow.submit_workflow(server, _injector_prompt(path.stem), out_dir=tmp_path, timeout=120)
+    finally:
+        path.unlink()
+
+
+@pytest.mark.parametrize("kind", ["half", "nan"])
+def test_the_trainer_refuses_to_reuse_a_bad_file_and_keeps_it(server, tmp_path, kind):
+    folder = server.base / "models" / "differences"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"e2e_reuse_{kind}.safetensors"
+    content = _corrupt_differences()[kind]
+    path.write_bytes(content)
+    try:
+        workflow = _analogy_prompt(name=path.stem, if_exists="reuse")
+        images = demo.synthetic_inputs(workflow, tmp_path / "inputs")
+        with pytest.raises(run_workflow.WorkflowError) as info:
+            run_workflow.submit_workflow(server, workflow, images, None, tmp_path / "out", RUN_TIMEOUT)
+        message = str(info.value)
+        assert f"name: differences/{path.name}" in message and "if_exists to overwrite" in message, message
+        assert str(server.base) not in message
+        assert path.read_bytes() == content  # never overwritten, never half-loaded
+    finally:
+        path.unlink()
+
+
+@pytest.mark.parametrize("if_exists", ["overwrite", "reuse"])
+def test_a_folder_in_place_of_the_trainers_file_is_refused_before_training(server, tmp_path, if_exists):
+    folder = server.base / "models" / "differences" / "e2e_folder.safetensors"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "keep.txt").write_text("a user's file")
+    try:
+        workflow = _analogy_prompt(name="e2e_folder", if_exists=if_exists)
+        trainer = next(k for k, v in workflow.items() if v["class_type"] == "DeltaInterpolationTrainer")
+        images = demo.synthetic_inputs(workflow, tmp_path / "inputs")
+        with pytest.raises(run_workflow.WorkflowError) as info:
+            run_workflow.submit_workflow(server, workflow, images, None, tmp_path / "out", RUN_TIMEOUT)
+        error = next(data for kind, data in info.value.details["status"]["messages"] if kind == "execution_error")
+        assert error["node_id"] == trainer, error
+        assert error["exception_message"].startswith("name: differences/e2e_folder.safetensors is a folder"), error
+        assert str(server.base) not in error["exception_message"]
+        assert (folder / "keep.txt").read_text() == "a user's file"
+    finally:
+        (folder / "keep.txt").unlink()
+        folder.rmdir()
+    _assert_next_valid_prompt_runs(server, tmp_path)
+
+
+@pytest.mark.parametrize("node, field", [("9", "name"), ("12", "embedding_name")])
+def test_a_path_separator_in_a_name_names_the_real_folder(server, field, node):
+    workflow = _analogy_prompt()
+    workflow[node]["inputs"][field] = "sub/winter"
+    message = str(_refused(server, workflow))
+    assert f"{field}: 'sub/winter' contains a path separator" in message, message
+    assert "models/differences" in message and "saved in the embeddings folder" not in message, message
+
+
+def test_a_sampler_that_cannot_run_one_step_at_a_time_is_refused_naming_it(server, tmp_path):
+    """CutLoss Guidance over a 2-step inversion, sampled with uni_pc (known only when
+    SamplerCustomAdvanced runs): refused before the guider's first step, naming the sampler."""
+    prompt = _invert_prompt()
+    prompt["7"] = {"class_type": "EditDirection", "inputs": {
+        "clip": ["1", 1], "source": "cat", "target": "dog", "caption": "a photo of a cat", "multiplier": 1.0,
+        "source_sentences": "", "target_sentences": ""}}
+    prompt["8"] = {"class_type": "CutLossGuidance", "inputs": {
+        "model": ["1", 0], "positive": ["2", 0], "negative": ["2", 0], "direction": ["7", 0], "cfg": 5.0,
+        "lambda_xa": 1.0, "lambda_cut": 3.0, "step_size": 0.1, "guidance_start_step": 0, "guidance_end_step": 1000,
+        "num_patches": 256, "tau": 0.07, "offload_to_cpu": False}}
+    prompt["9"] = {"class_type": "DisableNoise", "inputs": {}}
+    prompt["10"] = {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "uni_pc"}}
+    prompt["11"] = {"class_type": "SamplerCustomAdvanced", "inputs": {
+        "noise": ["9", 0], "guider": ["8", 0], "sampler": ["10", 0], "sigmas": ["4", 2], "latent_image": ["4", 0]}}
+    prompt["5"]["inputs"]["samples"] = ["11", 0]
+    with pytest.raises(run_workflow.WorkflowError) as info:
+        run_workflow.submit_workflow(server, prompt, out_dir=tmp_path, timeout=RUN_TIMEOUT)
+    message = str(info.value)
+    assert info.value.node_id == "11"
+    assert "sampler: uni_pc cannot run one step at a time" in message and "dpmpp_2m" in message, message
+    _assert_next_valid_prompt_runs(server, tmp_path)

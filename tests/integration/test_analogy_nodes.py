@@ -491,3 +491,262 @@ def test_saved_files_get_the_mode_a_normal_write_gives(tmp_path):
     os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask
     assert [p.name for p in tmp_path.iterdir()] == ["mode_check.safetensors"]  # no temporary file left
+
+
+# --- FLUX-class models (rectified flow): the test FLUX-layout models conditioned by the test CLIP-L ---
+
+from exemplar_edit.nodes import analogy  # noqa: E402
+
+FLUX_WORKFLOW = Path(__file__).resolve().parents[2] / "workflows" / "api" / "image_analogy_flux.json"
+FLUX_COLOURS = {"4": 0x3060A0, "5": 0xE0C040, "6": 0x40A060}  # A, A', B
+
+
+def flux_analogy_workflow(unet: str, *, name: str, seed: int = 0, steps: int = 2, if_exists: str = "overwrite",
+                          num_tokens: int = 2, validation_timesteps: int = 2, strength: float = 1.0) -> dict:
+    """The shipped image_analogy_flux workflow retargeted to a FLUX test model as ``make demo`` does
+    (test CLIP-L, test FLUX VAE, 64 px, few steps), solid images, the tiny CLIP vision model."""
+    import demo  # tools/
+
+    wf = demo.retarget(json.loads(FLUX_WORKFLOW.read_text()), unet, max_steps=steps)
+    for node_id, colour in FLUX_COLOURS.items():
+        wf[node_id] = {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1,
+                                                               "color": colour}}
+    wf["10"] = {"class_type": "TinyCLIPVisionLoader", "inputs": {}}
+    wf["11"]["inputs"].update({"alignment_text_encoder": ALIGNMENT, "name": name, "seed": seed, "if_exists": if_exists,
+                               "learning_rate": 0.05, "num_tokens": num_tokens,
+                               "validation_timesteps": validation_timesteps})
+    wf["15"]["inputs"]["strength"] = strength
+    del wf["23"]
+    wf["30"] = {"class_type": "Capture", "inputs": {"key": "difference", "value": ["11", 0]}}
+    wf["31"] = {"class_type": "Capture", "inputs": {"key": "b_prime_latent", "value": ["21", 0]}}
+    wf["32"] = {"class_type": "Capture", "inputs": {"key": "b_latent", "value": ["18", 0]}}
+    wf["33"] = {"class_type": "Capture", "inputs": {"key": "model", "value": ["1", 0]}}
+    wf["34"] = {"class_type": "Capture", "inputs": {"key": "clip", "value": ["2", 0]}}
+    wf["35"] = {"class_type": "Capture", "inputs": {"key": "validation", "value": ["11", 2]}}
+    return wf
+
+
+def flux_trainer_only(wf: dict) -> dict:
+    keep = {"1", "2", "3", "4", "5", "7", "8", "10", "11", "30", "33", "34", "35"}
+    return {k: v for k, v in wf.items() if k in keep}
+
+
+@pytest.fixture(scope="module")
+def flux_unet(host):
+    return pack_testing.flux_model_for_host()
+
+
+def flux_steps(unet: str) -> int:
+    """Training (and inversion) steps on a FLUX test model: the 3072-wide one (0.3.75) takes seconds
+    per forward on this CPU, so it trains 1 step, the narrow one 2."""
+    return 1 if unet == pack_testing.FLUX_WIDE else 2
+
+
+@pytest.fixture(scope="module")
+def flux_run(analogy_graph, flux_unet):
+    """The trainer on the host's FLUX test model (the 3072-wide one on 0.3.75: 1 step, 1 validation
+    timestep), then the same inputs again with if_exists reuse."""
+    steps = flux_steps(flux_unet)
+    wf = flux_trainer_only(flux_analogy_workflow(flux_unet, name="flux_run", seed=3, steps=steps,
+                                                 validation_timesteps=steps))
+    t0 = time.perf_counter()
+    first = analogy_graph.run(wf)
+    seconds = time.perf_counter() - t0
+    wf["11"]["inputs"]["if_exists"] = "reuse"
+    again = analogy_graph.run(wf)
+    print(f"FLUX trainer ({flux_unet}, {steps} steps): {seconds:.1f} s")
+    return first, again
+
+
+def test_flux_trainer_learns_rows_and_a_pooled_part_and_reuses_them(flux_unet, flux_run):
+    from safetensors.torch import load_file
+
+    first, again = flux_run
+    difference = first["difference"]
+    assert difference.space == "conditioning" and len(difference.losses) == flux_steps(flux_unet)
+    saved = load_file(str(DIFFERENCES / "flux_run.safetensors"))
+    # the test models read CLIP-L rows (77) and CLIP-L's pooled vector (vector_in)
+    assert {k: tuple(v.shape) for k, v in saved.items()} == {"clip_l": (2, 768), "pooled_output": (1, 768)}
+    assert saved["clip_l"].abs().max() > 0 and saved["pooled_output"].abs().max() > 0
+    assert torch.equal(saved["pooled_output"], difference.rows["pooled"])
+    record = json.loads(_host.read_safetensors(str(DIFFERENCES / "flux_run.safetensors"), "name", "")[1]["exemplar_edit"])
+    assert record["trained_for"] == {"model_family": "Flux", "prediction": "CONST",
+                                     "parts": {"clip_l": 768, "pooled_output": 768}}
+    assert "zero difference" in first["validation"]
+    # reused: loaded, not trained again, the same tokens
+    assert again["difference"].losses == [] and again["difference"].trained_for == record["trained_for"]
+    for key in ("l", "pooled"):
+        assert torch.equal(again["difference"].rows[key], difference.rows[key])
+
+
+def test_flux_zero_difference_is_the_prompt_exactly_and_minus_one_negates(analogy_graph, flux_run):
+    model, clip = flux_run[0]["model"], flux_run[0]["clip"]
+    assert _host.is_flow_model(model) and _host.pooled_vector_width(model) == 768
+    text = "a photo of a cabin in the woods"
+    with torch.inference_mode():
+        plain = _host.encode_tokens(clip, clip.tokenize(text))
+    trained = flux_run[0]["difference"].rows
+    zero = {k: torch.zeros_like(v) for k, v in trained.items()}
+
+    def inject(rows, strength):
+        difference = analogy.DifferenceEmbedding(rows=rows, space="conditioning")
+        with torch.inference_mode():
+            return analogy.TokenInjector.execute(clip, text, strength, difference=difference).result[0]
+
+    assert_same_conditioning(inject(zero, 1.0), plain)
+    assert_same_conditioning(inject(trained, 0.0), plain)
+    plus, minus = inject(trained, 1.0), inject(trained, -1.0)
+    for key in (None, "pooled_output"):
+        def part(c):
+            return c[0][0] if key is None else c[0][1][key]
+        change = part(plus) - part(plain)
+        assert change.abs().max() > 0 and torch.allclose(part(minus) - part(plain), -change, atol=1e-5)
+    assert (plus[0][0] - plain[0][0])[:, :-2].abs().max() == 0  # only the last 2 (padding) rows move
+
+
+def test_flux_strength_zero_gives_back_b_through_the_exact_replay(analogy_graph, flux_unet, flux_run):
+    """The shipped FLUX graph at strength 0: B inverted with exact replay (edit_friendly_ddpm on the flow
+    model) and replayed with Token Injector's conditioning, which is then B's prompt exactly, gives B's
+    latent back; at strength 1 (a second injector and replay of the same inversion) B' moves. The
+    trainer reuses flux_run."""
+    steps = flux_steps(flux_unet)
+    wf = flux_analogy_workflow(flux_unet, name="flux_run", seed=3, if_exists="reuse", strength=0.0, steps=steps,
+                               validation_timesteps=steps)
+    wf["40"] = dict(wf["15"], inputs=dict(wf["15"]["inputs"], strength=1.0))
+    wf["41"] = dict(wf["16"], inputs=dict(wf["16"]["inputs"], conditioning=["40", 0]))
+    wf["42"] = dict(wf["21"], inputs=dict(wf["21"]["inputs"], positive=["41", 0]))
+    wf["43"] = {"class_type": "Capture", "inputs": {"key": "moved_latent", "value": ["42", 0]}}
+    out = analogy_graph.run(wf)
+    assert out["difference"].losses == []
+    b_prime, b, moved = (out[k]["samples"] for k in ("b_prime_latent", "b_latent", "moved_latent"))
+    assert b_prime.shape == b.shape and b.shape[1] == 16
+    assert float((b_prime - b).norm() / b.norm()) < 1e-4, float((b_prime - b).norm() / b.norm())
+    assert float((moved - b).norm() / b.norm()) > 1e-3, float((moved - b).norm() / b.norm())
+
+
+class FluxLayoutClip:
+    """A CLIP with FLUX.1's text layout for tests: ComfyUI's own ``FluxTokenizer`` (CLIP-L tokens and
+    T5-XXL tokens, at least 256 rows padded after ``</s>``) and, in place of the 4.7B T5-XXL and CLIP-L
+    (no test model of T5-XXL's fixed config exists), an encoder whose 4096-wide rows are a fixed
+    function of the T5 token ids and whose 768-wide unprojected pooled vector one of the CLIP-L ids:
+    what FluxClipModel.encode_token_weights returns, in shape and in what each part depends on."""
+
+    def __init__(self):
+        from types import SimpleNamespace
+
+        import comfy.text_encoders.flux
+
+        self.tokenizer = comfy.text_encoders.flux.FluxTokenizer()
+        self.cond_stage_model = SimpleNamespace(clip_l=SimpleNamespace(return_projected_pooled=False))
+        self.layer_idx = None
+
+    def tokenize(self, text: str, **kwargs) -> dict:
+        return self.tokenizer.tokenize_with_weights(text)
+
+    @staticmethod
+    def _ids(chunks) -> torch.Tensor:
+        return torch.tensor([[float(t) for t, *_ in chunk] for chunk in chunks])
+
+    def encode_from_tokens(self, tokens, return_pooled=False, return_dict=False):
+        rows = self._ids(tokens["t5xxl"]).reshape(1, -1, 1)
+        cond = torch.sin(rows * torch.linspace(0.001, 0.1, 4096) + torch.arange(rows.shape[1]).reshape(1, -1, 1))
+        pooled = torch.cos(self._ids(tokens["l"])[:1].sum(-1, keepdim=True) * torch.linspace(0.01, 1.0, 768))
+        if return_dict:
+            return {"cond": cond, "pooled_output": pooled}
+        return (cond, pooled) if return_pooled else cond
+
+    def encode_from_tokens_scheduled(self, tokens) -> list:
+        cond, pooled = self.encode_from_tokens(tokens, return_pooled=True)
+        return [[cond, {"pooled_output": pooled}]]
+
+
+@pytest.fixture(scope="module")
+def flux1_clip(host):
+    return FluxLayoutClip()
+
+
+def sd15_clip(graph):
+    checkpoint_path(SD15)
+    return graph.run({"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": SD15}},
+                      "2": {"class_type": "Capture", "inputs": {"key": "clip", "value": ["1", 1]}}})["clip"]
+
+
+def flux1_difference(num_tokens: int = 3, seed: int = 0) -> "analogy.DifferenceEmbedding":
+    g = torch.Generator().manual_seed(seed)
+    rows = {"t5xxl": torch.randn(num_tokens, 4096, generator=g), "pooled": torch.randn(1, 768, generator=g)}
+    return analogy.DifferenceEmbedding(rows=rows, space="conditioning", name="flux1_change", trained_for={
+        "model_family": "Flux", "prediction": "CONST", "parts": {"t5xxl": 4096, "pooled_output": 768}})
+
+
+def test_flux1_layout_rows_are_the_t5_tokens_and_their_padding(flux1_clip):
+    layout = _host.conditioning_layout(flux1_clip)
+    assert [(s.key, s.embedding_key, s.width) for s in layout] == [("t5xxl", "t5xxl", 4096)]
+    tokens = flux1_clip.tokenize("a photo of a cabin")  # 7 T5 tokens, </s> (id 1), then padding (id 0) to 256
+    ids = [t for t, *_ in tokens["t5xxl"][0]]
+    assert len(ids) == 256 and ids.index(1) == 7 and set(ids[8:]) == {0}
+    assert _host.padding_rows(flux1_clip, tokens, ["t5xxl"]) == 256 - 8
+    assert _host.padding_rows(flux1_clip, flux1_clip.tokenize(""), ["t5xxl"]) == 255
+    assert _host.padding_rows(flux1_clip, flux1_clip.tokenize(" ".join(["cabin"] * 300)), ["t5xxl"]) == 0
+    assert not _host.is_clip_tokenizer(flux1_clip, "t5xxl") and _host.is_clip_tokenizer(flux1_clip, "l")
+
+
+def test_flux1_injection_is_exact_at_zero_and_moves_only_padding_rows_and_the_pooled_vector(flux1_clip):
+    text = "a photo of a cabin in the woods"
+    plain = flux1_clip.encode_from_tokens_scheduled(flux1_clip.tokenize(text))
+    trained = flux1_difference()
+    zero = analogy.DifferenceEmbedding(rows={k: torch.zeros_like(v) for k, v in trained.rows.items()},
+                                       space="conditioning", trained_for=trained.trained_for)
+
+    def inject(difference, strength, prompt=text):
+        with torch.inference_mode():
+            return analogy.TokenInjector.execute(flux1_clip, prompt, strength, difference=difference).result[0]
+
+    assert_same_conditioning(inject(zero, 1.0), plain)
+    assert_same_conditioning(inject(trained, 0.0), plain)
+    plus = inject(trained, 1.0)
+    change = plus[0][0] - plain[0][0]
+    assert plus[0][0].shape == (1, 256, 4096) and change[:, :-3].abs().max() == 0 and change[:, -3:].abs().min() > 0
+    assert torch.allclose(plus[0][1]["pooled_output"] - plain[0][1]["pooled_output"], trained.rows["pooled"])
+    with pytest.raises(_host.InputError, match=r"text: its T5 tokens \(256 rows\) has 0 padding rows"):
+        inject(trained, 1.0, " ".join(["cabin"] * 300))
+
+
+def test_a_difference_for_another_kind_of_model_is_refused_naming_both(analogy_graph, flux1_clip):
+    """A FLUX.1 difference (T5 rows + pooled CLIP-L) given to an SD1.5 CLIP, by name from its file, and an
+    SD1.5 difference (CLIP-L rows) given to a FLUX.1 CLIP, and a difference of another text width."""
+    _host.save_tensors_atomically(
+        str(DIFFERENCES / "flux1_change.safetensors"),
+        {"t5xxl": torch.ones(3, 4096), "pooled_output": torch.ones(1, 768)},
+        {"exemplar_edit": json.dumps({"trained_for": flux1_difference().trained_for})})
+    clip = sd15_clip(analogy_graph)
+    with pytest.raises(_host.InputError, match=r"difference: 'flux1_change' was trained for the Flux model family "
+                                               r"\(rectified flow\), whose conditioning has rows of t5xxl \(4096 wide\) "
+                                               r"and a pooled vector \(768 wide\), but this CLIP's conditioning has "
+                                               r"rows of clip_l \(768 wide\)"):
+        with torch.inference_mode():
+            analogy.TokenInjector.execute(clip, "a photo", 1.0, embedding_name="flux1_change")
+    sd15_difference = analogy.DifferenceEmbedding(
+        rows={"l": torch.ones(2, 768)}, space="conditioning", name="sd15_change",
+        trained_for={"model_family": "SD15", "prediction": "EPS", "parts": {"clip_l": 768}})
+    with pytest.raises(_host.InputError, match=r"difference: 'sd15_change' was trained for the SD15 model family, "
+                                               r"whose conditioning has rows of clip_l \(768 wide\), but this CLIP's "
+                                               r"conditioning has rows of t5xxl \(4096 wide\)"):
+        with torch.inference_mode():
+            analogy.TokenInjector.execute(flux1_clip, "a photo", 1.0, difference=sd15_difference)
+    wider = analogy.DifferenceEmbedding(rows={"l": torch.ones(2, 1024)}, space="conditioning")
+    with pytest.raises(_host.InputError, match=r"difference: it has rows of clip_l \(1024 wide\), but this CLIP's "
+                                               r"conditioning has rows of clip_l \(768 wide\)"):
+        with torch.inference_mode():
+            analogy.TokenInjector.execute(clip, "a photo", 1.0, difference=wider)
+
+
+def test_input_embedding_space_is_refused_for_a_t5_text_encoder(flux1_clip, flux_run):
+    image = torch.full((1, 64, 64, 3), 0.5)
+    settings = dict(caption_before="a red circle", caption_after="a blue circle", prompt_before="a red circle",
+                    prompt_after="a blue circle", name="t5_space", if_exists="overwrite", token_space="input_embedding",
+                    num_tokens=2, alpha=0.8, steps=1, learning_rate=0.01, lambda_mse=4.0, lambda_clip=0.1, seed=0)
+    with pytest.raises(_host.InputError, match=r"token_space: input_embedding .*\['t5xxl'\] \(T5-XXL on FLUX.1"):
+        with torch.inference_mode():
+            analogy.DeltaInterpolationTrainer.execute(flux_run[0]["model"], flux1_clip, None, image, image, None,
+                                                      ALIGNMENT, **settings)
+    assert not (EMBEDDINGS / "t5_space.safetensors").exists()

@@ -595,3 +595,12 @@ def test_automatic_masks_on_flux(graph, flux_unet, auto_mask):
     assert tuple(mask.shape[-2:]) == (64, 64) and set(mask.unique().tolist()) <= {0.0, 1.0}
     assert 0 < float(mask.mean()) < 1
     assert torch.isfinite(result["out"]["samples"]).all()
+
+
+def test_official_freeu_refuses_a_dit(graph, flux_unet):
+    prompt, model, _, _ = flux_loaders(flux_unet)
+    prompt["9"] = {"class_type": "EyeForAnEyeFreeU", "inputs": {"model": model, "b1": 1.2, "b2": 1.4, "s1": 0.9,
+                                                                "s2": 0.2}}
+    prompt["10"] = {"class_type": "Capture", "inputs": {"key": "m", "value": ["9", 0]}}
+    with pytest.raises(GraphError, match="model: FreeU scales the skip and backbone features of a UNet decoder"):
+        graph.run(prompt)

@@ -227,6 +227,64 @@ def test_bad_inputs_name_the_input(graph):
                                    **{**settings, "guidance_start_step": 3, "guidance_end_step": 1})
 
 
+@pytest.mark.parametrize("sampler", ["uni_pc", "uni_pc_bh2", "dpm_adaptive"])
+def test_a_sampler_that_cannot_run_one_step_at_a_time_is_refused_naming_it(graph, sampler):
+    """UniPC only evaluates the model in the first step of a call (one step per call never moves
+    the latent); dpm_adaptive picks its own steps. The guider refuses them before its first step."""
+    checkpoint_path(SD15)
+    prompt = base_prompt(SD15)
+    add_edit(prompt, "edit", 20)
+    prompt["10"]["inputs"]["sampler_name"] = sampler
+    del prompt["14"]  # the plain reconstruction would run the sampler too
+    with pytest.raises(GraphError, match=f"sampler: {sampler} cannot run one step at a time.*dpmpp_2m"):
+        graph.run(prompt)
+
+
+def test_a_sampler_that_leaves_the_latent_where_it_was_is_refused_after_one_step(graph):
+    """Any sampler (another pack's too) that returns its input for a step is refused after the first
+    step, naming it; the SA-Solver of hosts before its fix does (it returned its corrected state)."""
+    import comfy.samplers
+
+    from exemplar_edit.nodes import host
+
+    checkpoint_path(SD15)
+    prompt = base_prompt(SD15)
+    add_edit(prompt, "edit", 40)
+    prompt["17"] = {"class_type": "Capture", "inputs": {"key": "inverted", "value": ["6", 0]}}
+    prompt["18"] = {"class_type": "Capture", "inputs": {"key": "sigmas", "value": ["6", 2]}}
+    del prompt["14"], prompt["43"]
+    out = graph.run(prompt)
+    latent, sigmas = out["inverted"]["samples"], out["sigmas"]
+    stuck = comfy.samplers.KSAMPLER(lambda model, x, sigmas, extra_args=None, callback=None, disable=None: x)
+    with pytest.raises(host.InputError, match=r"^sampler: this sampler left the latent where it was in a step from "
+                                              r"sigma \S+ to \S+, so it cannot run one step at a time.*ddim"):
+        with torch.inference_mode():
+            out["edit_guider"].sample(torch.zeros_like(latent), latent, stuck, sigmas, seed=0)
+    with torch.inference_mode():  # the SA-Solver: refused by the same check on hosts where it returns its input
+        try:
+            result = out["edit_guider"].sample(torch.zeros_like(latent), latent,
+                                               comfy.samplers.sampler_object("sa_solver"), sigmas, seed=0)
+        except host.InputError as e:
+            assert str(e).startswith("sampler: sa_solver left the latent where it was"), e
+        else:
+            assert torch.isfinite(result).all() and relative_error(result, latent) > 0.1
+
+
+def test_a_multistep_sampler_runs_as_its_first_order_form(graph):
+    """dpmpp_2m one step at a time is DPM-Solver++(1), which is DDIM: with no direction and no
+    guidance its result is the ddim sampler's."""
+    checkpoint_path(SD15)
+    results = {}
+    for sampler in ("ddim", "dpmpp_2m"):
+        prompt = base_prompt(SD15, steps=3)
+        add_edit(prompt, "zero", 20, multiplier=0.0, step_size=0.0)
+        prompt["10"]["inputs"]["sampler_name"] = sampler
+        out = graph.run(prompt)
+        results[sampler] = out["zero"]["samples"]
+    assert torch.allclose(results["dpmpp_2m"], results["ddim"], rtol=1e-5, atol=1e-5), \
+        relative_error(results["dpmpp_2m"], results["ddim"])
+
+
 def _direction_prompt(**inputs) -> dict:
     values = {"clip": ["1", 1], "source": "cat", "target": "dog", "caption": CAPTION, "multiplier": 1.0,
               "source_sentences": "", "target_sentences": "", **inputs}

@@ -89,3 +89,29 @@ def test_selection_keep_last_and_nonfinite_losses():
     assert best.kept_step == 2 and best.kept_loss == 0.2 and len(best.history) == 4
     with pytest.raises(ValueError):
         dif.TokenSelection("lowest")
+
+
+def test_noised_latent_of_a_flow_model_and_its_velocity_target():
+    """FLOW: x = (1 - sigma) x0 + sigma eps; the velocity eps - x0 is what takes x0 to x: x = x0 + sigma v.
+    sigma 0 is the clean latent and sigma 1 the noise alone, exactly."""
+    g = torch.Generator().manual_seed(1)
+    x0, eps = torch.randn(2, 16, 4, 4, generator=g), torch.randn(2, 16, 4, 4, generator=g)
+    for sigma in (0.1, 0.5, 0.9):
+        x = dif.noised_latent(x0, torch.tensor(sigma), eps, dif.FLOW)
+        assert torch.allclose(x, (1 - sigma) * x0 + sigma * eps, atol=1e-6)
+        assert torch.allclose(x, x0 + sigma * (eps - x0), atol=1e-6)
+    ends = dif.noised_latent(x0, torch.tensor([0.0, 1.0]), eps, dif.FLOW)
+    assert torch.equal(ends[0], x0[0]) and torch.equal(ends[1], eps[1])
+    assert torch.equal(dif.noised_latent(x0, 0.5, eps), dif.noised_latent(x0, 0.5, eps, dif.VE))
+
+
+def test_pooled_difference_is_exact_at_zero_and_negates():
+    g = torch.Generator().manual_seed(2)
+    pooled, delta = torch.randn(2, 768, generator=g).half(), torch.randn(1, 768, generator=g)
+    assert torch.equal(dif.add_to_pooled(pooled, torch.zeros(1, 768)), pooled)
+    assert torch.equal(dif.add_to_pooled(pooled, -0.0 * delta), pooled)
+    plus, minus = dif.add_to_pooled(pooled, delta), dif.add_to_pooled(pooled, -delta)
+    assert plus.dtype == torch.float16 and torch.allclose(plus - pooled, pooled - minus, atol=1e-2)
+    tokens = dif.difference_tokens(1, 768)
+    dif.add_to_pooled(pooled.float(), tokens).sum().backward()
+    assert torch.equal(tokens.grad, torch.full((1, 768), 2.0))
