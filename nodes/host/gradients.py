@@ -31,6 +31,7 @@ ComfyUI's CLIP layers add in place (``x += ...``) onto tensors a LayerNorm saved
 """
 from __future__ import annotations
 
+import gc
 import inspect
 import uuid
 import weakref
@@ -82,16 +83,24 @@ class _PrivateCopies:
     through their patchers, so it stays known to ComfyUI's memory management while it is kept). It is
     dropped when ComfyUI unloads it (``detach`` with its weights unpatched: ``POST /free``, or memory
     another model needs; switching between clones of it detaches without unpatching) and when the
-    shared model is freed."""
+    shared model is freed.
+
+    ComfyUI unloads inside a loop over its loaded models (``free_memory``), and stops watching the
+    unloaded weights for garbage collection only after the detach callbacks ran: a copy freed in the
+    callback would make ComfyUI's cleanup shorten that list under the loop. So the callback only sets
+    the copy aside, and it is let go at the first garbage collection (``gc.callbacks``; ComfyUI collects
+    right after ``POST /free``) or pack call at which no loaded model uses its weights any more."""
 
     def __init__(self):
         self._entries: dict[int, tuple[weakref.ref, object]] = {}
+        self._unloaded: list = []
 
     def patcher_for(self, source):
         """A private, non-dynamic copy of ``source`` with ordinary weights (``TrainLoraNode``:
         ``model.clone(force_deepcopy=True)`` under ``inference_mode(False)``), loaded again only when
         no copy of ``source``'s shared model is kept. Its patches, wrappers and options are ``source``'s;
         its weights require no gradient."""
+        self.release_unloaded()
         shared = source.model
         entry = self._entries.get(id(shared))
         kept = entry[1] if entry is not None and entry[0]() is shared else None
@@ -107,13 +116,23 @@ class _PrivateCopies:
         return private
 
     def _on_detach(self, patcher, unpatch_all: bool) -> None:
-        if unpatch_all:
-            self.drop(patcher.model)
-
-    def drop(self, private_model) -> None:
+        if not unpatch_all:
+            return
         for key, (_shared, private) in list(self._entries.items()):
-            if private.model is private_model:
+            if private.model is patcher.model:
                 del self._entries[key]
+                self._unloaded.append(private)
+
+    def release_unloaded(self) -> None:
+        """Lets go of the copies set aside at unloading that no loaded model uses any more."""
+        if not self._unloaded:
+            return
+        in_use = {id(loaded.model) for loaded in comfy.model_management.loaded_models() if loaded is not None}
+        self._unloaded = [private for private in self._unloaded if id(private.model) in in_use]
+
+    def _after_collection(self, phase: str, _info: dict) -> None:
+        if phase == "stop" and self._unloaded:
+            self.release_unloaded()
 
     def kept(self) -> list:
         """The private patchers kept now (for tests and the bench)."""
@@ -121,6 +140,7 @@ class _PrivateCopies:
 
 
 PRIVATE_COPIES = _PrivateCopies()
+gc.callbacks.append(PRIVATE_COPIES._after_collection)
 
 
 def reloaded_patcher(patcher):
