@@ -70,6 +70,9 @@ class Case:
     # the method's floor as a multiple of its plain sampling, in UNet row-forward equivalents per step:
     # ctx -> (ratio, how it is counted); the report shows the measured time ratio over it
     floor: Callable[[Context], tuple[float, str]] | None = None
+    # a case of the same run it is timed against instead of plain sampling (baseline None): its time and peak
+    # memory as ratios to that case's, and the relative difference of their warm-up outputs
+    versus: str | None = None
 
 
 def workflow_inputs(workflow: str, class_type: str, index: int = 0) -> dict:
@@ -225,10 +228,13 @@ def translation_settings(ctx: Context) -> tuple[dict, dict]:
     return direction, guidance
 
 
-def build_translation(ctx: Context, run: int) -> dict:
+def build_translation(ctx: Context, run: int, lambda_cut: float | None = None, official: bool = False) -> dict:
     """The inversion is cached (its inputs do not change between repeats): the figure is the
-    guided sampling alone, which is what the CutLossGuidance target is about."""
+    guided sampling alone, which is what the CutLossGuidance target is about. ``official``: the same
+    inputs edited by the official pix2pix-zero loop (bench/translation.py) instead of CutLossGuidance."""
     direction, guidance = translation_settings(ctx)
+    if lambda_cut is not None:
+        guidance["lambda_cut"] = lambda_cut
     prompt = _base(ctx)
     prompt["4"] = _latent(ctx, 1, 0)
     prompt["5"] = {"class_type": "DDIMInvert", "inputs": {
@@ -236,6 +242,13 @@ def build_translation(ctx: Context, run: int) -> dict:
         "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent": ["4", 0]}}
     prompt["6"] = {"class_type": "BenchTouch", "inputs": {"latent": ["5", 0], "run": run}}
     prompt["7"] = {"class_type": "EditDirection", "inputs": {**direction, "clip": ["1", 1]}}
+    if official:
+        prompt["11"] = {"class_type": "BenchOfficialTranslation", "inputs": {
+            "ckpt_name": ctx.ckpt, "latent": ["6", 0], "sigmas": ["5", 2], "positive": ["2", 0],
+            "negative": ["2", 0], "direction": ["7", 0], "cfg": guidance["cfg"], "step_size": guidance["step_size"],
+            "run": run}}
+        prompt["12"] = {"class_type": "Capture", "inputs": {"key": "out", "value": ["11", 0]}}
+        return prompt
     # the caption is the negative too, as in the shipped workflow and pix2pix-zero's edit_real.py
     prompt["8"] = {"class_type": "CutLossGuidance", "inputs": {
         **guidance, "model": ["1", 0], "positive": ["2", 0], "negative": ["2", 0], "direction": ["7", 0]}}
@@ -310,6 +323,16 @@ CASES: list[Case] = [
          steps=lambda ctx: ctx.profile.steps, baseline=translation_baseline,
          requires=("EditDirection", "CutLossGuidance"), small_default=False, floor=translation_floor,
          notes="on the CPU profile only with --cases translation: its backward passes take minutes there"),
+    Case("translation_official", "pix2pix-zero's official editing loop (bench/translation.py), same UNet and inputs",
+         lambda ctx, run: build_translation(ctx, run, official=True), steps=lambda ctx: ctx.profile.steps,
+         baseline=None, requires=("EditDirection", "BenchOfficialTranslation"), small_default=False,
+         small_models=("sd15",), notes="the comparator of translation_xa (issue 23): with --cases only"),
+    Case("translation_xa", "CutLossGuidance, lambda_cut 0 (pix2pix-zero), against the official loop",
+         lambda ctx, run: build_translation(ctx, run, lambda_cut=0.0), steps=lambda ctx: ctx.profile.steps,
+         baseline=None, requires=("EditDirection", "CutLossGuidance"), small_default=False, small_models=("sd15",),
+         versus="translation_official",
+         notes="runs alternate with translation_official only (no plain sampling in between, so a model kept "
+               "between guided runs stays kept, as in a session); with --cases only"),
     Case("analogy_trainer", "DeltaInterpolationTrainer vs a plain PyTorch loop of the same loss", None,
          steps=lambda ctx: ctx.profile.training_steps - ctx.profile.training_short_steps, baseline=None,
          requires=("DeltaInterpolationTrainer",), small_models=("sd15",), compare=compare_analogy,

@@ -123,6 +123,9 @@ def make_runner(extra_checkpoint_dirs: list[Path] = ()):
         folder_paths.add_model_folder_path("checkpoints", str(folder), is_default=True)
     nodes.NODE_CLASS_MAPPINGS["BenchLatent"] = _BenchLatent
     nodes.NODE_CLASS_MAPPINGS["BenchTouch"] = _BenchTouch
+    import translation
+
+    translation.register()
     return runner
 
 
