@@ -26,8 +26,9 @@ the host offers, not by its version:
   node); the copies are not kept for the backward pass.
 
 A model whose patcher is dynamic but that cannot be reloaded is refused with the fix named.
-In both cases the text encoder's LayerNorms normalise a copy of their input (an object patch), as
-ComfyUI's CLIP layers add in place (``x += ...``) onto tensors a LayerNorm saved.
+In both cases the text encoder's LayerNorms, and the denoiser's parameter-free ones (FLUX's DiT blocks),
+normalise a copy of their input (an object patch), as ComfyUI's CLIP and DiT layers add in place
+(``x += ...``) onto tensors a LayerNorm saved.
 """
 from __future__ import annotations
 
@@ -321,6 +322,12 @@ def differentiable_model(model):
         _add_no_op_weight_patches(clone)
         clone.add_wrapper_with_key(outer, WRAPPER_KEY, _sample_outside_inference_mode)
     clone.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.PREPARE_SAMPLING, WRAPPER_KEY, _load_in_full)
+    # DiT blocks (FLUX) normalise the residual stream with parameter-free LayerNorms and then add onto it in
+    # place (``x += ...``), clobbering the input the LayerNorm saved for the backward pass. Such a LayerNorm
+    # holds no weight, so the patch reads nothing of the shared model and is valid for a reloaded copy too.
+    for name, module in clone.model.named_modules():
+        if isinstance(module, torch.nn.LayerNorm) and next(module.parameters(recurse=False), None) is None:
+            clone.add_object_patch(f"{name}.forward", _NormalizeCopy(module))
     return clone
 
 
