@@ -90,6 +90,9 @@ class Case:
     # ctx -> (ratio, how it is counted); the report shows the measured time ratio over it
     floor: Callable[[Context], tuple[float, str]] | None = None
     families: tuple[str, ...] = ("sd",)         # model families it is built for ("sd", "flux")
+    # a case of the same run it is timed against instead of plain sampling (baseline None): its time and peak
+    # memory as ratios to that case's, and the relative difference of their warm-up outputs
+    versus: str | None = None
 
 
 def workflow_inputs(workflow: str, class_type: str, index: int = 0) -> dict:
@@ -287,11 +290,14 @@ def translation_inversion(ctx: Context) -> dict:
     return inputs
 
 
-def build_translation(ctx: Context, run: int) -> dict:
+def build_translation(ctx: Context, run: int, lambda_cut: float | None = None, official: bool = False) -> dict:
     """The inversion is cached (its inputs do not change between repeats): the figure is the
-    guided sampling alone, which is what the CutLossGuidance target is about."""
+    guided sampling alone, which is what the CutLossGuidance target is about. ``official``: the same
+    inputs edited by the official pix2pix-zero loop (bench/translation.py) instead of CutLossGuidance."""
     direction, guidance = translation_settings(ctx)
     flux = ctx.family == "flux"
+    if lambda_cut is not None:
+        guidance["lambda_cut"] = lambda_cut
     prompt = _base(ctx)
     prompt["4"] = _latent(ctx, 1, 0)
     prompt["5"] = {"class_type": "DDIMInvert", "inputs": {
@@ -300,6 +306,13 @@ def build_translation(ctx: Context, run: int) -> dict:
         prompt["5"]["inputs"]["negative"] = ["3", 0]
     prompt["6"] = {"class_type": "BenchTouch", "inputs": {"latent": ["5", 0], "run": run}}
     prompt["7"] = {"class_type": "EditDirection", "inputs": {**direction, "clip": clip_ref(ctx)}}
+    if official:
+        prompt["11"] = {"class_type": "BenchOfficialTranslation", "inputs": {
+            "ckpt_name": ctx.ckpt, "latent": ["6", 0], "sigmas": ["5", 2], "positive": ["2", 0],
+            "negative": ["2", 0], "direction": ["7", 0], "cfg": guidance["cfg"], "step_size": guidance["step_size"],
+            "run": run}}
+        prompt["12"] = {"class_type": "Capture", "inputs": {"key": "out", "value": ["11", 0]}}
+        return prompt
     # the caption is the negative too, as in the shipped workflow and pix2pix-zero's edit_real.py; FLUX's
     # workflow samples at cfg 1 through the distilled guidance and takes no negative
     prompt["8"] = {"class_type": "CutLossGuidance", "inputs": {
@@ -383,6 +396,16 @@ CASES: list[Case] = [
          requires=("EditDirection", "CutLossGuidance"), small_default=False, floor=translation_floor,
          families=("sd", "flux"),
          notes="on the CPU profile only with --cases translation: its backward passes take minutes there"),
+    Case("translation_official", "pix2pix-zero's official editing loop (bench/translation.py), same UNet and inputs",
+         lambda ctx, run: build_translation(ctx, run, official=True), steps=lambda ctx: ctx.profile.steps,
+         baseline=None, requires=("EditDirection", "BenchOfficialTranslation"), small_default=False,
+         small_models=("sd15",), notes="the comparator of translation_xa (issue 23): with --cases only"),
+    Case("translation_xa", "CutLossGuidance, lambda_cut 0 (pix2pix-zero), against the official loop",
+         lambda ctx, run: build_translation(ctx, run, lambda_cut=0.0), steps=lambda ctx: ctx.profile.steps,
+         baseline=None, requires=("EditDirection", "CutLossGuidance"), small_default=False, small_models=("sd15",),
+         versus="translation_official",
+         notes="runs alternate with translation_official only (no plain sampling in between, so a model kept "
+               "between guided runs stays kept, as in a session); with --cases only"),
     Case("analogy_trainer", "DeltaInterpolationTrainer vs a plain PyTorch loop of the same loss", None,
          steps=lambda ctx: ctx.profile.training_steps - ctx.profile.training_short_steps, baseline=None,
          requires=("DeltaInterpolationTrainer",), small_models=("sd15",), compare=compare_analogy,

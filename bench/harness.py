@@ -135,6 +135,9 @@ def make_runner(extra_checkpoint_dirs: list[Path] = ()):
     add_model_folders(extra_checkpoint_dirs)
     nodes.NODE_CLASS_MAPPINGS["BenchLatent"] = _BenchLatent
     nodes.NODE_CLASS_MAPPINGS["BenchTouch"] = _BenchTouch
+    import translation
+
+    translation.register()
     return runner
 
 

@@ -63,8 +63,9 @@ def run_model(runner, ctx, cases, repeats: int, device: str, folder) -> list[dic
     baselines: dict[str, tuple[int, float]] = {}
     plan: list[tuple[str, object]] = []   # (name, prompt builder run -> prompt)
     for case in cases:
-        steps, cfg = case.baseline(ctx)
-        baselines[case_mod.plain_name(steps, cfg)] = (steps, cfg)
+        if case.baseline is not None:
+            steps, cfg = case.baseline(ctx)
+            baselines[case_mod.plain_name(steps, cfg)] = (steps, cfg)
     for name, (steps, cfg) in baselines.items():
         plan.append((name, lambda run, s=steps, c=cfg: case_mod.build_plain(ctx, run, s, c)))
     for case in cases:
@@ -73,6 +74,7 @@ def run_model(runner, ctx, cases, repeats: int, device: str, folder) -> list[dic
     samples: dict[str, list[harness.Sample]] = {name: [] for name, _ in plan}
     errors: dict[str, str] = {}
     outputs_finite: dict[str, bool] = {}
+    outputs: dict[str, object] = {}
     for name, build in plan:  # warm-up: loads the model, encodes the prompts, checks the graph runs
         t = harness.Timer(name)
         try:
@@ -80,6 +82,7 @@ def run_model(runner, ctx, cases, repeats: int, device: str, folder) -> list[dic
             import torch
 
             outputs_finite[name] = bool(torch.isfinite(out).all())
+            outputs[name] = out.detach().float().cpu()
             log(f"{ctx.model} {name}: warm-up {t.done():.1f} s")
         except Exception as exc:  # a method that fails is reported, the others still run
             errors[name] = f"{type(exc).__name__}: {exc}"[:2000]
@@ -113,14 +116,24 @@ def run_model(runner, ctx, cases, repeats: int, device: str, folder) -> list[dic
         rows.append(row)
     for case in cases:
         steps = case.steps(ctx)
-        base = case_mod.plain_name(*case.baseline(ctx))
-        row = {"case": case.name, "title": case.title, "kind": "method", "steps": steps, "baseline": base,
-               **summary(case.name)}
+        base = case_mod.plain_name(*case.baseline(ctx)) if case.baseline is not None else None
+        row = {"case": case.name, "title": case.title, "kind": "method" if base or case.versus else "baseline",
+               "steps": steps, **summary(case.name)}
+        if base:
+            row["baseline"] = base
         if case.notes:
             row["notes"] = case.notes
         if case.name in errors:
             row["error"] = errors[case.name]
-        b = next(x for x in rows if x["case"] == base)
+        if row["seconds_median"]:
+            row["ms_per_step"] = round(1000 * row["seconds_median"] / steps, 2)
+        if case.versus:
+            versus_ratios(row, case.versus, samples, outputs)
+            row["baseline"] = case.versus
+            for key in ("time_ratio", "memory_ratio"):
+                if f"versus_{key}" in row:
+                    row[key] = row[f"versus_{key}"]
+        b = next((x for x in rows if x["case"] == base), {})
         if row["seconds_median"] and b.get("seconds_median"):
             row["ms_per_step"] = round(1000 * row["seconds_median"] / steps, 2)
             row["time_ratio"] = round(row["seconds_median"] / b["seconds_median"], 3)
@@ -165,6 +178,26 @@ def unload_all_models() -> None:
     comfy.model_management.unload_all_models()
 
 
+def versus_ratios(row: dict, other: str, samples: dict, outputs: dict) -> None:
+    """``row``'s case against ``other`` of the same run: median time and peak memory as ratios, the
+    medians of the per-repeat ratios (the two runs of a repeat are back to back), and the relative
+    difference of their warm-up outputs."""
+    mine, theirs = samples.get(row["case"], []), samples.get(other, [])
+    row["versus"] = other
+    if outputs.get(row["case"]) is not None and outputs.get(other) is not None:
+        a, b = outputs[row["case"]], outputs[other]
+        row["versus_output_relative_difference"] = float((a - b).norm() / b.norm().clamp_min(1e-12))
+    if not mine or not theirs:
+        return
+    row["versus_time_ratio"] = round(harness.median([x.seconds for x in mine])
+                                     / harness.median([x.seconds for x in theirs]), 3)
+    row["versus_memory_ratio"] = round(harness.median([x.peak_bytes for x in mine])
+                                       / max(harness.median([x.peak_bytes for x in theirs]), 1), 3)
+    pairs = list(zip(mine, theirs))
+    row["versus_time_ratio_per_repeat"] = [round(m.seconds / t.seconds, 3) for m, t in pairs]
+    row["versus_memory_ratio_per_repeat"] = [round(m.peak_bytes / max(t.peak_bytes, 1), 3) for m, t in pairs]
+
+
 def append_result(record: dict, slug: str) -> Path:
     harness.RESULTS.mkdir(parents=True, exist_ok=True)
     path = harness.RESULTS / f"{record['date']}-{slug}.json"
@@ -191,6 +224,11 @@ def print_rows(model: str, ctx, rows: list[dict], device: str) -> None:
             continue
         print(f"  {r['case']:34} {r['steps']:>5} {r['seconds_median']:>9.3f} {r.get('ms_per_step', 0):>9.1f} "
               f"{r['peak_bytes_median'] / 2**20:>15.0f} {r.get('time_ratio', ''):>7} {r.get('memory_ratio', ''):>7}")
+        if r.get("versus"):
+            print(f"  {'':34} × {r['versus']}: time {r.get('versus_time_ratio')}, peak memory "
+                  f"{r.get('versus_memory_ratio')} (per repeat {r.get('versus_time_ratio_per_repeat')}, "
+                  f"{r.get('versus_memory_ratio_per_repeat')}); outputs differ by "
+                  f"{r.get('versus_output_relative_difference')}")
 
 
 def main(argv=None) -> int:

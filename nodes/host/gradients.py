@@ -32,7 +32,9 @@ LayerNorms of a denoiser whose backbone adds its residuals in place (FLUX's bloc
 """
 from __future__ import annotations
 
+import gc
 import inspect
+import uuid
 import weakref
 
 import torch
@@ -82,16 +84,24 @@ class _PrivateCopies:
     through their patchers, so it stays known to ComfyUI's memory management while it is kept). It is
     dropped when ComfyUI unloads it (``detach`` with its weights unpatched: ``POST /free``, or memory
     another model needs; switching between clones of it detaches without unpatching) and when the
-    shared model is freed."""
+    shared model is freed.
+
+    ComfyUI unloads inside a loop over its loaded models (``free_memory``), and stops watching the
+    unloaded weights for garbage collection only after the detach callbacks ran: a copy freed in the
+    callback would make ComfyUI's cleanup shorten that list under the loop. So the callback only sets
+    the copy aside, and it is let go at the first garbage collection (``gc.callbacks``; ComfyUI collects
+    right after ``POST /free``) or pack call at which no loaded model uses its weights any more."""
 
     def __init__(self):
         self._entries: dict[int, tuple[weakref.ref, object]] = {}
+        self._unloaded: list = []
 
     def patcher_for(self, source):
         """A private, non-dynamic copy of ``source`` with ordinary weights (``TrainLoraNode``:
         ``model.clone(force_deepcopy=True)`` under ``inference_mode(False)``), loaded again only when
         no copy of ``source``'s shared model is kept. Its patches, wrappers and options are ``source``'s;
         its weights require no gradient."""
+        self.release_unloaded()
         shared = source.model
         entry = self._entries.get(id(shared))
         kept = entry[1] if entry is not None and entry[0]() is shared else None
@@ -107,13 +117,23 @@ class _PrivateCopies:
         return private
 
     def _on_detach(self, patcher, unpatch_all: bool) -> None:
-        if unpatch_all:
-            self.drop(patcher.model)
-
-    def drop(self, private_model) -> None:
+        if not unpatch_all:
+            return
         for key, (_shared, private) in list(self._entries.items()):
-            if private.model is private_model:
+            if private.model is patcher.model:
                 del self._entries[key]
+                self._unloaded.append(private)
+
+    def release_unloaded(self) -> None:
+        """Lets go of the copies set aside at unloading that no loaded model uses any more."""
+        if not self._unloaded:
+            return
+        in_use = {id(loaded.model) for loaded in comfy.model_management.loaded_models() if loaded is not None}
+        self._unloaded = [private for private in self._unloaded if id(private.model) in in_use]
+
+    def _after_collection(self, phase: str, _info: dict) -> None:
+        if phase == "stop" and self._unloaded:
+            self.release_unloaded()
 
     def kept(self) -> list:
         """The private patchers kept now (for tests and the bench)."""
@@ -121,6 +141,7 @@ class _PrivateCopies:
 
 
 PRIVATE_COPIES = _PrivateCopies()
+gc.callbacks.append(PRIVATE_COPIES._after_collection)
 
 
 def reloaded_patcher(patcher):
@@ -136,9 +157,14 @@ _NO_CHANGE = torch.zeros(())  # a zero-strength "diff" patch never reads its ten
 
 def _add_no_op_weight_patches(patcher) -> None:
     """A zero-strength difference patch on every parameter (see the module docstring): ComfyUI patches
-    each weight into an ordinary copy equal to it when it loads the clone, and restores it afterwards."""
+    each weight into an ordinary copy equal to it when it loads the clone, and restores it afterwards.
+    The patch set's id is derived from the source's (``add_patches`` draws a new one), so another clone
+    of the same model and patches (the node run again with other settings) finds its copies in place
+    while ComfyUI keeps them loaded, as it does for a LoRA that did not change."""
+    source_id = patcher.patches_uuid
     names = [name for name, _param in patcher.model.named_parameters()]
     patcher.add_patches({name: (_NO_CHANGE,) for name in names}, strength_patch=0.0)
+    patcher.patches_uuid = uuid.uuid5(source_id, WRAPPER_KEY)
 
 
 
@@ -320,10 +346,15 @@ def differentiable_model(model):
 
 def _normalize_copies(patcher, prefix: str = "") -> None:
     """Every LayerNorm under ``prefix`` normalises a copy of its input (``_NormalizeCopy``), so the
-    caller's later in-place residual add does not clobber the tensor autograd saved."""
+    caller's later in-place residual add does not clobber the tensor autograd saved. In the denoiser
+    only parameter-free ones (all of FLUX's): the patch calls the shared model's module, which must then
+    hold no weight a reloaded private copy would replace."""
     for name, module in patcher.model.named_modules():
-        if name.startswith(prefix) and isinstance(module, torch.nn.LayerNorm):
-            patcher.add_object_patch(f"{name}.forward", _NormalizeCopy(module))
+        if not (name.startswith(prefix) and isinstance(module, torch.nn.LayerNorm)):
+            continue
+        if prefix and next(module.parameters(recurse=False), None) is not None:
+            continue
+        patcher.add_object_patch(f"{name}.forward", _NormalizeCopy(module))
 
 
 def differentiable_clip(clip):

@@ -5,7 +5,7 @@ gradients of the trainer's loss (through the text encoder and the UNet to the Di
 and of a guidance loss (through attention probabilities to the latent) equal plain autograd through
 the merged weights of the same checkpoint loaded as ordinary PyTorch modules; no parameter of the
 shared model gets a ``.grad`` and the shared model is unchanged. The host decides the strategy
-(``reload`` where ``ModelPatcher.clone(force_deepcopy=...)`` exists, ``copy_per_forward`` before),
+(``reload`` where ``ModelPatcher.clone(force_deepcopy=...)`` exists, ``copy_weights`` before),
 so running this file on every host of the matrix tests both."""
 from __future__ import annotations
 
@@ -258,7 +258,7 @@ def test_strategy_follows_what_the_host_offers(lora_setup):
 
     model = lora_setup["shared"][0]
     reload_possible = "force_deepcopy" in inspect.signature(comfy.model_patcher.ModelPatcher.clone).parameters
-    expected = gradients.RELOAD if reload_possible else gradients.COPY_PER_FORWARD
+    expected = gradients.RELOAD if reload_possible else gradients.COPY_WEIGHTS
     assert host.gradient_strategy(model) == expected
 
 
@@ -281,7 +281,7 @@ def test_reloaded_copy_has_ordinary_weights_and_no_wrappers(lora_setup):
     in full; the shared model's weights are inference tensors and are not the ones evaluated."""
     model = lora_setup["lora"][0]
     if host.gradient_strategy(model) != gradients.RELOAD:
-        pytest.skip("this host predates ModelPatcher.clone(force_deepcopy=...): copy_per_forward is tested above")
+        pytest.skip("this host predates ModelPatcher.clone(force_deepcopy=...): copy_weights is tested below")
     seen = {}
 
     def body(run):
@@ -296,11 +296,35 @@ def test_reloaded_copy_has_ordinary_weights_and_no_wrappers(lora_setup):
     assert next(model.model.diffusion_model.parameters()).is_inference()
 
 
-def test_copy_per_forward_keeps_no_weight_copies_for_the_backward_pass(lora_setup, monkeypatch):
-    """copy_per_forward hosts: the per-forward weight copies are replaced by references in the saved
-    tensors (one whole model less in memory during the backward pass)."""
-    model = lora_setup["shared"][0]
-    if host.gradient_strategy(model) != gradients.COPY_PER_FORWARD:
+def test_copied_weights_are_ordinary_patched_copies_and_the_shared_originals_come_back(lora_setup):
+    """copy_weights hosts: the run evaluates the shared model with every weight patched into an ordinary
+    copy (the LoRA merged into it), without weight wrappers; unloading restores the inference-tensor
+    originals."""
+    import comfy.model_management
+
+    model = lora_setup["lora"][0]
+    if host.gradient_strategy(model) != gradients.COPY_WEIGHTS:
+        pytest.skip("this host reloads the model with ordinary weights (tested above)")
+    seen = {}
+
+    def body(run):
+        weights = list(run.base_model.diffusion_model.parameters())
+        seen["shared"] = run.base_model is model.model
+        seen["ordinary"] = not any(p.is_inference() for p in weights)
+        seen["no_wrappers"] = all(not getattr(m, "weight_function", []) for m in run.base_model.modules())
+
+    with torch.inference_mode():
+        host.run_with_model(host.differentiable_model(model), (1, 4, 8, 8), body)
+    assert seen == {"shared": True, "ordinary": True, "no_wrappers": True}
+    comfy.model_management.unload_all_models()
+    assert all(p.is_inference() for p in model.model.diffusion_model.parameters())
+
+
+def test_text_encoder_weight_copies_are_not_kept_for_the_backward_pass(lora_setup, monkeypatch):
+    """copy_weights hosts: the text encoder's per-forward weight copies are replaced by references in the
+    saved tensors (one whole text encoder less in memory during the backward pass)."""
+    model, clip = lora_setup["shared"]
+    if host.gradient_strategy(model) != gradients.COPY_WEIGHTS:
         pytest.skip("this host reloads the model with ordinary weights: no per-forward copies exist")
     references = []
     original_pack = gradients._SAVED_WEIGHTS.pack
@@ -312,10 +336,9 @@ def test_copy_per_forward_keeps_no_weight_copies_for_the_backward_pass(lora_setu
         return packed
 
     monkeypatch.setattr(gradients._SAVED_WEIGHTS, "pack", counting_pack)
-    data = inputs()
     with torch.inference_mode():
-        guidance_loss_and_grad(model, data)
-    weighted_layers = sum(1 for m in model.model.diffusion_model.modules()
+        trainer_loss_and_grad(model, clip, inputs())
+    weighted_layers = sum(1 for m in clip.cond_stage_model.modules()
                           if getattr(m, "weight", None) is not None and hasattr(m, "weight_function"))
     assert len(references) >= weighted_layers // 2
 

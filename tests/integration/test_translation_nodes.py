@@ -320,3 +320,51 @@ def test_edit_direction_caption_form(graph):
 def test_edit_direction_caption_form_refuses_what_gives_no_direction(graph, inputs, message):
     with pytest.raises(GraphError, match=message):
         graph.run(_direction_prompt(**inputs))
+
+
+def test_two_guided_runs_copy_the_model_once_and_unloading_models_drops_the_copy(graph):
+    """Issue 23: the weights the gradient passes differentiate through (``host.gradients``: a private copy
+    reloaded from the file, or the shared weights patched into ordinary copies on older hosts) are made
+    once for two guided runs of the same model, even when CutLossGuidance runs again with other settings,
+    and are gone after ComfyUI unloads its models (``POST /free`` calls
+    ``comfy.model_management.unload_all_models``), so RAM does not hold the model twice afterwards."""
+    import gc
+    import weakref
+
+    import comfy.model_management
+    from exemplar_edit.nodes import host
+    from exemplar_edit.nodes.host import gradients
+
+    def evaluated_weight(shared):
+        """A UNet weight the guided passes read: of the kept private copy (reload), or the shared model's
+        own patched copy (copy_weights)."""
+        if host.gradient_strategy(shared) == gradients.RELOAD:
+            kept = [p for p in gradients.PRIVATE_COPIES.kept() if p.model is not shared.model]
+            assert len(kept) == 1
+            return next(kept[0].model.diffusion_model.parameters())
+        return next(shared.model.diffusion_model.parameters())
+
+    checkpoint_path(SD15)
+    comfy.model_management.unload_all_models()
+    prompt = base_prompt(SD15)
+    for plain in ("12", "13", "14"):  # after the first run only the guided sampling runs again
+        del prompt[plain]
+    add_edit(prompt, "edit", 20, lambda_cut=0.0)
+    prompt["15"] = {"class_type": "Capture", "inputs": {"key": "model", "value": ["1", 0]}}
+    shared = graph.run(prompt)["model"]
+    prompt["21"]["inputs"]["step_size"] = 0.12  # a new guider: CutLossGuidance runs again
+    first = graph.run(prompt)
+    weight = evaluated_weight(shared)
+    assert not weight.is_inference()
+    prompt["21"]["inputs"]["step_size"] = 0.14
+    second = graph.run(prompt)
+    assert relative_error(second["edit"]["samples"], first["edit"]["samples"]) > 1e-5
+    assert evaluated_weight(shared) is weight, "the second run made another copy of the model"
+
+    copy = weakref.ref(weight)
+    del weight
+    comfy.model_management.unload_all_models()
+    gc.collect()
+    assert copy() is None, "the copy outlived ComfyUI unloading its models"
+    assert not gradients.PRIVATE_COPIES.kept()
+    assert all(p.is_inference() for p in shared.model.diffusion_model.parameters())
