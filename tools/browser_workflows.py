@@ -562,21 +562,8 @@ def write_thumbnail(screenshot: Path, path: Path) -> Path:
         return path
     buf = io.BytesIO()
     card.save(buf, format="JPEG", quality=85, optimize=True)
-    _write_atomic(path, buf.getvalue(), ".jpg")
+    workflow_ui.write_atomic(path, buf.getvalue())
     return path
-
-
-def _write_atomic(path: Path, data: bytes, suffix: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".partial-", suffix=suffix, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _same_picture(path: Path, image) -> bool:
@@ -605,7 +592,7 @@ def _write_png(path: Path, png: bytes) -> Path:
             return path
         buf = io.BytesIO()
         small.save(buf, format="PNG", optimize=True)
-    _write_atomic(path, buf.getvalue(), ".png")
+    workflow_ui.write_atomic(path, buf.getvalue())
     return path
 
 

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
@@ -23,6 +21,7 @@ from PIL import Image, ImageDraw, ImageFont
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "web" / "docs" / "images"
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tools"))
 
 BG, FG, DIM = "#202020", "#e8e8e8", "#8a8a8a"
 BLUE, GREEN, PURPLE, GOLD, RED = "#4a90c8", "#6ab04c", "#b05ab0", "#d4a93a", "#d25c5c"
@@ -209,16 +208,9 @@ def png_bytes(im: Image.Image) -> bytes:
 def write(path: Path, data: bytes) -> bool:
     if path.is_file() and path.read_bytes() == data:
         return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".partial-", suffix=".png", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    import workflow_ui  # tools/: the one atomic writer
+
+    workflow_ui.write_atomic(path, data)
     return True
 
 

@@ -29,10 +29,8 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
 import re
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -40,6 +38,8 @@ TOOLS = Path(__file__).resolve().parent
 REPO = TOOLS.parent
 if str(TOOLS) not in sys.path:
     sys.path.insert(0, str(TOOLS))
+
+from workflow_ui import write_atomic  # noqa: E402  (the one atomic writer of tools/)
 
 LOCALES = REPO / "locales"
 DOCS = REPO / "web" / "docs"
@@ -225,19 +225,6 @@ def all_problems(infos: list[Mapping]) -> list[str]:
                              for n in (i.get("input") or {}).get(section) or {}] for i in infos}
     problems += docs_problems([i["name"] for i in infos], langs, inputs_of)
     return problems
-
-
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -943,12 +943,14 @@ def dumps(ui: Mapping) -> str:
     return _compact(ui) + "\n"
 
 
-def write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, content: str | bytes) -> None:
+    """Writes ``content`` (text as UTF-8) to ``path`` through a temporary file in the same folder and
+    one rename, so a reader never sees half a file: the one writer of the generated files in tools/."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(content.encode("utf-8") if isinstance(content, str) else content)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     finally:
