@@ -150,7 +150,7 @@ def run_model(runner, ctx, cases, repeats: int, device: str, folder) -> list[dic
     for case in compared:  # measured in their own processes; free this one's models first
         import comfy.model_management
 
-        unload_all_models()
+        comfy.model_management.unload_all_models()
         comfy.model_management.soft_empty_cache()
         try:
             rows.extend(case.compare(ctx, folder, device, log))
@@ -159,23 +159,6 @@ def run_model(runner, ctx, cases, repeats: int, device: str, folder) -> list[dic
             rows.append({"case": case.name, "title": case.title, "kind": "method", "steps": case.steps(ctx),
                          "error": f"{type(exc).__name__}: {exc}"[:2000]})
     return rows
-
-
-def unload_all_models() -> None:
-    """ComfyUI's unload_all_models, once more where it fails: on reload hosts (0.33) unloading the
-    gradient path's private model copy drops the pack's last reference to it (nodes/host/gradients.py,
-    ON_DETACH), its weights are freed inside the loop and ComfyUI's finalizer (cleanup_models) shortens
-    the list free_memory is walking, which raises IndexError; the next call sees a consistent list."""
-    import comfy.model_management
-
-    for attempt in range(3):
-        try:
-            comfy.model_management.unload_all_models()
-            return
-        except IndexError:
-            log(f"unload_all_models raised IndexError (the loaded-model list shrank while it was walked); "
-                f"again ({attempt + 1})")
-    comfy.model_management.unload_all_models()
 
 
 def versus_ratios(row: dict, other: str, samples: dict, outputs: dict) -> None:
