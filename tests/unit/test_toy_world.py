@@ -86,6 +86,19 @@ def test_detector_on_an_empty_background():
         assert reading.background == name and reading.shape is None and reading.colour is None
 
 
+def test_edit_errors_measure_against_the_ideal_edit():
+    """The ideal edit (the source drawn with the new word, same jitter) scores zero; the unedited
+    source is wrong on the object only; a shifted object is wrong on the object and the background."""
+    source = scenes.Scene("red", "plain", "circle", "left", "gray")
+    target = source.replace(shape="square")
+    assert detect.edit_errors(scenes.draw(target, 5), source, target, 5) == {"object error": 0.0,
+                                                                          "background error": 0.0}
+    unedited = detect.edit_errors(scenes.draw(source, 5), source, target, 5)
+    assert unedited["object error"] > 10 and unedited["background error"] == 0.0
+    moved = detect.edit_errors(np.roll(scenes.draw(target, 5), 20, axis=1), source, target, 5)
+    assert moved["object error"] > unedited["object error"] and moved["background error"] > 5
+
+
 def test_committed_weights_match_their_checksums_and_size_limit():
     """tools/toy_world/train.py --check: the committed files are the ones CHECKSUMS names, <= 5 MB each."""
     import toy_world.train as train

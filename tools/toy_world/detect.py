@@ -169,6 +169,25 @@ def detect(image) -> Reading:
     return Reading(colour, pattern, shape, position, background, count)
 
 
+EDIT_MARGIN = 3  # pixels around the source's and the target's object left out of the background error
+
+
+def edit_errors(image, source: Scene, target: Scene, seed: int) -> dict[str, float]:
+    """Mean absolute RGB error (0..255) of an edited image against the ideal edit ``draw(target, seed)``:
+    the scene with the edited words changed and everything else, the jitter of size and place
+    included, as in ``draw(source, seed)``. ``object error`` is read over the source's and the target's
+    object (with a margin of EDIT_MARGIN pixels): the new shape or colour at the source's place and
+    size; ``background error`` over the rest, where the ideal edit equals the source."""
+    from .scenes import draw, object_mask
+
+    result = _as_rgb255(image)
+    ideal = draw(target, seed).astype(np.float64)
+    objects = (object_mask(source, seed) > 0) | (object_mask(target, seed) > 0)
+    objects = ndimage.binary_dilation(objects, iterations=EDIT_MARGIN)
+    error = np.abs(result - ideal).mean(axis=-1)
+    return {"object error": float(error[objects].mean()), "background error": float(error[~objects].mean())}
+
+
 def agreement(readings: list[Reading], scenes: list[Scene]) -> dict[str, float]:
     """Fraction of readings that match their scenes, per attribute and for all five ("all")."""
     if len(readings) != len(scenes) or not scenes:

@@ -43,15 +43,17 @@ from toy_world import detect, harness, scenes  # noqa: E402
 STEPS, CFG = 20, 3.0
 ATTRIBUTES, VALUES = scenes.ATTRIBUTES, scenes.VALUES
 METHODS = ("B reconstructed", "A' caption", "analogy")
+SCORES = ("changed", "kept", "both", "changed, shape kept", "object error", "background error")
 ALIGNMENT = "toy_alignment_clip_l.safetensors"
 TRAINER = {"token_space": "conditioning", "num_tokens": 4, "alpha": 0.8, "learning_rate": 0.1,
            "lambda_mse": 4.0, "lambda_clip": 0.0, "keep": "best_on_validation", "validation_every": 50,
            "validation_timesteps": 8, "if_exists": "overwrite"}
 
 
-def analogies(count: int, attribute: str, seed: int = 17):
+def analogies(count: int, attribute: str, seed: int = 17, b_differs: str | None = None):
     """``count`` (A, A', B, seeds): A' changes ``attribute``; B shares A's value of it and differs
-    from A in at least one other attribute."""
+    from A in at least one other attribute (with ``b_differs``, in that one: the issue's red circle :
+    blue circle :: red square, ``b_differs="shape"``)."""
     rng = np.random.default_rng(seed)
     every = scenes.all_scenes()
     out = []
@@ -60,7 +62,7 @@ def analogies(count: int, attribute: str, seed: int = 17):
         others = [v for v in VALUES[attribute] if v != getattr(a, attribute)]
         a_after = a.replace(**{attribute: others[rng.integers(len(others))]})
         b = every[rng.integers(len(every))].replace(**{attribute: getattr(a, attribute)})
-        if b == a:
+        if b == a or (b_differs is not None and getattr(b, b_differs) == getattr(a, b_differs)):
             continue
         out.append((a, a_after, b, [int(s) for s in rng.integers(1000, size=3)]))
     return out
@@ -105,12 +107,15 @@ def prompt(a, a_after, b, seeds, method: str, name: str, training_steps: int) ->
     return p
 
 
-def score(image: np.ndarray, a, a_after, b) -> dict[str, float]:
+def score(image: np.ndarray, a, a_after, b, b_seed: int) -> dict[str, float]:
     result = detect.detect(image)
     (attribute,) = [x for x in ATTRIBUTES if getattr(a, x) != getattr(a_after, x)]
     kept = [getattr(result, x) == getattr(b, x) for x in ATTRIBUTES if x != attribute]
     changed = getattr(result, attribute) == getattr(a_after, attribute)
-    return {"changed": float(changed), "kept": float(np.mean(kept)), "both": float(changed and all(kept))}
+    wanted = b.replace(**{attribute: getattr(a_after, attribute)})
+    return {"changed": float(changed), "kept": float(np.mean(kept)), "both": float(changed and all(kept)),
+            "changed, shape kept": float(changed and result.shape == b.shape),
+            **detect.edit_errors(image, b, wanted, b_seed)}
 
 
 def setup(graph) -> None:
@@ -142,10 +147,9 @@ def measure(graph, analogy_list, training_steps: int, methods=METHODS):
         for method in methods:
             run = graph.run(prompt(a, a_after, b, seeds, method, f"toy_analogy_{index}", training_steps))
             image = run["image"][0].float().cpu().numpy()
-            scores[method].append(score(image, a, a_after, b))
+            scores[method].append(score(image, a, a_after, b, seeds[2]))
             images[method].append(image)
-    table = {m: {k: round(float(np.mean([r[k] for r in rows])), 3) for k in ("changed", "kept", "both")}
-             for m, rows in scores.items()}
+    table = {m: {k: round(float(np.mean([r[k] for r in rows])), 3) for k in SCORES} for m, rows in scores.items()}
     return table, images
 
 
@@ -154,6 +158,7 @@ def main() -> None:
     parser.add_argument("--analogies", type=int, default=8, help="analogies per attribute")
     parser.add_argument("--attribute", default="colour,pattern")
     parser.add_argument("--steps", type=int, default=400, help="the trainer's steps")
+    parser.add_argument("--b-differs", help="an attribute in which B must differ from A (e.g. shape)")
     parser.add_argument("--trainer", type=json.loads, default={}, help="trainer inputs to change (JSON)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path)
@@ -170,13 +175,14 @@ def main() -> None:
     record = json.loads(args.json.read_text()) if args.json and args.json.exists() else {}
     grid_rows = []
     for attribute in args.attribute.split(","):
-        analogy_list = analogies(args.analogies, attribute)
+        analogy_list = analogies(args.analogies, attribute, b_differs=args.b_differs)
         start = time.time()
         table, images = measure(graph, analogy_list, args.steps)
         print(f"{attribute}: {len(analogy_list)} analogies, trainer {args.steps} steps, {time.time() - start:.0f} s")
         for method, row in table.items():
             print(f"  {method:16s} " + " ".join(f"{k} {v:.2f}" for k, v in row.items()))
-        record[f"{attribute} analogies"] = {"analogies": len(analogy_list), **table}
+        label = f"{attribute} analogies" + (f", B's {args.b_differs} not A's" if args.b_differs else "")
+        record[label] = {"analogies": len(analogy_list), **table}
         for index in range(min(2, len(analogy_list))):
             a, a_after, b, seeds = analogy_list[index]
             cells = [scenes.draw(a, seeds[0]), scenes.draw(a_after, seeds[1]), scenes.draw(b, seeds[2])]

@@ -9,14 +9,23 @@ Each edit is a drawn scene and a one-word change of its caption ("a red plain ci
 "a red plain square ..."). The scene is inverted (DDIMInvert, Euler inversion of the flow ODE, the
 source caption), then sampled from the inverted noise by:
 
-* ``reconstruction``: the source caption (CFGGuider): what inversion alone gives back;
-* ``target caption``: the target caption (CFGGuider), the baseline the issue names;
-* ``pix2pix-zero``: EditDirection (caption form) + CutLossGuidance with ``lambda_cut`` 0;
+* ``reconstruction``: the source caption (SamplerCustom + Inversion Replay Sampler, add_noise off,
+  as DDIMInvert's description says): what inversion alone gives back;
+* ``target caption``: the same with the target caption, the baseline the issue names;
+* ``pix2pix-zero``: EditDirection (caption form) + CutLossGuidance with ``lambda_cut`` 0 (stock euler,
+  as the ``image_translation_flux`` workflow);
 * ``pix2pix-zeroCon``: the same with ``lambda_cut`` 3 (PatchNCE on image-token features).
+
+The baselines must not sample the inverted latent with a stock sampler and add_noise off: on a flow
+model its noise scaling ``sigma * noise + (1 - sigma) * latent`` turns the latent at sigma 1 into
+zeros, so that would be generation from a zero latent, not the inversion (CutLoss Guidance's
+step-by-step guider starts from the latent itself, as the pack's samplers do).
 
 The detector reads the five attributes of every result: ``changed`` is the share whose edited
 attribute reads the target value, ``kept`` the share of the other four reading the source's, ``both``
-the share with the edit made and all four others kept.
+the share with the edit made and all four others kept. ``object error`` and ``background error``
+(:func:`detect.edit_errors`) compare the result with the ideal edit, the source drawn with the new
+word at the same size and place.
 """
 from __future__ import annotations
 
@@ -44,6 +53,7 @@ GUIDANCE = {"lambda_xa": 1.0, "step_size": 0.1, "guidance_start_step": 0, "guida
 # (EditDirection's own sentences: one each) unless --templates
 CAPTION_SENTENCES = True
 METHODS = ("reconstruction", "target caption", "pix2pix-zero", "pix2pix-zeroCon")
+SCORES = ("changed", "kept", "both", "object error", "background error")
 
 
 def edits(count: int, attributes: tuple[str, ...], seed: int = 11) -> list[tuple[scenes.Scene, scenes.Scene, int]]:
@@ -60,8 +70,9 @@ def edits(count: int, attributes: tuple[str, ...], seed: int = 11) -> list[tuple
     return out
 
 
-def prompt(source: scenes.Scene, target: scenes.Scene, scene_seed: int, method: str) -> dict:
-    """The API graph of one result, captured as ``image``."""
+def prompt(source: scenes.Scene, target: scenes.Scene, scene_seed: int, method: str,
+           guidance: dict | None = None) -> dict:
+    """The API graph of one result, captured as ``image``; ``guidance``: CutLossGuidance inputs to change."""
     p = harness.loaders()
     p.update({
         "i": {"class_type": "ToyScene", "inputs": {"caption": source.caption, "seed": scene_seed}},
@@ -74,13 +85,16 @@ def prompt(source: scenes.Scene, target: scenes.Scene, scene_seed: int, method: 
             "steps": STEPS, "cfg": 1.0, "scheduler": "simple", "skip_steps": 0, "seed": 0,
             "noise_regularization": False, "lambda_ac": 20.0, "lambda_kl": 20.0, "regularization_steps": 5,
             "auto_correlation_rolls": 5}},
-        "noise": {"class_type": "DisableNoise", "inputs": {}},
-        "sampler": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
     })
     if method in ("reconstruction", "target caption"):
+        # DDIMInvert's documented way back (Inversion Replay Sampler, add_noise off): a stock sampler
+        # would start a flow model from (1 - sigma) * latent, which at sigma 1 erases the inversion
         positive = ["sp" if method == "reconstruction" else "tp", 0]
-        p["g"] = {"class_type": "CFGGuider", "inputs": {"model": ["l1", 0], "positive": positive,
-                                                         "negative": ["n", 0], "cfg": CFG}}
+        p["rs"] = {"class_type": "InversionReplaySampler", "inputs": {"inversion": ["inv", 1],
+                                                                       "exact_final_step": False}}
+        p["s"] = {"class_type": "SamplerCustom", "inputs": {
+            "model": ["l1", 0], "add_noise": False, "noise_seed": 0, "cfg": CFG, "positive": positive,
+            "negative": ["n", 0], "sampler": ["rs", 0], "sigmas": ["inv", 2], "latent_image": ["inv", 0]}}
     else:
         differing = [a for a in ATTRIBUTES if getattr(source, a) != getattr(target, a)]
         (attribute,) = differing
@@ -91,22 +105,25 @@ def prompt(source: scenes.Scene, target: scenes.Scene, scene_seed: int, method: 
             "target_sentences": target.caption if CAPTION_SENTENCES else ""}}
         p["g"] = {"class_type": "CutLossGuidance", "inputs": {
             "model": ["l1", 0], "positive": ["sp", 0], "negative": ["n", 0], "direction": ["dir", 0], "cfg": CFG,
-            "lambda_cut": 0.0 if method == "pix2pix-zero" else 3.0, **GUIDANCE}}
-    p["s"] = {"class_type": "SamplerCustomAdvanced", "inputs": {
-        "noise": ["noise", 0], "guider": ["g", 0], "sampler": ["sampler", 0], "sigmas": ["inv", 2],
-        "latent_image": ["inv", 0]}}
+            "lambda_cut": 0.0 if method == "pix2pix-zero" else 3.0, **GUIDANCE, **(guidance or {})}}
+        p["noise"] = {"class_type": "DisableNoise", "inputs": {}}
+        p["sampler"] = {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}}
+        p["s"] = {"class_type": "SamplerCustomAdvanced", "inputs": {
+            "noise": ["noise", 0], "guider": ["g", 0], "sampler": ["sampler", 0], "sigmas": ["inv", 2],
+            "latent_image": ["inv", 0]}}
     p["d"] = {"class_type": "VAEDecode", "inputs": {"samples": ["s", 0], "vae": ["l3", 0]}}
     p["c"] = {"class_type": "Capture", "inputs": {"key": "image", "value": ["d", 0]}}
     return p
 
 
-def score(image: np.ndarray, source: scenes.Scene, target: scenes.Scene) -> dict[str, float]:
+def score(image: np.ndarray, source: scenes.Scene, target: scenes.Scene, scene_seed: int) -> dict[str, float]:
     result = detect.detect(image)
     read = {a: getattr(result, a) for a in ATTRIBUTES}
     (attribute,) = [a for a in ATTRIBUTES if getattr(source, a) != getattr(target, a)]
     kept = [read[a] == getattr(source, a) for a in ATTRIBUTES if a != attribute]
     changed = read[attribute] == getattr(target, attribute)
-    return {"changed": float(changed), "kept": float(np.mean(kept)), "both": float(changed and all(kept))}
+    return {"changed": float(changed), "kept": float(np.mean(kept)), "both": float(changed and all(kept)),
+            **detect.edit_errors(image, source, target, scene_seed)}
 
 
 def measure(graph, edit_list, methods=METHODS):
@@ -115,10 +132,9 @@ def measure(graph, edit_list, methods=METHODS):
     for source, target, seed in edit_list:
         for method in methods:
             image = graph.run(prompt(source, target, seed, method))["image"][0].float().cpu().numpy()
-            scores[method].append(score(image, source, target))
+            scores[method].append(score(image, source, target, seed))
             images[method].append(image)
-    table = {m: {k: round(float(np.mean([r[k] for r in rows])), 3) for k in ("changed", "kept", "both")}
-             for m, rows in scores.items()}
+    table = {m: {k: round(float(np.mean([r[k] for r in rows])), 3) for k in SCORES} for m, rows in scores.items()}
     return table, images
 
 
@@ -127,9 +143,11 @@ def main() -> None:
     parser.add_argument("--edits", type=int, default=16, help="edits per attribute")
     parser.add_argument("--attribute", default="shape,colour")
     parser.add_argument("--cfg", type=float, default=3.0)
+    parser.add_argument("--steps", type=int, default=20, help="inversion and sampling steps")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--templates", action="store_true", help="EditDirection's caption-form sentence templates")
     parser.add_argument("--guidance", type=json.loads, default={}, help="CutLossGuidance inputs to change (JSON)")
+    parser.add_argument("--methods", default=",".join(METHODS), help=f"a subset of {','.join(METHODS)}")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--grid", type=Path, help="the first 2 edits of each attribute")
     args = parser.parse_args()
@@ -143,15 +161,16 @@ def main() -> None:
 
     harness.register(nodes)
     GUIDANCE.update(args.guidance)
-    global CAPTION_SENTENCES, CFG
-    CFG = args.cfg
+    global CAPTION_SENTENCES, CFG, STEPS
+    CFG, STEPS = args.cfg, args.steps
     CAPTION_SENTENCES = not args.templates
     record = json.loads(args.json.read_text()) if args.json and args.json.exists() else {}
     grid_rows = []
     for attribute in args.attribute.split(","):
         edit_list = edits(args.edits, (attribute,))
         start = time.time()
-        table, images = measure(graph, edit_list)
+        methods = tuple(args.methods.split(","))
+        table, images = measure(graph, edit_list, methods)
         print(f"{attribute}: {len(edit_list)} edits, {STEPS} steps, cfg {CFG}, {time.time() - start:.0f} s")
         for method, row in table.items():
             print(f"  {method:18s} " + " ".join(f"{k} {v:.2f}" for k, v in row.items()))
@@ -159,7 +178,7 @@ def main() -> None:
         for index in range(min(2, len(edit_list))):
             source, target, seed = edit_list[index]
             cells = [scenes.draw(source, seed)] + [(images[m][index] * 255).clip(0, 255).astype(np.uint8)
-                                                   for m in METHODS]
+                                                   for m in methods]
             grid_rows.append((target.caption, np.concatenate(cells, axis=1)))
     if args.json:
         record["settings"] = {"steps": STEPS, "cfg": CFG, "inversion": "ddim (Euler, cfg 1)", **GUIDANCE}
