@@ -25,8 +25,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import ndimage
 
-from .scenes import (ATTRIBUTES, BACKGROUNDS, COLOURS, DOT_PERIOD, SHADE, SHAPES, STRIPE_PERIOD, Scene,
-                     inside_shape)
+from .scenes import (ATTRIBUTES, BACKGROUNDS, COLOURS, DOT_PERIOD, SHADE, SHAPES, STRIPE_PERIOD, Scene, draw,
+                     inside_shape, object_mask)
 
 OBJECT_MARGIN = 0.6     # a pixel is the object's when its distance to a palette colour < this x to the background
 MIN_BACKGROUND_DISTANCE = 24.0  # RGB distance from the background below which a pixel is background
@@ -178,8 +178,6 @@ def edit_errors(image, source: Scene, target: Scene, seed: int) -> dict[str, flo
     included, as in ``draw(source, seed)``. ``object error`` is read over the source's and the target's
     object (with a margin of EDIT_MARGIN pixels): the new shape or colour at the source's place and
     size; ``background error`` over the rest, where the ideal edit equals the source."""
-    from .scenes import draw, object_mask
-
     result = _as_rgb255(image)
     ideal = draw(target, seed).astype(np.float64)
     objects = (object_mask(source, seed) > 0) | (object_mask(target, seed) > 0)

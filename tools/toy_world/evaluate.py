@@ -261,7 +261,7 @@ def main(argv=None) -> int:
     if args.json:
         previous = json.loads(args.json.read_text()) if args.json.is_file() else None
         results = measure(toy, [p for p in args.parts.split(",") if p], previous)
-        args.json.write_text(json.dumps(results, indent=1) + "\n")
+        harness.write_json(args.json, results)
         print(f"wrote {args.json}")
     return 0
 

@@ -9,6 +9,8 @@ The recommended sampling settings are :data:`SAMPLING` (README, "A small trained
 """
 from __future__ import annotations
 
+import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -118,3 +120,30 @@ def img2img_prompt(source_caption: str, scene_seed: int, caption: str, seed: int
         "c": {"class_type": "Capture", "inputs": {"key": key, "value": ["d", 0]}},
     })
     return prompt
+
+
+# --- what the measurement scripts share ------------------------------------------------------
+
+
+def mean_table(scores: dict[str, list[dict[str, float]]], keys) -> dict[str, dict[str, float]]:
+    """Per method, the mean of each of ``keys`` over its results, rounded to 3 places."""
+    return {method: {k: round(float(np.mean([r[k] for r in rows])), 3) for k in keys} for method, rows in scores.items()}
+
+
+def write_json(path: Path, record: dict) -> None:
+    """``record`` as indented JSON, through the tools' one atomic writer."""
+    from workflow_ui import write_atomic
+
+    write_atomic(Path(path), json.dumps(record, indent=1) + "\n")
+
+
+def write_image(path: Path, rows: list[np.ndarray]) -> None:
+    """Rows of ``(H, W, 3)`` uint8 pictures stacked top to bottom, in the format ``path``'s suffix names,
+    through the tools' one atomic writer."""
+    from PIL import Image
+    from workflow_ui import write_atomic
+
+    path = Path(path)
+    buffer = io.BytesIO()
+    Image.fromarray(np.concatenate(rows, axis=0)).save(buffer, format=Image.registered_extensions()[path.suffix.lower()])
+    write_atomic(path, buffer.getvalue())

@@ -149,8 +149,7 @@ def measure(graph, analogy_list, training_steps: int, methods=METHODS):
             image = run["image"][0].float().cpu().numpy()
             scores[method].append(score(image, a, a_after, b, seeds[2]))
             images[method].append(image)
-    table = {m: {k: round(float(np.mean([r[k] for r in rows])), 3) for k in SCORES} for m, rows in scores.items()}
-    return table, images
+    return harness.mean_table(scores, SCORES), images
 
 
 def main() -> None:
@@ -190,15 +189,9 @@ def main() -> None:
             grid_rows.append(np.concatenate(cells, axis=1))
     if args.json:
         record["settings"] = {"steps": STEPS, "cfg": CFG, "trainer_steps": args.steps, **TRAINER}
-        tmp = args.json.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record, indent=1) + "\n")
-        tmp.replace(args.json)
+        harness.write_json(args.json, record)
     if args.grid:
-        from PIL import Image
-
-        tmp = args.grid.with_suffix(".tmp" + args.grid.suffix)
-        Image.fromarray(np.concatenate(grid_rows, axis=0)).save(tmp)
-        tmp.replace(args.grid)
+        harness.write_image(args.grid, grid_rows)
 
 
 if __name__ == "__main__":

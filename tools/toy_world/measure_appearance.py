@@ -158,16 +158,12 @@ def measure(graph, configs, pair_list) -> tuple[dict[str, dict], dict[str, list[
 
 def draw_grid(path: Path, pair_list, configs, images) -> None:
     """Rows: pairs; columns: target, reference, then each configuration's result."""
-    from PIL import Image
-
     rows = []
     for index, (target, reference, target_seed, reference_seed) in enumerate(pair_list):
         cells = [scenes.draw(target, target_seed), scenes.draw(reference, reference_seed)]
         cells += [(images[name][index] * 255).clip(0, 255).astype(np.uint8) for name, _ in configs]
         rows.append(np.concatenate(cells, axis=1))
-    tmp = path.with_suffix(".tmp" + path.suffix)
-    Image.fromarray(np.concatenate(rows, axis=0)).save(tmp)
-    tmp.replace(path)
+    harness.write_image(path, rows)
 
 
 def main() -> None:
@@ -203,9 +199,7 @@ def main() -> None:
         record.setdefault("settings", {"steps": STEPS, "skip_steps": SKIP, "cfg": CFG, "pairs": len(pair_list),
                                        "inversion": "edit_friendly_ddpm", "schedule": schedule()})
         record.setdefault(f"masks {args.masks}", {}).update(table)
-        tmp = args.json.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record, indent=1) + "\n")
-        tmp.replace(args.json)
+        harness.write_json(args.json, record)
     if args.grid:
         count = min(4, len(pair_list))
         draw_grid(args.grid, pair_list[:count], configs, {k: v[:count] for k, v in images.items()})

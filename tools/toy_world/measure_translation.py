@@ -134,8 +134,7 @@ def measure(graph, edit_list, methods=METHODS):
             image = graph.run(prompt(source, target, seed, method))["image"][0].float().cpu().numpy()
             scores[method].append(score(image, source, target, seed))
             images[method].append(image)
-    table = {m: {k: round(float(np.mean([r[k] for r in rows])), 3) for k in SCORES} for m, rows in scores.items()}
-    return table, images
+    return harness.mean_table(scores, SCORES), images
 
 
 def main() -> None:
@@ -176,21 +175,15 @@ def main() -> None:
             print(f"  {method:18s} " + " ".join(f"{k} {v:.2f}" for k, v in row.items()))
         record[f"{attribute} edits"] = {"edits": len(edit_list), **table}
         for index in range(min(2, len(edit_list))):
-            source, target, seed = edit_list[index]
+            source, _target, seed = edit_list[index]
             cells = [scenes.draw(source, seed)] + [(images[m][index] * 255).clip(0, 255).astype(np.uint8)
                                                    for m in methods]
-            grid_rows.append((target.caption, np.concatenate(cells, axis=1)))
+            grid_rows.append(np.concatenate(cells, axis=1))
     if args.json:
         record["settings"] = {"steps": STEPS, "cfg": CFG, "inversion": "ddim (Euler, cfg 1)", **GUIDANCE}
-        tmp = args.json.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record, indent=1) + "\n")
-        tmp.replace(args.json)
+        harness.write_json(args.json, record)
     if args.grid:
-        from PIL import Image
-
-        tmp = args.grid.with_suffix(".tmp" + args.grid.suffix)
-        Image.fromarray(np.concatenate([row for _, row in grid_rows], axis=0)).save(tmp)
-        tmp.replace(args.grid)
+        harness.write_image(args.grid, grid_rows)
 
 
 if __name__ == "__main__":
