@@ -33,8 +33,10 @@ the node's seconds per step and peak memory, without a ratio.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -123,6 +125,7 @@ def run_trainer(args, device: str) -> dict:
     runner = harness.make_runner([Path(args.ckpt_folder)])
     nodes.NODE_CLASS_MAPPINGS["BenchImage"] = _BenchImage
     scratch = Path(tempfile.mkdtemp(prefix="ee_bench_analogy_"))
+    atexit.register(shutil.rmtree, scratch, True)
     for kind in ("embeddings", "differences"):  # the trained files (input-embedding / conditioning space)
         folder_paths.add_model_folder_path(kind, str(scratch), is_default=True)
     for kind in ("clip_vision", "text_encoders"):

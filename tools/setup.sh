@@ -23,11 +23,17 @@ PY=${PYTHON:-python3}
 VENV=$ROOT/.venv
 REQ=$ROOT/tools/requirements-host.txt
 
+# Disk space first (tools/need_space.sh has the measured sizes): .venv 6.3 GB, the test models 4.1 GB.
+NEED=0
+{ [ -f "$VENV/.stamp" ] && cmp -s "$REQ" "$VENV/.stamp"; } || NEED=$((NEED + 7000))
+[ -d "$ROOT/.cache/checkpoints" ] || NEED=$((NEED + 4500))
+[ "$NEED" -eq 0 ] || bash "$ROOT/tools/need_space.sh" "$NEED" "$ROOT" "the test environment (.venv) and the test models (.cache)"
+
 if [ ! -f "$VENV/.stamp" ] || ! cmp -s "$REQ" "$VENV/.stamp"; then
   echo "[setup] creating $VENV (torch is a large install, a few minutes the first time)"
   rm -rf "$VENV"
   "$PY" -m venv "$VENV"
-  "$VENV/bin/pip" install -q --disable-pip-version-check -r "$REQ" 2>&1 | grep -v "is ignored: it is neither" || true
+  "$VENV/bin/pip" install -q --no-cache-dir --disable-pip-version-check -r "$REQ" 2>&1 | grep -v "is ignored: it is neither" || true
   "$VENV/bin/python" -c "import torch, torchvision"
   cp "$REQ" "$VENV/.stamp"
 fi
@@ -71,7 +77,7 @@ if [ "$BROWSER" = 1 ]; then
   BREQ=$ROOT/tools/requirements-browser.txt
   if ! cmp -s "$BREQ" "$VENV/.browser-stamp"; then
     echo "[setup] installing $BREQ into $VENV"
-    "$VENV/bin/pip" install -q --disable-pip-version-check -r "$BREQ" 2>&1 | grep -v "is ignored: it is neither" || true
+    "$VENV/bin/pip" install -q --no-cache-dir --disable-pip-version-check -r "$BREQ" 2>&1 | grep -v "is ignored: it is neither" || true
     "$VENV/bin/python" -c "import playwright.sync_api, comfyui_frontend_package"
     cp "$BREQ" "$VENV/.browser-stamp"
   fi

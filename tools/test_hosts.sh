@@ -35,9 +35,11 @@ suite() {  # suite LABEL COMMAND...
 
 bash tools/setup.sh --browser || exit 2
 
-[ "$SETUP_ONLY" = 1 ] || suite "pinned 0.3.75: suite" .venv/bin/python -m pytest -q -m "not browser"
-[ "$SETUP_ONLY" = 1 ] || suite "pinned 0.3.75: browser" env EXEMPLAR_BROWSER_REQUIRED=1 .venv/bin/python -m pytest -q tests/browser
-
+# Every host is prepared before any suite runs, so that a set-up failure (disk space, a registry)
+# shows in minutes, not after the pinned host's half hour.
+HOST_LABELS=()
+HOST_DIRS=()
+HOST_VENVS=()
 DEFAULT_HOSTS="$ROOT/../shared/hosts/comfyui-0.33.0.tar.gz"
 for spec in ${COMFYUI_HOSTS-$DEFAULT_HOSTS}; do
   if [ ! -e "$spec" ]; then
@@ -68,18 +70,31 @@ for spec in ${COMFYUI_HOSTS-$DEFAULT_HOSTS}; do
   grep -v -E '^\s*(comfyui-workflow-templates|comfyui-embedded-docs|comfy-angle|PyOpenGL)\b' "$host/requirements.txt" > "$req.new"
   cat tools/requirements-matrix.txt >> "$req.new"
   if [ ! -f "$venv/.stamp" ] || ! cmp -s "$req.new" "$venv/.stamp"; then
-    echo "[hosts] creating $venv with the requirements $name names"
     rm -rf "$venv"
+    # 8.1 GB on disk, 11.5 GB while pip installs it (tools/need_space.sh)
+    bash tools/need_space.sh 12000 "$venv" "$name's test environment ($venv)" || exit 2
+    echo "[hosts] creating $venv with the requirements $name names"
     "$PY" -m venv "$venv"
-    "$venv/bin/pip" install -q --disable-pip-version-check -r "$req.new" 2>&1 | grep -v "is ignored: it is neither" || true
+    "$venv/bin/pip" install -q --no-cache-dir --disable-pip-version-check -r "$req.new" 2>&1 | grep -v "is ignored: it is neither" || true
     "$venv/bin/python" -c "import torch, torchvision, torchaudio, playwright.sync_api" || exit 2
     cp "$req.new" "$venv/.stamp"
   fi
   mv "$req.new" "$req"
-  if [ "$SETUP_ONLY" = 1 ]; then echo "[hosts] $name ready: COMFYUI_PATH=$host $venv/bin/python"; continue; fi
+  echo "[hosts] $name ready: COMFYUI_PATH=$host $venv/bin/python"
   version=$(sed -n 's/^__version__ = "\(.*\)"/\1/p' "$host/comfyui_version.py" 2>/dev/null)
-  suite "$name (${version:-?}): suite" env COMFYUI_PATH="$host" "$venv/bin/python" -m pytest -q -m "not browser"
-  suite "$name (${version:-?}): browser" env COMFYUI_PATH="$host" EXEMPLAR_BROWSER_REQUIRED=1 \
+  HOST_LABELS+=("$name (${version:-?})")
+  HOST_DIRS+=("$host")
+  HOST_VENVS+=("$venv")
+done
+[ "$SETUP_ONLY" = 1 ] && exit 0
+
+suite "pinned 0.3.75: suite" .venv/bin/python -m pytest -q -m "not browser"
+suite "pinned 0.3.75: browser" env EXEMPLAR_BROWSER_REQUIRED=1 .venv/bin/python -m pytest -q tests/browser
+for i in "${!HOST_LABELS[@]}"; do
+  label=${HOST_LABELS[$i]} host=${HOST_DIRS[$i]} venv=${HOST_VENVS[$i]}
+  name=$(basename "$(dirname "$venv")")
+  suite "$label: suite" env COMFYUI_PATH="$host" "$venv/bin/python" -m pytest -q -m "not browser"
+  suite "$label: browser" env COMFYUI_PATH="$host" EXEMPLAR_BROWSER_REQUIRED=1 \
     EXEMPLAR_SCREENSHOT_DIR="$ROOT/.run/screenshots/$name" "$venv/bin/python" -m pytest -q tests/browser
 done
 

@@ -503,11 +503,9 @@ def test_several_references_need_one_target_mask_each(graph):
 
 
 @pytest.fixture(scope="module")
-def test_controlnet(host) -> str:
+def test_controlnet(host, tmp_path_factory) -> str:
     """A tiny random-weight ControlNet of the SD15 test model's encoder, saved where ControlNetLoader
     looks, in the ldm layout (``control_model.*``) that ComfyUI's loader detects."""
-    import tempfile
-
     import comfy.cldm.cldm
     import comfy.ops
     from safetensors.torch import save_file
@@ -528,7 +526,7 @@ def test_controlnet(host) -> str:
         else:
             tensor = 0.02 * torch.randn(value.shape, generator=g)
         tensors["control_model." + key] = tensor
-    folder = Path(tempfile.mkdtemp(prefix="ee_controlnet_"))
+    folder = tmp_path_factory.mktemp("controlnet")
     save_file(tensors, str(folder / "test_controlnet_sd15.safetensors"))
     pack_host.add_model_folder("controlnet", str(folder))
     return "test_controlnet_sd15.safetensors"

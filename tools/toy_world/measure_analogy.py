@@ -25,7 +25,9 @@ nothing here and ``lambda_clip`` is 0: the difference learns through the token-c
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -128,6 +130,7 @@ def setup(graph) -> None:
 
     harness.register(nodes)
     scratch = Path(tempfile.mkdtemp(prefix="ee_toy_analogy_"))
+    atexit.register(shutil.rmtree, scratch, True)  # ~240 MB: the alignment text encoder
     for kind in ("text_encoders", "differences", "clip_vision"):
         (scratch / kind).mkdir()
     save_file({k: v.contiguous() for k, v in make_test_clip.build_text_tower().items()},
