@@ -5,6 +5,7 @@ blurred and down-sampled ones."""
 from __future__ import annotations
 
 import hashlib
+import json
 
 import numpy as np
 import pytest
@@ -106,3 +107,18 @@ def test_committed_weights_match_their_checksums_and_size_limit():
     assert train.check(train.HERE) == 0
     for name in (train.DIT_FILE, train.VAE_FILE):
         assert (train.HERE / name).stat().st_size <= 5_000_000, name
+
+
+def test_measurements_merge_into_their_section_and_keep_the_rest(tmp_path):
+    from toy_world import harness
+
+    path = tmp_path / "measured.json"
+    harness.merge_json(path, "", {"about": "x"})
+    harness.merge_json(path, "translation", {"shape edits": {"edits": 2}})
+    harness.merge_json(path, "translation sweeps/step_size 1.0", {"shape edits": {"edits": 3}})
+    harness.merge_json(path, "translation", {"colour edits": {"edits": 4}})
+    assert json.loads(path.read_text()) == {
+        "about": "x",
+        "translation": {"shape edits": {"edits": 2}, "colour edits": {"edits": 4}},
+        "translation sweeps": {"step_size 1.0": {"shape edits": {"edits": 3}}}}
+    assert list(tmp_path.iterdir()) == [path]  # written atomically: no temporary file left

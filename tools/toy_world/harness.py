@@ -137,6 +137,45 @@ def write_json(path: Path, record: dict) -> None:
     write_atomic(Path(path), json.dumps(record, indent=1) + "\n")
 
 
+def merge_json(path: Path, section: str | None, entries: dict) -> None:
+    """Puts ``entries`` into the JSON record at ``path``, under ``section`` (a "/"-separated key path;
+    the top level when empty), keeping everything else the file holds, and writes it with
+    :func:`write_json`. A measurement script's runs with different settings so land in one file."""
+    path = Path(path)
+    record = json.loads(path.read_text()) if path.is_file() else {}
+    place = record
+    for key in section.split("/") if section else ():
+        place = place.setdefault(key, {})
+    place.update(entries)
+    write_json(path, record)
+
+
+def run_facts() -> dict[str, str]:
+    """Where a measurement ran: ComfyUI's version, torch's, the CPU and the date, recorded beside the
+    numbers (float results differ a little between CPUs)."""
+    import datetime
+    import platform
+
+    import torch
+
+    try:
+        import comfyui_version
+
+        comfy = comfyui_version.__version__
+    except ImportError:  # hosts before the version file
+        comfy = "unknown"
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"comfyui": comfy, "torch": torch.__version__, "cpu": cpu, "threads": str(torch.get_num_threads()),
+            "date": datetime.date.today().isoformat()}
+
+
 def write_image(path: Path, rows: list[np.ndarray]) -> None:
     """Rows of ``(H, W, 3)`` uint8 pictures stacked top to bottom, in the format ``path``'s suffix names,
     through the tools' one atomic writer."""

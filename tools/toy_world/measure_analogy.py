@@ -163,7 +163,8 @@ def main() -> None:
     parser.add_argument("--b-differs", help="an attribute in which B must differ from A (e.g. shape)")
     parser.add_argument("--trainer", type=json.loads, default={}, help="trainer inputs to change (JSON)")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--json", type=Path)
+    parser.add_argument("--json", type=Path, help="merge the tables and settings into this JSON file")
+    parser.add_argument("--section", default="", help='where in --json, a "/"-separated key path (default: the top)')
     parser.add_argument("--grid", type=Path, help="the first 2 analogies of each attribute")
     args = parser.parse_args()
 
@@ -174,7 +175,7 @@ def main() -> None:
     graph = pack_testing.make_graph_runner()
     setup(graph)
     TRAINER.update(args.trainer)
-    record = json.loads(args.json.read_text()) if args.json and args.json.exists() else {}
+    record = {}
     grid_rows = []
     for attribute in args.attribute.split(","):
         analogy_list = analogies(args.analogies, attribute, b_differs=args.b_differs)
@@ -191,8 +192,9 @@ def main() -> None:
             cells += [(images[m][index] * 255).clip(0, 255).astype(np.uint8) for m in METHODS]
             grid_rows.append(np.concatenate(cells, axis=1))
     if args.json:
-        record["settings"] = {"steps": STEPS, "cfg": CFG, "trainer_steps": args.steps, **TRAINER}
-        harness.write_json(args.json, record)
+        record["settings"] = {"steps": STEPS, "cfg": CFG, "trainer_steps": args.steps, **TRAINER,
+                              "ran on": harness.run_facts()}
+        harness.merge_json(args.json, args.section, record)
     if args.grid:
         harness.write_image(args.grid, grid_rows)
 

@@ -195,11 +195,11 @@ def main() -> None:
     for name, row in table.items():
         print(f"{name:34s} " + " ".join(f"{k} {v:.2f}" for k, v in row.items()))
     if args.json:
-        record = json.loads(args.json.read_text()) if args.json.exists() else {}
-        record.setdefault("settings", {"steps": STEPS, "skip_steps": SKIP, "cfg": CFG, "pairs": len(pair_list),
-                                       "inversion": "edit_friendly_ddpm", "schedule": schedule()})
-        record.setdefault(f"masks {args.masks}", {}).update(table)
-        harness.write_json(args.json, record)
+        if not (args.json.is_file() and "settings" in json.loads(args.json.read_text())):
+            harness.merge_json(args.json, "", {"settings": {
+                "steps": STEPS, "skip_steps": SKIP, "cfg": CFG, "pairs": len(pair_list),
+                "inversion": "edit_friendly_ddpm", "schedule": schedule()}})
+        harness.merge_json(args.json, f"masks {args.masks}", table)
     if args.grid:
         count = min(4, len(pair_list))
         draw_grid(args.grid, pair_list[:count], configs, {k: v[:count] for k, v in images.items()})

@@ -147,7 +147,8 @@ def main() -> None:
     parser.add_argument("--templates", action="store_true", help="EditDirection's caption-form sentence templates")
     parser.add_argument("--guidance", type=json.loads, default={}, help="CutLossGuidance inputs to change (JSON)")
     parser.add_argument("--methods", default=",".join(METHODS), help=f"a subset of {','.join(METHODS)}")
-    parser.add_argument("--json", type=Path)
+    parser.add_argument("--json", type=Path, help="merge the tables and settings into this JSON file")
+    parser.add_argument("--section", default="", help='where in --json, a "/"-separated key path (default: the top)')
     parser.add_argument("--grid", type=Path, help="the first 2 edits of each attribute")
     args = parser.parse_args()
 
@@ -163,7 +164,7 @@ def main() -> None:
     global CAPTION_SENTENCES, CFG, STEPS
     CFG, STEPS = args.cfg, args.steps
     CAPTION_SENTENCES = not args.templates
-    record = json.loads(args.json.read_text()) if args.json and args.json.exists() else {}
+    record = {}
     grid_rows = []
     for attribute in args.attribute.split(","):
         edit_list = edits(args.edits, (attribute,))
@@ -180,8 +181,9 @@ def main() -> None:
                                                    for m in methods]
             grid_rows.append(np.concatenate(cells, axis=1))
     if args.json:
-        record["settings"] = {"steps": STEPS, "cfg": CFG, "inversion": "ddim (Euler, cfg 1)", **GUIDANCE}
-        harness.write_json(args.json, record)
+        record["settings"] = {"steps": STEPS, "cfg": CFG, "inversion": "ddim (Euler, cfg 1)",
+                              "caption form": CAPTION_SENTENCES, **GUIDANCE, "ran on": harness.run_facts()}
+        harness.merge_json(args.json, args.section, record)
     if args.grid:
         harness.write_image(args.grid, grid_rows)
 
