@@ -23,13 +23,15 @@ PY=${PYTHON:-python3}
 VENV=$ROOT/.venv
 REQ=$ROOT/tools/requirements-host.txt
 
+VENV_STALE=0
+{ [ -f "$VENV/.stamp" ] && cmp -s "$REQ" "$VENV/.stamp"; } || VENV_STALE=1
+
 # Disk space first (tools/need_space.sh has the measured sizes): .venv 6.3 GB, the test models 4.1 GB.
-NEED=0
-{ [ -f "$VENV/.stamp" ] && cmp -s "$REQ" "$VENV/.stamp"; } || NEED=$((NEED + 7000))
+NEED=$((VENV_STALE * 7000))
 [ -d "$ROOT/.cache/checkpoints" ] || NEED=$((NEED + 4500))
 [ "$NEED" -eq 0 ] || bash "$ROOT/tools/need_space.sh" "$NEED" "$ROOT" "the test environment (.venv) and the test models (.cache)"
 
-if [ ! -f "$VENV/.stamp" ] || ! cmp -s "$REQ" "$VENV/.stamp"; then
+if [ "$VENV_STALE" = 1 ]; then
   echo "[setup] creating $VENV (torch is a large install, a few minutes the first time)"
   rm -rf "$VENV"
   "$PY" -m venv "$VENV"

@@ -37,9 +37,8 @@ bash tools/setup.sh --browser || exit 2
 
 # Every host is prepared before any suite runs, so that a set-up failure (disk space, a registry)
 # shows in minutes, not after the pinned host's half hour.
-HOST_LABELS=()
+HOST_NAMES=()  # each host's environment is .host/<name>/venv
 HOST_DIRS=()
-HOST_VENVS=()
 DEFAULT_HOSTS="$ROOT/../shared/hosts/comfyui-0.33.0.tar.gz"
 for spec in ${COMFYUI_HOSTS-$DEFAULT_HOSTS}; do
   if [ ! -e "$spec" ]; then
@@ -81,18 +80,18 @@ for spec in ${COMFYUI_HOSTS-$DEFAULT_HOSTS}; do
   fi
   mv "$req.new" "$req"
   echo "[hosts] $name ready: COMFYUI_PATH=$host $venv/bin/python"
-  version=$(sed -n 's/^__version__ = "\(.*\)"/\1/p' "$host/comfyui_version.py" 2>/dev/null)
-  HOST_LABELS+=("$name (${version:-?})")
+  HOST_NAMES+=("$name")
   HOST_DIRS+=("$host")
-  HOST_VENVS+=("$venv")
 done
 [ "$SETUP_ONLY" = 1 ] && exit 0
 
 suite "pinned 0.3.75: suite" .venv/bin/python -m pytest -q -m "not browser"
 suite "pinned 0.3.75: browser" env EXEMPLAR_BROWSER_REQUIRED=1 .venv/bin/python -m pytest -q tests/browser
-for i in "${!HOST_LABELS[@]}"; do
-  label=${HOST_LABELS[$i]} host=${HOST_DIRS[$i]} venv=${HOST_VENVS[$i]}
-  name=$(basename "$(dirname "$venv")")
+for i in "${!HOST_NAMES[@]}"; do
+  name=${HOST_NAMES[$i]} host=${HOST_DIRS[$i]}
+  venv=$ROOT/.host/$name/venv
+  version=$(sed -n 's/^__version__ = "\(.*\)"/\1/p' "$host/comfyui_version.py" 2>/dev/null)
+  label="$name (${version:-?})"
   suite "$label: suite" env COMFYUI_PATH="$host" "$venv/bin/python" -m pytest -q -m "not browser"
   suite "$label: browser" env COMFYUI_PATH="$host" EXEMPLAR_BROWSER_REQUIRED=1 \
     EXEMPLAR_SCREENSHOT_DIR="$ROOT/.run/screenshots/$name" "$venv/bin/python" -m pytest -q tests/browser

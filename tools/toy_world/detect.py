@@ -186,6 +186,19 @@ def edit_errors(image, source: Scene, target: Scene, seed: int) -> dict[str, flo
     return {"object error": float(error[objects].mean()), "background error": float(error[~objects].mean())}
 
 
+def edit_scores(image, source: Scene, target: Scene, seed: int, reading: Reading | None = None) -> dict[str, float]:
+    """How well ``image`` makes the one-attribute edit ``source`` -> ``target`` (drawn with ``seed``):
+    ``changed`` 1 when the edited attribute reads the target's value, ``kept`` the share of the other
+    four reading the source's, ``both`` 1 when the edit is made and all four are kept, and the pixel
+    errors of :func:`edit_errors`. ``reading``: ``detect(image)`` when the caller has it already."""
+    result = reading if reading is not None else detect(image)
+    (attribute,) = [a for a in ATTRIBUTES if getattr(source, a) != getattr(target, a)]
+    kept = [getattr(result, a) == getattr(source, a) for a in ATTRIBUTES if a != attribute]
+    changed = getattr(result, attribute) == getattr(target, attribute)
+    return {"changed": float(changed), "kept": float(np.mean(kept)), "both": float(changed and all(kept)),
+            **edit_errors(image, source, target, seed)}
+
+
 def agreement(readings: list[Reading], scenes: list[Scene]) -> dict[str, float]:
     """Fraction of readings that match their scenes, per attribute and for all five ("all")."""
     if len(readings) != len(scenes) or not scenes:

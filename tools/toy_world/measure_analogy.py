@@ -110,14 +110,12 @@ def prompt(a, a_after, b, seeds, method: str, name: str, training_steps: int) ->
 
 
 def score(image: np.ndarray, a, a_after, b, b_seed: int) -> dict[str, float]:
-    result = detect.detect(image)
+    """B' scored as the edit of B to the wanted B' (B with A''s value of the changed attribute)."""
     (attribute,) = [x for x in ATTRIBUTES if getattr(a, x) != getattr(a_after, x)]
-    kept = [getattr(result, x) == getattr(b, x) for x in ATTRIBUTES if x != attribute]
-    changed = getattr(result, attribute) == getattr(a_after, attribute)
-    wanted = b.replace(**{attribute: getattr(a_after, attribute)})
-    return {"changed": float(changed), "kept": float(np.mean(kept)), "both": float(changed and all(kept)),
-            "changed, shape kept": float(changed and result.shape == b.shape),
-            **detect.edit_errors(image, b, wanted, b_seed)}
+    reading = detect.detect(image)
+    scores = detect.edit_scores(image, b, b.replace(**{attribute: getattr(a_after, attribute)}), b_seed, reading)
+    scores["changed, shape kept"] = float(scores["changed"] and reading.shape == b.shape)
+    return scores
 
 
 def setup(graph) -> None:

@@ -116,23 +116,13 @@ def prompt(source: scenes.Scene, target: scenes.Scene, scene_seed: int, method: 
     return p
 
 
-def score(image: np.ndarray, source: scenes.Scene, target: scenes.Scene, scene_seed: int) -> dict[str, float]:
-    result = detect.detect(image)
-    read = {a: getattr(result, a) for a in ATTRIBUTES}
-    (attribute,) = [a for a in ATTRIBUTES if getattr(source, a) != getattr(target, a)]
-    kept = [read[a] == getattr(source, a) for a in ATTRIBUTES if a != attribute]
-    changed = read[attribute] == getattr(target, attribute)
-    return {"changed": float(changed), "kept": float(np.mean(kept)), "both": float(changed and all(kept)),
-            **detect.edit_errors(image, source, target, scene_seed)}
-
-
 def measure(graph, edit_list, methods=METHODS):
     scores = {m: [] for m in methods}
     images = {m: [] for m in methods}
     for source, target, seed in edit_list:
         for method in methods:
             image = graph.run(prompt(source, target, seed, method))["image"][0].float().cpu().numpy()
-            scores[method].append(score(image, source, target, seed))
+            scores[method].append(detect.edit_scores(image, source, target, seed))
             images[method].append(image)
     return harness.mean_table(scores, SCORES), images
 
@@ -151,6 +141,9 @@ def main() -> None:
     parser.add_argument("--section", default="", help='where in --json, a "/"-separated key path (default: the top)')
     parser.add_argument("--grid", type=Path, help="the first 2 edits of each attribute")
     args = parser.parse_args()
+    methods = tuple(args.methods.split(","))
+    if not set(methods) <= set(METHODS):
+        parser.error(f"--methods: {args.methods!r} is not a subset of {','.join(METHODS)}")
 
     import pack_testing
     import torch
@@ -169,7 +162,6 @@ def main() -> None:
     for attribute in args.attribute.split(","):
         edit_list = edits(args.edits, (attribute,))
         start = time.time()
-        methods = tuple(args.methods.split(","))
         table, images = measure(graph, edit_list, methods)
         print(f"{attribute}: {len(edit_list)} edits, {STEPS} steps, cfg {CFG}, {time.time() - start:.0f} s")
         for method, row in table.items():
